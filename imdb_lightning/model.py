@@ -1,0 +1,85 @@
+"""SentimentClassifier: any encoder + a linear head, trained with one shared step."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
+
+from .encoders import encoder_spec
+
+STAGES = ("train", "val", "test")
+
+
+def plateau(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """The default schedule: halve the learning rate when val/loss has not improved for an epoch."""
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=1)
+
+
+class SentimentClassifier(L.LightningModule):
+    """Binary sentiment classifier over an injected encoder.
+
+    Args:
+        encoder: an `nn.Module` with `output_dim`, called as encoder(input_ids, lengths).
+        dropout: dropout on the encoder's output, before the linear head.
+        optimizer: optimizer factory (default Adam, lr 1e-3).
+        scheduler: LR scheduler factory (default `plateau`, stepped on `monitor`); null for none.
+        monitor: the metric a plateau scheduler watches.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        dropout: float = 0.0,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: Optional[LRSchedulerCallable] = plateau,
+        monitor: str = "val/loss",
+    ):
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(encoder.output_dim, 1))
+        self.optimizer, self.scheduler = optimizer, scheduler
+        # Checkpoints hold plain data only: the encoder as class path + arguments, no pickled objects.
+        self.save_hyperparameters(ignore=["encoder", "optimizer", "scheduler"])
+        self.hparams["encoder"] = encoder_spec(encoder)
+        metrics = MetricCollection({"acc": BinaryAccuracy(), "f1": BinaryF1Score(), "auroc": BinaryAUROC()})
+        for stage in STAGES:
+            setattr(self, f"{stage}_metrics", metrics.clone(prefix=f"{stage}/"))
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(input_ids, lengths)).squeeze(-1)  # (batch,) logits
+
+    def _step(self, batch: dict, stage: str) -> torch.Tensor:
+        logits = self(batch["input_ids"], batch["lengths"])
+        labels = batch["labels"]
+        loss = F.binary_cross_entropy_with_logits(logits, labels.float())
+        metrics = getattr(self, f"{stage}_metrics")
+        metrics.update(logits.detach().sigmoid(), labels)
+        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self(batch["input_ids"], batch["lengths"]).sigmoid()
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer(self.parameters())
+        if self.scheduler is None:
+            return optimizer
+        scheduler = self.scheduler(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.monitor}}

@@ -1,0 +1,34 @@
+"""Word-level tokenizer from the `tokenizers` library: `<pad>` = 0, `<unk>` = 1."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+PAD, UNK = "<pad>", "<unk>"
+PAD_ID, UNK_ID = 0, 1
+
+
+def build_tokenizer(texts: list[str], vocab_size: int, min_frequency: int = 1, lowercase: bool = True) -> Tokenizer:
+    """Train on `texts`; `vocab_size` caps the vocabulary, specials included."""
+    steps = [normalizers.Replace(Regex(r"<br\s*/?>"), " ")] + ([normalizers.Lowercase()] if lowercase else [])
+    tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
+    tokenizer.normalizer = normalizers.Sequence(steps)
+    # Words and each run of punctuation become separate tokens: "good!" -> "good", "!".
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[PAD, UNK], show_progress=False
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    return tokenizer
+
+
+def encode(tokenizer: Tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged token ids as one flat int32 array plus offsets: review i is ids[offsets[i]:offsets[i + 1]]."""
+    # encode_batch_fast skips offset tracking we do not need; it runs on all cores.
+    ids = [e.ids for e in tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum([len(i) for i in ids], out=offsets[1:])
+    return np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(offsets[-1])), offsets

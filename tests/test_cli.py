@@ -1,0 +1,75 @@
+"""The command line, driven in-process, for every experiment YAML."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from imdb_lightning.cli import cli_main
+
+EXPERIMENTS_DIR = Path(__file__).parents[1] / "experiments"
+EXPERIMENTS = sorted(EXPERIMENTS_DIR.glob("*.yaml"))
+# Shrink any experiment to a few batches of synthetic data.
+SMALL = [
+    "--data.source", "synthetic", "--data.synthetic_size", "300", "--data.vocab_size", "300",
+    "--data.max_length", "60", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
+    "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2", "--trainer.enable_progress_bar", "false",
+]
+
+
+def test_experiments_exist():
+    assert {p.stem for p in EXPERIMENTS} >= {"rnn", "lstm", "gru", "bilstm", "quickstart"}
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: p.stem)
+def test_fit_test_predict_for_every_experiment(config, tmp_path, cache_dir, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # runs land in ./lightning_logs
+    common = ["--config", str(config), "--data.cache_dir", cache_dir, *SMALL]
+    cli_main(["fit", *common])
+    runs = list(Path("lightning_logs").glob("*/version_0"))
+    assert len(runs) == 1, runs
+    run = runs[0]
+    assert run.parent.name == config.stem  # lightning_logs/<experiment>/version_N
+    assert (run / "config.yaml").is_file() and list(run.glob("events.out.tfevents.*"))
+    best = next((run / "checkpoints").glob("best*.ckpt"))
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    torch.load(best, weights_only=True)
+
+    cli_main(["test", *common, "--ckpt_path", str(best)])
+    assert "test/acc" in capsys.readouterr().out
+
+    reviews = tmp_path / "reviews.txt"
+    reviews.write_text("the film was not good .\nthe music was superb .\n")
+    cli_main(["predict", "--config", str(config), "a great film", "--file", str(reviews)])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    for line, text in zip(lines, ["a great film", "the film was not good .", "the music was superb ."]):
+        label, prob, shown = line.split("\t")
+        assert label in {"positive", "negative"} and 0 <= float(prob) <= 1 and shown == text
+        assert (label == "positive") == (float(prob) >= 0.5)
+
+
+def test_print_config_shows_merged_defaults(capsys):
+    with pytest.raises(SystemExit) as exit:
+        cli_main(["fit", "--config", str(EXPERIMENTS_DIR / "bilstm.yaml"), "--print_config"])
+    assert exit.value.code == 0
+    out = capsys.readouterr().out
+    assert "bidirectional: true" in out and "name: bilstm" in out and "monitor: val/acc" in out
+
+
+def test_hub_offline_error_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    from imdb_lightning import sources
+
+    monkeypatch.setattr(sources, "hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(SystemExit) as exit:
+        cli_main(["fit", "--config", str(EXPERIMENTS_DIR / "lstm.yaml"), "--data.cache_dir", str(tmp_path), *SMALL[4:]])
+    assert "cannot reach the Hugging Face hub" in str(exit.value.code)
+    assert "--data.train_files" in str(exit.value.code)
+
+
+def test_predict_needs_a_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="no checkpoint found"):
+        cli_main(["predict", "--config", str(EXPERIMENTS[0]), "some review"])
+    with pytest.raises(SystemExit, match="no such checkpoint"):
+        cli_main(["predict", "--ckpt_path", "nope.ckpt", "some review"])

@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+from conftest import ENCODERS
+from imdb_lightning.encoders import RecurrentEncoder, build_encoder, encoder_spec
+from imdb_lightning.errors import ConfigError
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+@pytest.mark.parametrize("name", ENCODERS)
+def test_shapes_and_padding_invariance(name, pooling):
+    torch.manual_seed(0)
+    encoder = RecurrentEncoder(vocab_size=50, embed_dim=8, hidden_size=6, num_layers=2, pooling=pooling, **ENCODERS[name]).eval()
+    short = torch.randint(2, 50, (1, 7))
+    long = torch.randint(2, 50, (1, 40))
+    alone = encoder(short, torch.tensor([7]))
+    batch = torch.zeros(2, 40, dtype=torch.long)  # the short review padded next to a much longer one
+    batch[0, :7], batch[1] = short[0], long[0]
+    together = encoder(batch, torch.tensor([7, 40]))
+    assert alone.shape == (1, encoder.output_dim) and together.shape == (2, encoder.output_dim)
+    assert encoder.output_dim == 6 * (2 if encoder.bidirectional else 1)
+    torch.testing.assert_close(together[0], alone[0], atol=1e-5, rtol=0)
+    # the pad embedding stays zero and padding positions get no gradient
+    together.sum().backward()
+    assert encoder.embedding.weight.grad[0].abs().sum() == 0
+
+
+def test_spec_round_trip_rebuilds_the_same_encoder():
+    encoder = RecurrentEncoder(vocab_size=30, cell="gru", hidden_size=5, bidirectional=True, pooling="mean")
+    spec = encoder_spec(encoder)
+    assert spec["class_path"] == "imdb_lightning.encoders.RecurrentEncoder"
+    rebuilt = build_encoder(spec)
+    rebuilt.load_state_dict(encoder.state_dict())
+    ids, lengths = torch.randint(2, 30, (3, 9)), torch.tensor([9, 4, 1])
+    torch.testing.assert_close(rebuilt.eval()(ids, lengths), encoder.eval()(ids, lengths))
+
+
+def test_keras_init_sets_forget_bias_and_small_embeddings():
+    encoder = RecurrentEncoder(vocab_size=100, cell="lstm", hidden_size=4, init="keras")
+    bias = encoder.layers[0][0].bias_ih_l0
+    assert bias[4:8].eq(1).all() and bias[:4].eq(0).all()
+    assert encoder.embedding.weight.abs().max() <= 0.05
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(cell="transformer"), "rnn, lstm, gru"),
+        (dict(hidden_size=0), "hidden_size"),
+        (dict(embed_dim=-3), "embed_dim"),
+        (dict(pooling="first"), "last, mean, max"),
+        (dict(dropout=1.0), "dropout"),
+    ],
+)
+def test_bad_encoder_options_are_named(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        RecurrentEncoder(**settings)
