@@ -89,6 +89,10 @@ def cli_main(args: Optional[list[str]] = None) -> None:
     try:
         if argv and argv[0] == "predict":
             predict_main(argv[1:])
+        elif argv and argv[0] == "bench":
+            from .bench import bench_main
+
+            bench_main(argv[1:])
         else:
             make_cli(args)
     except UserError as err:

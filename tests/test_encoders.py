@@ -6,11 +6,14 @@ from imdb_lightning.encoders import RecurrentEncoder, build_encoder, encoder_spe
 from imdb_lightning.errors import ConfigError
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("pooling", ["last", "mean", "max"])
 @pytest.mark.parametrize("name", ENCODERS)
-def test_shapes_and_padding_invariance(name, pooling):
+def test_shapes_and_padding_invariance(name, pooling, packed):
     torch.manual_seed(0)
-    encoder = RecurrentEncoder(vocab_size=50, embed_dim=8, hidden_size=6, num_layers=2, pooling=pooling, **ENCODERS[name]).eval()
+    encoder = RecurrentEncoder(
+        vocab_size=50, embed_dim=8, hidden_size=6, num_layers=2, pooling=pooling, packed=packed, **ENCODERS[name]
+    ).eval()
     short = torch.randint(2, 50, (1, 7))
     long = torch.randint(2, 50, (1, 40))
     alone = encoder(short, torch.tensor([7]))
@@ -33,6 +36,16 @@ def test_spec_round_trip_rebuilds_the_same_encoder():
     rebuilt.load_state_dict(encoder.state_dict())
     ids, lengths = torch.randint(2, 30, (3, 9)), torch.tensor([9, 4, 1])
     torch.testing.assert_close(rebuilt.eval()(ids, lengths), encoder.eval()(ids, lengths))
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_packed_and_padded_give_the_same_features(name):
+    torch.manual_seed(0)
+    padded = RecurrentEncoder(vocab_size=40, embed_dim=8, hidden_size=5, pooling="mean", **ENCODERS[name]).eval()
+    packed = build_encoder({**encoder_spec(padded), "init_args": {**encoder_spec(padded)["init_args"], "packed": True}})
+    packed.load_state_dict(padded.state_dict())
+    ids, lengths = torch.randint(2, 40, (4, 12)), torch.tensor([12, 3, 7, 1])
+    torch.testing.assert_close(packed.eval()(ids, lengths), padded(ids, lengths), atol=1e-5, rtol=0)
 
 
 def test_keras_init_sets_forget_bias_and_small_embeddings():

@@ -1,0 +1,250 @@
+"""`imdb-lightning bench`: what training and inference cost here, beside a hand-written loop.
+
+Every speed is measured in this process on the same batches, so ratios compare like with like:
+the framework (`SentimentClassifier` through the Lightning `Trainer`) against the minimal PyTorch
+loop below, length-bucketed padding against packed sequences and against fixed-length padding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from itertools import islice
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import IMDBDataModule, collate
+from .encoders import RecurrentEncoder
+from .inference import Predictor
+from .model import SentimentClassifier
+from .sources import load_files
+from .synthetic import synthetic_reviews
+
+ENCODERS = {
+    "rnn": dict(cell="rnn"),
+    "lstm": dict(cell="lstm"),
+    "gru": dict(cell="gru"),
+    "bilstm": dict(cell="lstm", bidirectional=True),
+}
+
+
+def reference_loop(model: SentimentClassifier, batches: list[dict], warmup: int) -> float:
+    """The hand-written baseline: forward, loss, backward, Adam step. Returns samples/s after warm-up."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    samples = 0
+    for i, batch in enumerate(batches):
+        if i == warmup:
+            start = time.perf_counter()
+        logits = model(batch["input_ids"], batch["lengths"])
+        loss = F.binary_cross_entropy_with_logits(logits, batch["labels"].float())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        samples += len(batch["labels"]) if i >= warmup else 0
+    return samples / (time.perf_counter() - start)
+
+
+class _Clock(L.Callback):
+    def __init__(self, warmup: int):
+        self.warmup, self.samples, self.start, self.end = warmup, 0, 0.0, 0.0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if batch_idx == self.warmup:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if batch_idx >= self.warmup:
+            self.samples += len(batch["labels"])
+            self.end = time.perf_counter()
+
+
+def lightning_speed(model: SentimentClassifier, batches: list[dict], warmup: int) -> float:
+    """Samples/s of the same batches through the Trainer, with the default run's per-step logging and metrics."""
+    clock = _Clock(warmup)
+    trainer = L.Trainer(
+        max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, deterministic=True, callbacks=[clock],
+    )
+    trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+    return clock.samples / (clock.end - clock.start)
+
+
+def fixed_length(batch: dict, max_length: int) -> dict:
+    ids = torch.zeros(len(batch["labels"]), max_length, dtype=torch.long)  # (batch, max_length), as Keras pads
+    ids[:, : batch["input_ids"].shape[1]] = batch["input_ids"]
+    return {**batch, "input_ids": ids}
+
+
+def peak_rss_mb(train_file: str, encoder: dict, args, cache_dir: str) -> tuple[float, float]:
+    """Peak resident memory (MB) and wall time (s) of a one-epoch `imdb-lightning fit` in a child process."""
+    flags = [f"--model.encoder.init_args.{k}={v}" for k, v in encoder.items()]
+    cmd = [
+        sys.executable, "-m", "imdb_lightning", "fit", "--model.encoder", "imdb_lightning.encoders.RecurrentEncoder",
+        *flags, f"--data.train_files={train_file}", f"--data.cache_dir={cache_dir}",
+        f"--data.max_length={args.max_length}", f"--data.batch_size={args.batch_size}",
+        "--trainer.max_epochs=1", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
+        "--trainer.callbacks=null", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+    ] + (["--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2"] if args.quick else [])
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as cwd:
+        done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"the one-epoch run failed:\n{done.stderr[-2000:]}")
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, time.perf_counter() - start
+
+
+def write_reviews(texts: list[str], labels: list[int], path: Path) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": texts, "label": labels}), path)
+    return str(path)
+
+
+def run(args) -> dict:
+    torch.manual_seed(0)
+    if args.quick:
+        args.embed_dim = args.hidden_size = 16
+        args.max_length, args.steps, args.warmup, args.rounds, args.tokenize_reviews = 64, 2, 1, 1, 600
+    if args.train_files:
+        texts, labels = load_files([args.train_files])
+        data_name = f"IMDB reviews from {args.train_files}"
+    else:
+        texts, labels = synthetic_reviews(400 if args.quick else 25000, seed=0, median_words=175)
+        data_name = "synthetic reviews with IMDB's length profile"
+    report: dict = {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads",
+        "data": data_name,
+        "settings": {k: getattr(args, k) for k in ("embed_dim", "hidden_size", "max_length", "batch_size", "steps", "warmup", "rounds")},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        # Tokenization through the DataModule: cold (empty cache) and warm (second start).
+        repeats = -(-args.tokenize_reviews // len(texts))
+        many = write_reviews((texts * repeats)[: args.tokenize_reviews], (labels * repeats)[: args.tokenize_reviews], tmp / "many.parquet")
+        for name in ("tokenize_cold_s", "tokenize_warm_s"):
+            start = time.perf_counter()
+            dm = IMDBDataModule(train_files=many, cache_dir=str(tmp / "cache"), max_length=args.max_length)
+            dm.dataset("train"), dm.dataset("val")
+            report[name] = time.perf_counter() - start
+        report["tokenize_reviews"] = args.tokenize_reviews
+
+        train_file = write_reviews(texts, labels, tmp / "train.parquet")
+        dm = IMDBDataModule(train_files=train_file, cache_dir=str(tmp / "cache"), max_length=args.max_length,
+                            batch_size=args.batch_size)
+        batches = list(islice(dm.train_dataloader(), args.warmup + args.steps))
+        val_texts = dm._raw_split("val")[0]
+        report["encoders"] = {}
+        for name in args.encoders.split(","):
+            report["encoders"][name] = bench_encoder(name, dm, batches, val_texts, train_file, tmp, args)
+    return report
+
+
+def bench_encoder(name: str, dm: IMDBDataModule, batches, val_texts, train_file, tmp: Path, args) -> dict:
+    spec = dict(ENCODERS[name], embed_dim=args.embed_dim, hidden_size=args.hidden_size)
+    # No LR schedule: the timed runs have no validation, and the reference loop has none either.
+    model = SentimentClassifier(RecurrentEncoder(vocab_size=dm.hparams.vocab_size, **spec), scheduler=None)
+    print(f"[{name}] training speed: Lightning vs the hand-written loop, {args.rounds} rounds", file=sys.stderr)
+    framework, loop = [], []
+    for _ in range(args.rounds):  # alternate, so drifts of the machine hit both alike
+        framework.append(lightning_speed(copy.deepcopy(model), batches, args.warmup))
+        loop.append(reference_loop(copy.deepcopy(model), batches, args.warmup))
+    out = {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_samples_per_s": statistics.median(framework),
+        "loop_samples_per_s": statistics.median(loop),
+        "ratio_vs_loop": statistics.median(f / r for f, r in zip(framework, loop)),
+    }
+    print(f"[{name}] packed and fixed-length batches", file=sys.stderr)
+    few = batches[: args.warmup + max(1, args.steps // 4)]  # packed sequences are slow: fewer steps
+    packed = SentimentClassifier(RecurrentEncoder(vocab_size=dm.hparams.vocab_size, packed=True, **spec), scheduler=None)
+    packed.load_state_dict(model.state_dict())
+    bucketed_few = reference_loop(copy.deepcopy(model), few, args.warmup)
+    out["packed_samples_per_s"] = reference_loop(packed, few, args.warmup)
+    out["bucketed_vs_packed"] = bucketed_few / out["packed_samples_per_s"]
+    out["fixed_samples_per_s"] = reference_loop(copy.deepcopy(model), [fixed_length(b, args.max_length) for b in few], args.warmup)
+    out["bucketed_vs_fixed"] = bucketed_few / out["fixed_samples_per_s"]
+
+    print(f"[{name}] inference", file=sys.stderr)
+    predictor = Predictor(copy.deepcopy(model), dm.get_tokenizer(), args.max_length)
+    sample = val_texts[: 200 if args.quick else 2500]
+    predictor.predict(sample[:50])  # warm-up
+    start = time.perf_counter()
+    predictor.predict(sample)
+    out["predict_reviews_per_s"] = len(sample) / (time.perf_counter() - start)
+    latencies = []
+    for text in sample[: 20 if args.quick else 200]:
+        start = time.perf_counter()
+        predictor.predict([text])
+        latencies.append((time.perf_counter() - start) * 1000)
+    out["predict_latency_ms_p50"], out["predict_latency_ms_p95"] = np.percentile(latencies, [50, 95]).tolist()
+
+    print(f"[{name}] one training epoch in a child process (peak memory)", file=sys.stderr)
+    out["peak_rss_mb"], out["epoch_wall_s"] = peak_rss_mb(train_file, spec, args, str(tmp / "cache"))
+    return out
+
+
+def table(report: dict) -> str:
+    rows = [
+        ("train samples/s (Lightning)", "train_samples_per_s", "{:.0f}"),
+        ("train samples/s (hand loop)", "loop_samples_per_s", "{:.0f}"),
+        ("ratio vs loop", "ratio_vs_loop", "{:.3f}"),
+        ("bucketed / packed", "bucketed_vs_packed", "{:.1f}x"),
+        ("bucketed / fixed length", "bucketed_vs_fixed", "{:.2f}x"),
+        ("predict reviews/s (batched)", "predict_reviews_per_s", "{:.0f}"),
+        ("predict latency p50 ms", "predict_latency_ms_p50", "{:.1f}"),
+        ("predict latency p95 ms", "predict_latency_ms_p95", "{:.1f}"),
+        ("peak RSS MB (one epoch)", "peak_rss_mb", "{:.0f}"),
+        ("one epoch wall s", "epoch_wall_s", "{:.0f}"),
+    ]
+    names = list(report["encoders"])
+    lines = [f"| figure | {' | '.join(names)} |", "|---|" + "---|" * len(names)]
+    for label, key, fmt in rows:
+        lines.append(f"| {label} | " + " | ".join(fmt.format(report["encoders"][n][key]) for n in names) + " |")
+    lines.append(
+        f"\ntokenize {report['tokenize_reviews']} reviews: {report['tokenize_cold_s']:.1f} s cold, "
+        f"{report['tokenize_warm_s']:.2f} s warm (cached)"
+    )
+    return "\n".join(lines)
+
+
+def bench_main(argv: list[str]) -> dict:
+    parser = argparse.ArgumentParser(prog="imdb-lightning bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--train_files", help="labelled reviews (parquet/csv/jsonl); default: synthetic IMDB-length reviews")
+    parser.add_argument("--encoders", default="bilstm", help=f"comma-separated, from {','.join(ENCODERS)}")
+    parser.add_argument("--embed_dim", type=int, default=128)
+    parser.add_argument("--hidden_size", type=int, default=128)
+    parser.add_argument("--max_length", type=int, default=400)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=24, help="timed training steps per round")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--rounds", type=int, default=3, help="Lightning/loop alternations; the median is reported")
+    parser.add_argument("--tokenize_reviews", type=int, default=50000)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds: checks that the bench runs")
+    parser.add_argument("--out", default="bench.json", help="where the JSON is written")
+    args = parser.parse_args(argv)
+    unknown = set(args.encoders.split(",")) - set(ENCODERS)
+    if unknown:
+        parser.error(f"unknown encoder(s) {', '.join(sorted(unknown))}; choose from {', '.join(ENCODERS)}")
+    report = run(args)
+    print(table(report))
+    print(json.dumps(report))
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    return report
