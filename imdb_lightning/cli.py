@@ -9,6 +9,7 @@ from typing import Optional
 
 import yaml
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
 from .data import IMDBDataModule
@@ -22,6 +23,23 @@ class IMDBLightningCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # The vocabulary cap is known when the config is parsed, so the embedding can be sized then.
         parser.link_arguments("data.vocab_size", "model.encoder.init_args.vocab_size", apply_on="parse")
+
+    def before_instantiate_classes(self) -> None:
+        # `fit --ckpt_path last` resumes the newest run of this experiment in its own version folder
+        # (plain Lightning would look in a new, empty one).
+        config = self.config.get(self.subcommand) if self.subcommand else None
+        if self.subcommand != "fit" or config.get("ckpt_path") != "last":
+            return
+        logger = config.trainer.logger
+        if not getattr(logger, "init_args", None) or "save_dir" not in logger.init_args:
+            raise UserError("--ckpt_path last needs a TensorBoard/CSV logger config to find the run; pass a checkpoint path")
+        root = Path(logger.init_args.save_dir) / logger.init_args.name
+        runs = sorted(root.glob("version_*/checkpoints/last.ckpt"), key=lambda p: int(p.parents[1].name.split("_")[-1]))
+        if not runs:
+            raise UserError(f"--ckpt_path last: no last.ckpt under {root}; nothing to resume")
+        config.ckpt_path = str(runs[-1])
+        logger.init_args.version = int(runs[-1].parents[1].name.split("_")[-1])
+        print(f"Resuming {runs[-1]}", file=sys.stderr)
 
 
 def make_cli(args: Optional[list[str]] = None, run: bool = True) -> IMDBLightningCLI:
@@ -95,5 +113,5 @@ def cli_main(args: Optional[list[str]] = None) -> None:
             bench_main(argv[1:])
         else:
             make_cli(args)
-    except UserError as err:
+    except (UserError, MisconfigurationException) as err:
         sys.exit(f"imdb-lightning: error: {err}")

@@ -13,8 +13,13 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
 
 from .encoders import encoder_spec
+from .errors import UserError
 
 STAGES = ("train", "val", "test")
+
+
+class NonFiniteLossError(UserError):
+    pass
 
 
 def plateau(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
@@ -66,7 +71,14 @@ class SentimentClassifier(L.LightningModule):
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        loss = self._step(batch, "train")
+        if not torch.isfinite(loss):  # one host sync per step; the progress bar makes it anyway
+            raise NonFiniteLossError(
+                f"the training loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
+                "training stopped and the checkpoints already written are kept. Lower the learning rate or "
+                "set --trainer.gradient_clip_val, then resume with --ckpt_path last"
+            )
+        return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._step(batch, "val")

@@ -40,10 +40,11 @@ def normalise_labels(values, where: str) -> list[int]:
 def _check_reviews(texts: list, labels: list[int], where: str) -> tuple[list[str], list[int]]:
     if not texts:
         raise DataError(f"{where}: no reviews found")
+    texts = ["" if text is None else text for text in texts]  # an empty cell is an empty review
     for row, text in enumerate(texts):
         if not isinstance(text, str):
             raise DataError(f"{where}: text in row {row} is {type(text).__name__} {text!r}, not a string")
-    return list(texts), labels
+    return texts, labels
 
 
 def load_files(paths: list[str]) -> tuple[list[str], list[int]]:
