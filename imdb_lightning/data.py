@@ -267,6 +267,11 @@ class IMDBDataModule(L.LightningDataModule):
         data = self.dataset(split)
         trainer = getattr(self, "trainer", None)
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        if replicas > 1 and trainer._accelerator_connector.use_distributed_sampler:
+            raise ConfigError(
+                "set trainer.use_distributed_sampler to false: IMDBDataModule gives each process its own "
+                "shard of length-bucketed batches, which Lightning's sampler would undo"
+            )
         hp = self.hparams
         batch_size = hp.batch_size if shuffle else hp.eval_batch_size or 2 * hp.batch_size
         order = DistributedSampler(data, num_replicas=replicas, rank=rank, shuffle=shuffle, seed=hp.split_seed)

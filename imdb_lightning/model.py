@@ -66,7 +66,12 @@ class SentimentClassifier(L.LightningModule):
         loss = F.binary_cross_entropy_with_logits(logits, labels.float())
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(logits.detach().sigmoid(), labels)
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=len(labels))
+        # Evaluation figures are averaged over all processes in multi-device runs; the torchmetrics
+        # objects sync their states on compute by themselves.
+        self.log(
+            f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True,
+            batch_size=len(labels), sync_dist=stage != "train",
+        )
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
         return loss
 
