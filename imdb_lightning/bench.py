@@ -29,9 +29,11 @@ import torch.nn.functional as F
 
 from .data import IMDBDataModule, collate
 from .encoders import RecurrentEncoder
+from .export import export_predictor
 from .inference import Predictor
 from .model import SentimentClassifier
 from .sources import load_files
+from .standalone import ExportedClassifier
 from .synthetic import synthetic_reviews
 
 ENCODERS = {
@@ -182,19 +184,24 @@ def bench_encoder(name: str, dm: IMDBDataModule, batches, val_texts, train_file,
     out["fixed_samples_per_s"] = reference_loop(copy.deepcopy(model), [fixed_length(b, args.max_length) for b in few], args.warmup)
     out["bucketed_vs_fixed"] = bucketed_few / out["fixed_samples_per_s"]
 
-    print(f"[{name}] inference", file=sys.stderr)
+    print(f"[{name}] inference: PyTorch, TorchScript, ONNX Runtime", file=sys.stderr)
     predictor = Predictor(copy.deepcopy(model), dm.get_tokenizer(), args.max_length)
     sample = val_texts[: 200 if args.quick else 2500]
-    predictor.predict(sample[:50])  # warm-up
-    start = time.perf_counter()
-    predictor.predict(sample)
-    out["predict_reviews_per_s"] = len(sample) / (time.perf_counter() - start)
-    latencies = []
-    for text in sample[: 20 if args.quick else 200]:
+    engines = {"": predictor}
+    for fmt in ("torchscript", "onnx"):
+        engines[f"{fmt}_"] = ExportedClassifier(export_predictor(predictor, fmt, tmp / f"{name}-{fmt}"))
+    for prefix, engine in engines.items():
+        engine.predict(sample[:50])  # warm-up
         start = time.perf_counter()
-        predictor.predict([text])
-        latencies.append((time.perf_counter() - start) * 1000)
-    out["predict_latency_ms_p50"], out["predict_latency_ms_p95"] = np.percentile(latencies, [50, 95]).tolist()
+        engine.predict(sample)
+        out[f"{prefix}predict_reviews_per_s"] = len(sample) / (time.perf_counter() - start)
+        latencies = []
+        for text in sample[: 20 if args.quick else 200]:
+            start = time.perf_counter()
+            engine.predict([text])
+            latencies.append((time.perf_counter() - start) * 1000)
+        p50, p95 = np.percentile(latencies, [50, 95]).tolist()
+        out[f"{prefix}predict_latency_ms_p50"], out[f"{prefix}predict_latency_ms_p95"] = p50, p95
 
     print(f"[{name}] one training epoch in a child process (peak memory)", file=sys.stderr)
     out["peak_rss_mb"], out["epoch_wall_s"] = peak_rss_mb(train_file, spec, args, str(tmp / "cache"))
@@ -208,16 +215,21 @@ def table(report: dict) -> str:
         ("ratio vs loop", "ratio_vs_loop", "{:.3f}"),
         ("bucketed / packed", "bucketed_vs_packed", "{:.1f}x"),
         ("bucketed / fixed length", "bucketed_vs_fixed", "{:.2f}x"),
-        ("predict reviews/s (batched)", "predict_reviews_per_s", "{:.0f}"),
-        ("predict latency p50 ms", "predict_latency_ms_p50", "{:.1f}"),
-        ("predict latency p95 ms", "predict_latency_ms_p95", "{:.1f}"),
+        ("predict reviews/s, batched: PyTorch", "predict_reviews_per_s", "{:.0f}"),
+        ("predict reviews/s, batched: TorchScript", "torchscript_predict_reviews_per_s", "{:.0f}"),
+        ("predict reviews/s, batched: ONNX Runtime", "onnx_predict_reviews_per_s", "{:.0f}"),
+        ("one review p50 / p95 ms: PyTorch", ("predict_latency_ms_p50", "predict_latency_ms_p95"), "{:.1f} / {:.1f}"),
+        ("one review p50 / p95 ms: TorchScript", ("torchscript_predict_latency_ms_p50", "torchscript_predict_latency_ms_p95"), "{:.1f} / {:.1f}"),
+        ("one review p50 / p95 ms: ONNX Runtime", ("onnx_predict_latency_ms_p50", "onnx_predict_latency_ms_p95"), "{:.1f} / {:.1f}"),
         ("peak RSS MB (one epoch)", "peak_rss_mb", "{:.0f}"),
         ("one epoch wall s", "epoch_wall_s", "{:.0f}"),
     ]
     names = list(report["encoders"])
     lines = [f"| figure | {' | '.join(names)} |", "|---|" + "---|" * len(names)]
-    for label, key, fmt in rows:
-        lines.append(f"| {label} | " + " | ".join(fmt.format(report["encoders"][n][key]) for n in names) + " |")
+    for label, keys, fmt in rows:
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        cells = [fmt.format(*(report["encoders"][n][k] for k in keys)) for n in names]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append(
         f"\ntokenize {report['tokenize_reviews']} reviews: {report['tokenize_cold_s']:.1f} s cold, "
         f"{report['tokenize_warm_s']:.2f} s warm (cached)"

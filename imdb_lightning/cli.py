@@ -1,13 +1,10 @@
-"""The `imdb-lightning` command: LightningCLI for fit/validate/test, plus `predict` on raw text."""
+"""The `imdb-lightning` command: LightningCLI for fit/validate/test; `predict`, `export` and `bench` beside it."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Optional
-
-import yaml
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
@@ -55,62 +52,22 @@ def make_cli(args: Optional[list[str]] = None, run: bool = True) -> IMDBLightnin
     )
 
 
-def latest_checkpoint(config: str) -> Path:
-    """The best checkpoint of the newest run of an experiment config (else its last.ckpt)."""
-    logger = {}
-    for path in (DEFAULTS, config):
-        if not Path(path).is_file():
-            raise UserError(f"{path}: no such config file")
-        logger.update((yaml.safe_load(Path(path).read_text()) or {}).get("trainer", {}).get("logger", {}).get("init_args", {}))
-    root = Path(logger.get("save_dir", "lightning_logs")) / logger.get("name", "default")
-    runs = sorted(root.glob("version_*/checkpoints"), key=lambda p: int(p.parent.name.split("_")[-1]))
-    for folder in reversed(runs):
-        found = sorted(folder.glob("best*.ckpt")) or sorted(folder.glob("last*.ckpt"))
-        if found:
-            return found[-1]
-    raise UserError(f"no checkpoint found under {root}; train first: imdb-lightning fit --config {config}")
-
-
-def predict_main(argv: list[str]) -> None:
-    from . import load
-
-    parser = argparse.ArgumentParser(
-        prog="imdb-lightning predict",
-        description="Classify raw reviews with a trained checkpoint; prints label, P(positive) and the review.",
-    )
-    parser.add_argument("texts", nargs="*", help="reviews to classify")
-    parser.add_argument("--ckpt_path", help="checkpoint to use")
-    parser.add_argument("--config", help="experiment YAML: use the best checkpoint of its newest run")
-    parser.add_argument("--file", help="text file with one review per line")
-    parser.add_argument("--threshold", type=float, default=0.5, help="P(positive) at or above which a review is positive")
-    opts = parser.parse_args(argv)
-    if not opts.ckpt_path and not opts.config:
-        parser.error("give --ckpt_path, or --config to use the newest run of that experiment")
-    texts = list(opts.texts)
-    if opts.file:
-        path = Path(opts.file)
-        if not path.is_file():
-            raise UserError(f"{path}: no such file")
-        texts += path.read_text(encoding="utf-8", errors="replace").splitlines()
-    if not texts:
-        parser.error("no reviews: pass them as arguments or with --file")
-    ckpt = opts.ckpt_path or latest_checkpoint(opts.config)
-    print(f"# checkpoint: {ckpt}", file=sys.stderr)
-    for text, prob in zip(texts, load(ckpt).predict(texts)):
-        label = "positive" if prob >= opts.threshold else "negative"
-        preview = " ".join(text.split())
-        print(f"{label}\t{prob:.4f}\t{preview[:80] + ('...' if len(preview) > 80 else '')}")
-
-
 def cli_main(args: Optional[list[str]] = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     try:
-        if argv and argv[0] == "predict":
-            predict_main(argv[1:])
-        elif argv and argv[0] == "bench":
+        command = argv[0] if argv else None
+        if command == "predict":
+            from .predict import predict_main
+
+            predict_main(argv[1:], DEFAULTS)
+        elif command == "bench":
             from .bench import bench_main
 
             bench_main(argv[1:])
+        elif command == "export":
+            from .export import export_main
+
+            export_main(argv[1:])
         else:
             make_cli(args)
     except (UserError, MisconfigurationException) as err:

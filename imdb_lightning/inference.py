@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from .data import TokenizedReviews, collate
 from .encoders import build_encoder
 from .errors import UserError
 from .model import SentimentClassifier
-from .tokenizer import encode
+from .standalone import padded_batches
 
 
 class Predictor:
@@ -23,33 +21,14 @@ class Predictor:
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_length, self.truncation = max_length, truncation
 
-    def predict(self, texts: Iterable[str], batch_size: int = 256) -> list[float]:
-        return [p for chunk in self.predict_chunks(texts, batch_size) for p in chunk]
-
     @torch.inference_mode()
-    def predict_chunks(self, texts: Iterable[str], batch_size: int = 256, chunk: int = 8192) -> Iterator[list[float]]:
-        """Stream probabilities chunk by chunk, so a large file never sits in memory whole."""
+    def predict(self, texts: list[str], batch_size: int = 256) -> list[float]:
         if isinstance(texts, str):
             raise TypeError("predict takes a list of texts; wrap a single review as [text]")
-        buffer: list[str] = []
-        for text in texts:
-            buffer.append(text)
-            if len(buffer) == chunk:
-                yield self._predict(buffer, batch_size)
-                buffer = []
-        if buffer:
-            yield self._predict(buffer, batch_size)
-
-    def _predict(self, texts: list[str], batch_size: int) -> list[float]:
-        ids, offsets = encode(self.tokenizer, [str(t) for t in texts])
-        data = TokenizedReviews(ids, offsets, np.zeros(len(texts), np.int8), self.max_length, self.truncation)
-        order = np.argsort(data.lengths, kind="stable")  # similar lengths together: less padding
         probs = np.empty(len(texts), dtype=np.float64)
         device = next(self.model.parameters()).device
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            batch = collate([data[i] for i in rows])
-            logits = self.model(batch["input_ids"].to(device), batch["lengths"].to(device))
+        for rows, ids, lengths in padded_batches(self.tokenizer, texts, self.max_length, self.truncation, batch_size):
+            logits = self.model(torch.from_numpy(ids).to(device), torch.from_numpy(lengths).to(device))
             probs[rows] = logits.float().sigmoid().cpu().numpy()
         return probs.tolist()
 

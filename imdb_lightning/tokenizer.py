@@ -7,8 +7,9 @@ import itertools
 import numpy as np
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
+from .standalone import PAD_ID, UNK_ID  # noqa: F401  (0 and 1; defined where exported models read them)
+
 PAD, UNK = "<pad>", "<unk>"
-PAD_ID, UNK_ID = 0, 1
 
 
 def build_tokenizer(texts: list[str], vocab_size: int, min_frequency: int = 1, lowercase: bool = True) -> Tokenizer:

@@ -6,6 +6,7 @@ from imdb_lightning.cli import cli_main
 KEYS = {
     "train_samples_per_s", "loop_samples_per_s", "ratio_vs_loop", "bucketed_vs_packed", "bucketed_vs_fixed",
     "predict_reviews_per_s", "predict_latency_ms_p50", "predict_latency_ms_p95", "peak_rss_mb",
+    "torchscript_predict_reviews_per_s", "onnx_predict_reviews_per_s", "onnx_predict_latency_ms_p95",
 }
 
 

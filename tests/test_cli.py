@@ -39,8 +39,8 @@ def test_fit_test_predict_for_every_experiment(config, tmp_path, cache_dir, monk
     assert "test/acc" in capsys.readouterr().out
 
     reviews = tmp_path / "reviews.txt"
-    reviews.write_text("the film was not good .\nthe music was superb .\n")
-    cli_main(["predict", "--config", str(config), "a great film", "--file", str(reviews)])
+    reviews.write_text("a great film\nthe film was not good .\nthe music was superb .\n")
+    cli_main(["predict", "--config", str(config), "--file", str(reviews)])
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3
     for line, text in zip(lines, ["a great film", "the film was not good .", "the music was superb ."]):

@@ -1,0 +1,80 @@
+"""Classify reviews with an exported imdb-lightning model, without Lightning installed.
+
+`imdb-lightning export` copies this file beside the model as `classify.py`. It needs numpy,
+tokenizers and either onnxruntime (ONNX export) or torch (TorchScript export):
+
+    python classify.py "A wonderful film." "Dull and far too long."
+    python classify.py < reviews.txt
+    >>> from classify import ExportedClassifier; ExportedClassifier("export_dir").predict(["..."])
+
+The batching below is also what `imdb_lightning.load(...).predict` uses, so the exported model
+sees exactly the token ids the checkpoint does.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from tokenizers import Tokenizer
+
+PAD_ID, UNK_ID = 0, 1
+
+
+def padded_batches(
+    tokenizer: Tokenizer, texts: list[str], max_length: int, truncation: str = "head", batch_size: int = 256
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(rows, input_ids, lengths) batches of similar-length reviews; `rows` maps them back to `texts`."""
+    reviews = []
+    for encoding in tokenizer.encode_batch_fast([str(t) for t in texts], add_special_tokens=False):
+        ids = encoding.ids or [UNK_ID]  # an empty review reads as one unknown word
+        reviews.append(ids[-max_length:] if truncation == "tail" else ids[:max_length])
+    lengths = np.array([len(r) for r in reviews], dtype=np.int64)
+    order = np.argsort(lengths, kind="stable")  # sorted: little padding per batch
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        input_ids = np.full((len(rows), lengths[rows].max()), PAD_ID, dtype=np.int64)  # (batch, time)
+        for i, row in enumerate(rows):
+            input_ids[i, : lengths[row]] = reviews[row]
+        yield rows, input_ids, lengths[rows]
+
+
+class ExportedClassifier:
+    """An exported model folder (model.onnx or model.pt, tokenizer.json, meta.json)."""
+
+    def __init__(self, folder: str | Path):
+        folder = Path(folder)
+        meta = json.loads((folder / "meta.json").read_text())
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.max_length, self.truncation = meta["max_length"], meta["truncation"]
+        if meta["format"] == "onnx":
+            import onnxruntime
+
+            session = onnxruntime.InferenceSession(str(folder / meta["file"]), providers=["CPUExecutionProvider"])
+            self._probabilities = lambda ids, lengths: session.run(None, {"input_ids": ids, "lengths": lengths})[0]
+        else:
+            import torch
+
+            module = torch.jit.load(str(folder / meta["file"]), map_location="cpu")
+
+            @torch.no_grad()
+            def probabilities(ids, lengths):
+                return module(torch.from_numpy(ids), torch.from_numpy(lengths)).numpy()
+
+            self._probabilities = probabilities
+
+    def predict(self, texts: list[str], batch_size: int = 256) -> list[float]:
+        """P(positive) per text, in input order."""
+        probs = np.empty(len(texts), dtype=np.float64)
+        for rows, ids, lengths in padded_batches(self.tokenizer, texts, self.max_length, self.truncation, batch_size):
+            probs[rows] = self._probabilities(ids, lengths)
+        return probs.tolist()
+
+
+if __name__ == "__main__":
+    reviews = sys.argv[1:] or [line.rstrip("\n") for line in sys.stdin]
+    for text, p in zip(reviews, ExportedClassifier(Path(__file__).parent).predict(reviews)):
+        print(f"{'positive' if p >= 0.5 else 'negative'}\t{p:.4f}\t{text[:80]}")

@@ -1,0 +1,120 @@
+"""Batch predictions to files, and ONNX / TorchScript exports that match the PyTorch model."""
+
+import json
+import subprocess
+import sys
+
+import lightning as L
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import imdb_lightning
+from conftest import ENCODERS
+from imdb_lightning.cli import cli_main
+from imdb_lightning.encoders import RecurrentEncoder
+from imdb_lightning.export import export
+from imdb_lightning.model import SentimentClassifier
+from imdb_lightning.standalone import ExportedClassifier
+
+REVIEWS = [
+    "the plot was not good .", "A wonderful film!<br /><br />Truly.", "", "x " * 700, "🎬 très bien, not bad",
+    "i watched it on a friday with my sister . the music was superb .", "dull",
+]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    from imdb_lightning.data import IMDBDataModule
+
+    root = tmp_path_factory.mktemp("export")
+    dm = IMDBDataModule(source="synthetic", synthetic_size=300, vocab_size=300, max_length=300, batch_size=32, cache_dir=str(root / "cache"))
+    paths = {}
+    for name, kwargs in ENCODERS.items():
+        L.seed_everything(0, verbose=False)
+        model = SentimentClassifier(RecurrentEncoder(vocab_size=300, embed_dim=12, hidden_size=10, num_layers=2, **kwargs))
+        trainer = L.Trainer(max_steps=2, limit_val_batches=1, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, enable_checkpointing=False, default_root_dir=root)
+        trainer.fit(model, dm)
+        paths[name] = root / f"{name}.ckpt"
+        trainer.save_checkpoint(paths[name])
+    return paths
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("name", ENCODERS)
+def test_export_matches_pytorch(checkpoints, tmp_path, name, fmt):
+    out = export(checkpoints[name], fmt, tmp_path / "exported")
+    assert {p.name for p in out.iterdir()} >= {"tokenizer.json", "meta.json", "classify.py"}
+    expected = imdb_lightning.load(checkpoints[name]).predict(REVIEWS)
+    got = ExportedClassifier(out).predict(REVIEWS)  # mixed lengths, other batch and time sizes than traced
+    assert got == pytest.approx(expected, abs=1e-5)
+
+
+def test_exported_loader_runs_without_lightning(checkpoints, tmp_path):
+    out = export(checkpoints["bilstm"], "onnx", tmp_path / "onnx")
+    # Block Lightning's import: the loader must not need it.
+    code = (
+        "import sys, runpy; sys.modules['lightning'] = sys.modules['pytorch_lightning'] = None; "
+        f"sys.argv = ['classify.py', 'a great film', 'not good']; runpy.run_path({str(out / 'classify.py')!r}, run_name='__main__')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 2 and all(line.split("\t")[0] in {"positive", "negative"} for line in lines)
+
+
+def test_export_command(checkpoints, tmp_path, capsys):
+    cli_main(["export", "--ckpt_path", str(checkpoints["gru"]), "--format", "torchscript", "--out", str(tmp_path / "ts")])
+    assert json.loads((tmp_path / "ts" / "meta.json").read_text())["format"] == "torchscript"
+    assert "exported to" in capsys.readouterr().out
+
+
+def write_inputs(tmp_path):
+    texts = REVIEWS * 3
+    (tmp_path / "in.txt").write_text("\n".join(t.replace("\n", " ") for t in texts) + "\n")
+    pq.write_table(pa.table({"text": texts, "other": list(range(len(texts)))}), tmp_path / "in.parquet")
+    (tmp_path / "in.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in texts) + "\n")
+    import csv
+
+    with open(tmp_path / "in.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "text"])
+        writer.writerows(enumerate(texts))
+    return texts
+
+
+def read_output(path):
+    if path.suffix == ".parquet":
+        return pq.read_table(path).to_pylist()
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines()]
+    import csv
+
+    with open(path, newline="") as f:
+        return [{**row, "id": int(row["id"]), "probability": float(row["probability"])} for row in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("source", ["txt", "csv", "jsonl", "parquet"])
+@pytest.mark.parametrize("target", ["csv", "jsonl", "parquet"])
+def test_predict_file_to_file(checkpoints, tmp_path, source, target, monkeypatch):
+    texts = write_inputs(tmp_path)
+    monkeypatch.setattr("imdb_lightning.predict.CHUNK", 4)  # several chunks, as with a large file
+    out = tmp_path / f"out.{target}"
+    cli_main(["predict", "--ckpt_path", str(checkpoints["lstm"]), "--file", str(tmp_path / f"in.{source}"),
+              "--output", str(out), "--with_text"])
+    rows = read_output(out)
+    expected = imdb_lightning.load(checkpoints["lstm"]).predict(texts)
+    assert [r["id"] for r in rows] == list(range(len(texts)))
+    assert [r["probability"] for r in rows] == pytest.approx(expected, abs=1e-6)
+    assert all(r["label"] == ("positive" if r["probability"] >= 0.5 else "negative") for r in rows)
+    if source != "txt":  # txt cannot hold the one review with a newline... none here, but keep it simple
+        assert [r["text"] for r in rows] == texts
+
+
+def test_predict_file_errors(checkpoints, tmp_path):
+    (tmp_path / "bad.csv").write_text("review\nhello\n")
+    with pytest.raises(SystemExit, match="no 'text' column; columns found: review"):
+        cli_main(["predict", "--ckpt_path", str(checkpoints["lstm"]), "--file", str(tmp_path / "bad.csv")])
+    with pytest.raises(SystemExit, match="cannot write '.xlsx'"):
+        cli_main(["predict", "--ckpt_path", str(checkpoints["lstm"]), "a", "--output", str(tmp_path / "o.xlsx")])
