@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import IMDBDataModule, collate
-from .encoders import RecurrentEncoder
+from .encoders import PRESETS, RecurrentEncoder
 from .export import export_predictor
 from .inference import Predictor
 from .model import SentimentClassifier
@@ -36,12 +36,7 @@ from .sources import load_files
 from .standalone import ExportedClassifier
 from .synthetic import synthetic_reviews
 
-ENCODERS = {
-    "rnn": dict(cell="rnn"),
-    "lstm": dict(cell="lstm"),
-    "gru": dict(cell="gru"),
-    "bilstm": dict(cell="lstm", bidirectional=True),
-}
+ENCODERS = PRESETS
 
 
 def reference_loop(model: SentimentClassifier, batches: list[dict], warmup: int) -> float:

@@ -1,7 +1,10 @@
-"""Callbacks that keep work safe: a checkpoint on Ctrl-C."""
+"""Callbacks: a checkpoint on Ctrl-C, and a record of each run for `imdb-lightning compare`."""
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from pathlib import Path
 
 import lightning as L
@@ -23,3 +26,72 @@ class CheckpointOnInterrupt(L.Callback):
             path = Path(folders[0]) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
             trainer.save_checkpoint(path)
             print(f"\nInterrupted at step {trainer.global_step}; saved {path}. Resume with --ckpt_path last", flush=True)
+
+
+class RunRecord(L.Callback):
+    """Keeps `run.json` in the run folder: status, wall time, training speed, test figures.
+
+    `imdb-lightning compare` reads it; a run killed before the end stays "running", and is
+    listed as unfinished rather than averaged in.
+    """
+
+    def __init__(self):
+        self.extra: dict = {}  # set by `imdb-lightning sweep`: the run's sweep key and seed
+        self.record: dict = {}
+        self._train_s, self._samples, self._tick = 0.0, 0, 0.0
+
+    def _path(self, trainer: L.Trainer) -> Path | None:
+        return Path(trainer.log_dir) / "run.json" if trainer.logger and trainer.log_dir else None
+
+    def _write(self, trainer: L.Trainer, **fields) -> None:
+        self.record.update(fields)
+        path = self._path(trainer)
+        if trainer.is_global_zero and path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({**self.record, **self.extra}, indent=2))
+            os.replace(tmp, path)
+
+    def on_fit_start(self, trainer, module) -> None:
+        path = self._path(trainer)
+        if path and path.is_file():  # a resumed run keeps its totals so far
+            self.record = json.loads(path.read_text())
+            self._train_s, self._samples = self.record.get("train_s", 0.0), self.record.get("train_samples", 0)
+        self._started = time.monotonic() - self.record.get("wall_s", 0.0)
+        params = sum(p.numel() for p in module.parameters())
+        self._write(trainer, status="running", parameters=params)
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self._tick = time.monotonic()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        now = time.monotonic()  # time since the previous training batch: loading, step and logging
+        self._train_s += now - self._tick
+        self._tick = now
+        self._samples += len(batch["labels"])
+
+    def on_validation_end(self, trainer, module) -> None:
+        self._tick = time.monotonic()
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._write(trainer, epochs=trainer.current_epoch + 1, **self._speed())
+
+    def _speed(self) -> dict:
+        return {
+            "wall_s": time.monotonic() - self._started, "train_s": self._train_s, "train_samples": self._samples,
+            "train_samples_per_s": self._samples / self._train_s if self._train_s else None,
+        }
+
+    def on_fit_end(self, trainer, module) -> None:
+        best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+        self._write(trainer, status="finished", epochs=trainer.current_epoch, global_step=trainer.global_step,
+                    best_val_acc=float(best) if best is not None else None, **self._speed())
+
+    def on_test_end(self, trainer, module) -> None:
+        tested = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        if self.record:  # only for a run this callback saw fitting (a sweep); `test` alone makes a new folder
+            self._write(trainer, test=tested)
+
+    def on_exception(self, trainer, module, exception: BaseException) -> None:
+        if self.record and trainer.state.fn == "fit":
+            status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "crashed"
+            self._write(trainer, status=status, error=f"{type(exception).__name__}: {exception}"[:500], **self._speed())

@@ -68,6 +68,14 @@ def cli_main(args: Optional[list[str]] = None) -> None:
             from .export import export_main
 
             export_main(argv[1:])
+        elif command == "sweep":
+            from .sweep import sweep_main
+
+            sweep_main(argv[1:])
+        elif command == "compare":
+            from .compare import compare_main
+
+            compare_main(argv[1:])
         else:
             make_cli(args)
     except (UserError, MisconfigurationException) as err:

@@ -20,6 +20,13 @@ from .tokenizer import PAD_ID
 
 Pooling = Literal["last", "mean", "max"]
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+# The four encoders by name, as RecurrentEncoder arguments (experiments/<name>.yaml use the same).
+PRESETS = {
+    "rnn": {"cell": "rnn", "bidirectional": False},
+    "lstm": {"cell": "lstm", "bidirectional": False},
+    "gru": {"cell": "gru", "bidirectional": False},
+    "bilstm": {"cell": "lstm", "bidirectional": True},
+}
 
 
 def _positive(owner: str, **values) -> None:

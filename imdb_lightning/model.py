@@ -8,9 +8,16 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torchmetrics import MetricCollection
-from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryAUROC,
+    BinaryConfusionMatrix,
+    BinaryF1Score,
+    BinaryROC,
+)
 
 from .encoders import encoder_spec
 from .errors import UserError
@@ -56,6 +63,9 @@ class SentimentClassifier(L.LightningModule):
         metrics = MetricCollection({"acc": BinaryAccuracy(), "f1": BinaryF1Score(), "auroc": BinaryAUROC()})
         for stage in STAGES:
             setattr(self, f"{stage}_metrics", metrics.clone(prefix=f"{stage}/"))
+        # Test-time pictures for TensorBoard; 200 ROC thresholds keep the state small.
+        self.test_curves = MetricCollection({"confusion_matrix": BinaryConfusionMatrix(), "roc": BinaryROC(thresholds=200)})
+        self.best_val_acc = 0.0
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(input_ids, lengths)).squeeze(-1)  # (batch,) logits
@@ -65,7 +75,10 @@ class SentimentClassifier(L.LightningModule):
         labels = batch["labels"]
         loss = F.binary_cross_entropy_with_logits(logits, labels.float())
         metrics = getattr(self, f"{stage}_metrics")
-        metrics.update(logits.detach().sigmoid(), labels)
+        probs = logits.detach().sigmoid()
+        metrics.update(probs, labels)
+        if stage == "test":
+            self.test_curves.update(probs, labels)
         # Evaluation figures are averaged over all processes in multi-device runs; the torchmetrics
         # objects sync their states on compute by themselves.
         self.log(
@@ -90,6 +103,24 @@ class SentimentClassifier(L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._step(batch, "test")
+
+    # hp/val_acc and hp/test_acc make the TensorBoard hparams tab line runs up side by side.
+    def on_fit_start(self) -> None:
+        if isinstance(self.logger, TensorBoardLogger):
+            self.logger.log_hyperparams(self.hparams, {"hp/val_acc": 0.0, "hp/test_acc": 0.0})
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.best_val_acc = max(self.best_val_acc, float(self.val_metrics["acc"].compute()))
+            self.log("hp/val_acc", self.best_val_acc, sync_dist=True)
+
+    def on_test_epoch_end(self) -> None:
+        self.log("hp/test_acc", self.test_metrics["acc"].compute(), sync_dist=True)
+        if isinstance(self.logger, TensorBoardLogger):
+            for name, metric in self.test_curves.items():
+                fig, _ = metric.plot()
+                self.logger.experiment.add_figure(f"test/{name}", fig, self.global_step)
+        self.test_curves.reset()
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self(batch["input_ids"], batch["lengths"]).sigmoid()

@@ -23,10 +23,4 @@ def synthetic(cache_dir):
     return make
 
 
-# Every encoder the experiments ship, as RecurrentEncoder arguments.
-ENCODERS = {
-    "rnn": dict(cell="rnn"),
-    "lstm": dict(cell="lstm"),
-    "gru": dict(cell="gru"),
-    "bilstm": dict(cell="lstm", bidirectional=True),
-}
+from imdb_lightning.encoders import PRESETS as ENCODERS  # noqa: E402  every encoder, parametrized over

@@ -1,0 +1,213 @@
+"""`imdb-lightning compare [LOGDIR]`: a leaderboard and plots from finished runs.
+
+Runs that differ only by seed form one group (mean ± std over seeds, and how many). Runs that
+crashed or did not finish are listed apart, never averaged in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import UserError
+
+# Settings that say where or how a run was logged, not what was trained.
+IGNORED = ("seed_everything", "trainer.logger", "trainer.callbacks", "trainer.enable_progress_bar", "data.cache_dir",
+           "ckpt_path", "trainer.default_root_dir", "data.num_workers", "trainer.enable_model_summary")
+
+STATS = ("best val acc", "test acc", "test f1", "test auroc")  # reported as mean ± std over seeds
+
+
+@dataclass
+class Run:
+    folder: Path
+    name: str
+    settings: dict
+    record: dict
+    curves: dict = field(default_factory=dict)  # tag -> [(epoch, value)]
+
+    @property
+    def status(self) -> str:
+        return self.record.get("status", "unfinished")
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in (tree or {}).items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and not ("class_path" in value and path.endswith(("optimizer", "scheduler"))):
+            flat.update(flatten(value, f"{path}."))
+        else:
+            flat[path] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
+    return flat
+
+
+def read_curves(folder: Path, tags=("val/acc", "val/loss")) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    events.Reload()
+    available = set(events.Tags().get("scalars", []))
+    epoch_of_step = {e.step: int(e.value) for e in events.Scalars("epoch")} if "epoch" in available else {}
+    curves = {}
+    for tag in tags:
+        if tag in available:
+            curves[tag] = [(epoch_of_step.get(e.step, i), e.value) for i, e in enumerate(events.Scalars(tag))]
+    return curves
+
+
+def find_runs(logdir: Path) -> list[Run]:
+    runs = []
+    for config in sorted(logdir.glob("**/config.yaml")):
+        folder = config.parent
+        settings = {k: v for k, v in flatten(yaml.safe_load(config.read_text())).items() if not k.startswith(IGNORED)}
+        record = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
+        if not record and not list(folder.glob("events.out.tfevents.*")):
+            continue
+        runs.append(Run(folder, folder.parent.name, settings, record, read_curves(folder)))
+    return runs
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def group(runs: list[Run]) -> tuple[list[str], dict[tuple, list[Run]]]:
+    """Group finished runs by encoder and every setting that varies among runs of one encoder (the seed aside);
+    settings that come with the encoder (cell, bidirectional) are not repeated as columns."""
+    keys = sorted({k for r in runs for k in r.settings})
+    names = {r.name for r in runs}
+    varying = [
+        k for k in keys
+        if any(len({json.dumps(r.settings.get(k), default=str) for r in runs if r.name == n}) > 1 for n in names)
+    ]
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.name, *(run.settings.get(k) for k in varying)), []).append(run)
+    return varying, groups
+
+
+def leaderboard(runs: list[Run]) -> tuple[list[str], list[list]]:
+    finished = [r for r in runs if r.finished]
+    varying, groups = group(finished)
+    header = ["encoder", *[k.split(".")[-1] if k.count(".") else k for k in varying], "seeds", "parameters",
+              "best val acc", "test acc", "test f1", "test auroc", "epochs", "wall s", "train samples/s"]
+    rows = []
+    for key, members in groups.items():
+        stat = lambda get: mean_std([get(r) for r in members])  # noqa: E731
+        tests = [r.record.get("test", {}) for r in members]
+        cells = [
+            stat(lambda r: r.record.get("best_val_acc")),
+            mean_std([t.get("test/acc") for t in tests]), mean_std([t.get("test/f1") for t in tests]),
+            mean_std([t.get("test/auroc") for t in tests]),
+        ]
+        rows.append([
+            *key, len(members), members[0].record.get("parameters"), *cells,
+            stat(lambda r: r.record.get("epochs"))[0], stat(lambda r: r.record.get("wall_s"))[0],
+            stat(lambda r: r.record.get("train_samples_per_s"))[0],
+        ])
+    best = header.index("best val acc")
+    rows.sort(key=lambda row: -row[best][0] if row[best][0] == row[best][0] else float("inf"))  # NaN last
+    return header, rows
+
+
+def fmt(value, digits: int = 4) -> str:
+    if isinstance(value, tuple):
+        mean, std = value
+        return "" if mean != mean else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    if isinstance(value, float):
+        return "" if value != value else f"{value:.1f}"
+    return "" if value is None else str(value)
+
+
+def plot(runs: list[Run], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    finished = [r for r in runs if r.finished]
+    _, groups = group(finished)
+    written = []
+    for tag, file in (("val/acc", "val_acc.png"), ("val/loss", "val_loss.png")):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for key, members in groups.items():
+            curves = [dict(r.curves.get(tag, [])) for r in members]
+            epochs = sorted(set().union(*curves))
+            if not epochs:
+                continue
+            table = np.array([[c.get(e, np.nan) for e in epochs] for c in curves])  # (seeds, epochs)
+            label = " ".join(str(k) for k in key) + f" (n={len(members)})"
+            line = ax.plot(np.array(epochs) + 1, np.nanmean(table, 0), marker="o", label=label)[0]
+            ax.fill_between(np.array(epochs) + 1, np.nanmin(table, 0), np.nanmax(table, 0), alpha=0.2, color=line.get_color())
+        ax.set(xlabel="epoch", ylabel=tag, title=f"{tag} per epoch: mean over seeds, band = min to max")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / file, dpi=110)
+        plt.close(fig)
+        written.append(out / file)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, members in groups.items():
+        xs = [r.record.get("wall_s") for r in members]
+        ys = [r.record.get("best_val_acc") for r in members]
+        ax.scatter(xs, ys, label=" ".join(str(k) for k in key))
+    ax.set(xlabel="wall time of the run (s)", ylabel="best val/acc", title="accuracy against cost, one point per run")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "acc_vs_time.png", dpi=110)
+    plt.close(fig)
+    return written + [out / "acc_vs_time.png"]
+
+
+def compare(logdir: str | Path, out: str | Path | None = None) -> dict:
+    logdir = Path(logdir)
+    if not logdir.is_dir():
+        raise UserError(f"{logdir}: no such log folder")
+    runs = find_runs(logdir)
+    if not runs:
+        raise UserError(f"{logdir}: no runs found (a run folder holds config.yaml and TensorBoard events)")
+    out = Path(out or logdir)
+    out.mkdir(parents=True, exist_ok=True)
+    header, rows = leaderboard(runs)
+    with open(out / "leaderboard.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([c for h in header for c in ((f"{h} mean", f"{h} std") if h in STATS else (h,))])
+        for row in rows:
+            writer.writerow([c for v in row for c in (v if isinstance(v, tuple) else (v,))])
+    lines = [f"| {' | '.join(header)} |", "|" + "---|" * len(header)]
+    lines += [f"| {' | '.join(fmt(v) for v in row)} |" for row in rows]
+    others = [r for r in runs if not r.finished]
+    if others:
+        lines += ["", "Runs not counted above:", ""]
+        lines += [f"- {r.folder}: {r.status}" + (f" ({r.record['error']})" if r.record.get("error") else "") for r in others]
+    (out / "leaderboard.md").write_text("\n".join(lines) + "\n")
+    plots = plot(runs, out) if any(r.finished for r in runs) else []
+    return {"runs": len(runs), "finished": sum(r.finished for r in runs), "rows": rows, "header": header,
+            "leaderboard": out / "leaderboard.md", "plots": plots}
+
+
+def compare_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="imdb-lightning compare", description=__doc__.splitlines()[0])
+    parser.add_argument("logdir", nargs="?", default="lightning_logs")
+    parser.add_argument("--out", help="where leaderboard.md/.csv and the plots go (default: LOGDIR)")
+    opts = parser.parse_args(argv)
+    result = compare(opts.logdir, opts.out)
+    print(result["leaderboard"].read_text())
+    print(f"{result['finished']} finished of {result['runs']} runs; wrote {result['leaderboard']}, "
+          + ", ".join(str(p) for p in result["plots"]))

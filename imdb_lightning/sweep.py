@@ -1,0 +1,103 @@
+"""`imdb-lightning sweep`: encoders x seeds x overrides, one run after another, each then tested.
+
+Each run lands in lightning_logs/<encoder>/version_N with a `run.json` that carries the run's
+sweep key. Running the same sweep again skips finished runs and resumes unfinished ones from
+their last.ckpt (or starts them again in the same folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+from .callbacks import RunRecord
+from .encoders import PRESETS
+from .errors import DataError, UserError
+
+
+def sweep_key(encoder: str, seed: int, configs: list[str], overrides: list[str]) -> str:
+    contents = [Path(c).read_text() for c in configs]
+    return hashlib.sha1(json.dumps([encoder, seed, contents, overrides]).encode()).hexdigest()[:12]
+
+
+def existing_run(logdir: Path, encoder: str, key: str) -> tuple[Path | None, dict]:
+    for record_file in sorted((logdir / encoder).glob("version_*/run.json")):
+        record = json.loads(record_file.read_text())
+        if record.get("sweep_key") == key:
+            return record_file.parent, record
+    return None, {}
+
+
+def run_one(args: list[str], extra: dict, version: int | None, ckpt: Path | None) -> None:
+    from .cli import make_cli
+
+    if version is not None:
+        args = [*args, "--trainer.logger.init_args.version", str(version)]
+    cli = make_cli(args, run=False)
+    records = [cb for cb in cli.trainer.callbacks if isinstance(cb, RunRecord)]
+    if not records:
+        raise UserError("the sweep needs the RunRecord callback (imdb_lightning.callbacks.RunRecord) in trainer.callbacks")
+    records[0].extra = extra
+    cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=str(ckpt) if ckpt else None)
+    try:
+        cli.datamodule.dataset("test")
+    except DataError as err:
+        print(f"  not tested: {err}", file=sys.stderr)
+        return
+    cli.trainer.test(cli.model, cli.datamodule, ckpt_path="best")
+
+
+def sweep(encoders: list[str], seeds: list[int], configs: list[str], overrides: list[str], logdir: str) -> list[dict]:
+    unknown = set(encoders) - set(PRESETS)
+    if unknown:
+        raise UserError(f"unknown encoder(s) {', '.join(sorted(unknown))}; choose from {', '.join(PRESETS)}")
+    for config in configs:
+        if not Path(config).is_file():
+            raise UserError(f"{config}: no such config file")
+    flags = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--set {item!r}: write KEY=VALUE, e.g. trainer.max_epochs=5")
+        flags += [f"--{key}", value]
+    done = []
+    for encoder in encoders:
+        for seed in seeds:
+            key = sweep_key(encoder, seed, configs, overrides)
+            folder, record = existing_run(Path(logdir), encoder, key)
+            label = f"{encoder} seed {seed}"
+            if record.get("status") == "finished":
+                print(f"[sweep] {label}: finished in {folder}, skipped", file=sys.stderr)
+                done.append({"encoder": encoder, "seed": seed, "folder": str(folder), "skipped": True})
+                continue
+            version = int(folder.name.split("_")[-1]) if folder else None
+            last = folder / "checkpoints" / "last.ckpt" if folder else None
+            ckpt = last if last and last.is_file() else None
+            print(f"[sweep] {label}: " + (f"resuming {ckpt}" if ckpt else "starting"), file=sys.stderr)
+            preset = [f"--model.encoder.init_args.{k}={str(v).lower()}" for k, v in PRESETS[encoder].items()]
+            args = [
+                *[a for c in configs for a in ("--config", c)],
+                "--model.encoder", "imdb_lightning.encoders.RecurrentEncoder", *preset,
+                "--seed_everything", str(seed),
+                "--trainer.logger.init_args.save_dir", logdir, "--trainer.logger.init_args.name", encoder, *flags,
+            ]
+            run_one(args, {"sweep_key": key, "seed": seed, "encoder": encoder}, version, ckpt)
+            done.append({"encoder": encoder, "seed": seed, "skipped": False})
+    return done
+
+
+def sweep_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="imdb-lightning sweep", description=__doc__.splitlines()[0])
+    parser.add_argument("--encoders", default="rnn,lstm,gru,bilstm", help=f"comma-separated, from {','.join(PRESETS)}")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    parser.add_argument("--config", action="append", default=[], help="experiment YAML(s), applied in order")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override, as on the fit command line without '--', e.g. trainer.max_epochs=5")
+    parser.add_argument("--logdir", default="lightning_logs")
+    opts = parser.parse_args(argv)
+    seeds = [int(s) for s in opts.seeds.split(",")]
+    sweep(opts.encoders.split(","), seeds, opts.config, opts.set, opts.logdir)
+    print(f"[sweep] done; compare with: imdb-lightning compare {opts.logdir}", file=sys.stderr)
