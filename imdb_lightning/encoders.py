@@ -42,30 +42,31 @@ def _dropout(owner: str, **values) -> None:
 
 
 def pool(states: torch.Tensor, lengths: torch.Tensor, how: Pooling, backward_dims: int = 0) -> torch.Tensor:
-    """Pool (batch, time, dim) over each review's real tokens only, so padding never leaks in.
+    """Pool time-major (time, batch, dim) states over each review's real tokens only, so padding never leaks in.
 
     `last` takes the forward features at the last real token and, for the trailing
     `backward_dims` features of a bidirectional encoder, those at the first token, where the
     backward pass ends.
     """
-    batch, time, dim = states.shape
-    mask = torch.arange(time, device=states.device)[None, :] < lengths[:, None]  # (batch, time)
+    time, batch, dim = states.shape
+    mask = torch.arange(time, device=states.device)[:, None] < lengths[None, :]  # (time, batch)
     if how == "mean":
-        return (states * mask[..., None]).sum(1) / lengths[:, None].to(states.dtype)
+        return (states * mask[..., None]).sum(0) / lengths[:, None].to(states.dtype)
     if how == "max":
-        return states.masked_fill(~mask[..., None], float("-inf")).amax(1)
+        return states.masked_fill(~mask[..., None], float("-inf")).amax(0)
     rows = torch.arange(batch, device=states.device)
     forward_dims = dim - backward_dims
-    last = states[rows, lengths - 1, :forward_dims]  # (batch, forward_dims)
-    return torch.cat([last, states[:, 0, forward_dims:]], dim=-1) if backward_dims else last
+    last = states[lengths - 1, rows, :forward_dims]  # (batch, forward_dims)
+    return torch.cat([last, states[0, :, forward_dims:]], dim=-1) if backward_dims else last
 
 
 def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Reverse each sequence's real tokens and leave its padding in place; its own inverse."""
-    time = x.shape[1]
-    steps = torch.arange(time, device=x.device)[None, :]  # (1, time)
-    index = torch.where(steps < lengths[:, None], lengths[:, None] - 1 - steps, steps)  # (batch, time)
-    return x.gather(1, index[..., None].expand_as(x))
+    """Reverse each sequence's real tokens in time-major x (time, batch, ...) and leave its padding
+    in place; its own inverse."""
+    time = x.shape[0]
+    steps = torch.arange(time, device=x.device)[:, None]  # (time, 1)
+    index = torch.where(steps < lengths[None, :], lengths[None, :] - 1 - steps, steps)  # (time, batch)
+    return x.gather(0, index[..., None].expand_as(x))
 
 
 def keras_init_(rnn: nn.RNNBase, cell: str) -> None:
@@ -125,7 +126,7 @@ class RecurrentEncoder(nn.Module):
         self.layer_dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
             nn.ModuleList(
-                CELLS[cell](embed_dim if layer == 0 else self.output_dim, hidden_size, batch_first=True)
+                CELLS[cell](embed_dim if layer == 0 else self.output_dim, hidden_size)
                 for _ in range(directions)
             )
             for layer in range(num_layers)
@@ -139,15 +140,16 @@ class RecurrentEncoder(nn.Module):
             self.embedding.weight[PAD_ID].zero_()
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        x = self.embedding_dropout(self.embedding(input_ids))  # (batch, time, embed)
+        # Time-major inside: PyTorch's CPU RNN kernels ran ~30% faster than with batch_first here.
+        x = self.embedding_dropout(self.embedding(input_ids.t()))  # (time, batch, embed)
         for index, directions in enumerate(self.layers):
             if index:
                 x = self.layer_dropout(x)
-            states = [self._run(directions[0], x, lengths)]  # (batch, time, hidden)
+            states = [self._run(directions[0], x, lengths)]  # (time, batch, hidden)
             if self.bidirectional:
                 backward = self._run(directions[1], reverse_within_length(x, lengths), lengths)
                 states.append(reverse_within_length(backward, lengths))
-            x = torch.cat(states, dim=-1)  # (batch, time, directions * hidden)
+            x = torch.cat(states, dim=-1)  # (time, batch, directions * hidden)
         return pool(x, lengths, self.pooling, self.hidden_size if self.bidirectional else 0)  # (batch, output_dim)
 
     def _run(self, rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -155,8 +157,8 @@ class RecurrentEncoder(nn.Module):
             return rnn(x)[0]
         # Packed sequences skip the padding, which pays with cuDNN on a GPU; on CPU they ran ~10x
         # slower than padded length buckets here. Lengths must be a CPU tensor (a device sync on GPU).
-        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        return nn.utils.rnn.pad_packed_sequence(rnn(packed)[0], batch_first=True, total_length=x.shape[1])[0]
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
+        return nn.utils.rnn.pad_packed_sequence(rnn(packed)[0], total_length=x.shape[0])[0]
 
 
 def encoder_spec(encoder: nn.Module) -> dict:
