@@ -178,3 +178,48 @@ def build_encoder(spec: dict) -> nn.Module:
     except (ImportError, AttributeError) as err:
         raise ConfigError(f"encoder class {spec['class_path']!r} cannot be imported: {err}") from err
     return cls(**spec.get("init_args", {}))
+
+
+class ScratchRNNEncoder(nn.Module):
+    """A SimpleRNN written out for reading: h_t = tanh(W_x x_t + W_h h_{t-1} + b), one step at a time.
+
+    Slow (a Python loop over time) and meant for learning: with `tbptt_steps = k > 0` gradients flow
+    back through only the last k steps of each review (truncated backpropagation through time, as
+    the hand-written numpy tutorials do); 0 backpropagates through the whole review. With weights
+    copied from `nn.RNN` (see `from_torch_rnn`) it gives the same outputs and gradients.
+    """
+
+    def __init__(self, vocab_size: int = 20000, embed_dim: int = 64, hidden_size: int = 64,
+                 pooling: Pooling = "last", tbptt_steps: int = 0):
+        super().__init__()
+        _positive("model.encoder", vocab_size=vocab_size, embed_dim=embed_dim, hidden_size=hidden_size)
+        if tbptt_steps < 0:
+            raise ConfigError(f"model.encoder.tbptt_steps must be 0 (off) or positive, got {tbptt_steps}")
+        self.vocab_size, self.embed_dim, self.hidden_size = vocab_size, embed_dim, hidden_size
+        self.pooling, self.tbptt_steps, self.output_dim = pooling, tbptt_steps, hidden_size
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
+        self.W_x = nn.Linear(embed_dim, hidden_size)  # input weights, bias b_x
+        self.W_h = nn.Linear(hidden_size, hidden_size)  # recurrent weights, bias b_h (b = b_x + b_h)
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        x = self.embedding(input_ids.t())  # (time, batch, embed)
+        h = x.new_zeros(x.shape[1], self.hidden_size)  # (batch, hidden)
+        states = []
+        for t in range(x.shape[0]):
+            if self.tbptt_steps:
+                # Cut the gradient path k steps before each review's own end.
+                cut = (lengths - self.tbptt_steps == t)[:, None]  # (batch, 1)
+                h = torch.where(cut, h.detach(), h)
+            h = torch.tanh(self.W_x(x[t]) + self.W_h(h))  # (batch, hidden)
+            states.append(h)
+        return pool(torch.stack(states), lengths, self.pooling)  # (batch, hidden)
+
+    @torch.no_grad()
+    def from_torch_rnn(self, rnn: nn.RNN, embedding: nn.Embedding) -> "ScratchRNNEncoder":
+        """Copy the weights of a one-layer tanh `nn.RNN` (and its embedding) into this encoder."""
+        self.embedding.weight.copy_(embedding.weight)
+        self.W_x.weight.copy_(rnn.weight_ih_l0)
+        self.W_x.bias.copy_(rnn.bias_ih_l0)
+        self.W_h.weight.copy_(rnn.weight_hh_l0)
+        self.W_h.bias.copy_(rnn.bias_hh_l0)
+        return self

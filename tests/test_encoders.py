@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from conftest import ENCODERS
-from imdb_lightning.encoders import RecurrentEncoder, build_encoder, encoder_spec
+from imdb_lightning.encoders import RecurrentEncoder, ScratchRNNEncoder, build_encoder, encoder_spec
 from imdb_lightning.errors import ConfigError
 
 
@@ -68,3 +68,42 @@ def test_keras_init_sets_forget_bias_and_small_embeddings():
 def test_bad_encoder_options_are_named(settings, message):
     with pytest.raises(ConfigError, match=message):
         RecurrentEncoder(**settings)
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+def test_scratch_rnn_matches_torch_rnn_outputs_and_gradients(pooling):
+    torch.manual_seed(0)
+    reference = RecurrentEncoder(vocab_size=30, cell="rnn", embed_dim=6, hidden_size=5, pooling=pooling, init="torch")
+    scratch = ScratchRNNEncoder(vocab_size=30, embed_dim=6, hidden_size=5, pooling=pooling)
+    scratch.from_torch_rnn(reference.layers[0][0], reference.embedding)
+    ids, lengths = torch.randint(2, 30, (3, 9)), torch.tensor([9, 4, 1])
+    expected, got = reference(ids, lengths), scratch(ids, lengths)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    expected.sum().backward()
+    got.sum().backward()
+    rnn = reference.layers[0][0]
+    for mine, theirs in [(scratch.W_x.weight, rnn.weight_ih_l0), (scratch.W_h.weight, rnn.weight_hh_l0),
+                         (scratch.W_h.bias, rnn.bias_hh_l0), (scratch.embedding.weight, reference.embedding.weight)]:
+        torch.testing.assert_close(mine.grad, theirs.grad, atol=1e-5, rtol=0)
+
+
+def test_scratch_rnn_truncated_bptt_cuts_early_gradients():
+    torch.manual_seed(0)
+    encoder = ScratchRNNEncoder(vocab_size=30, embed_dim=4, hidden_size=4, pooling="last", tbptt_steps=2)
+    ids, lengths = torch.randint(2, 30, (2, 8)), torch.tensor([8, 5])
+    embedded = []
+
+    def keep(module, inputs, out):
+        out.retain_grad()
+        embedded.append(out)
+
+    encoder.embedding.register_forward_hook(keep)
+    encoder(ids, lengths).sum().backward()
+    grad = embedded[0].grad.abs().sum(-1)  # (time, batch): which inputs still get a gradient
+    assert grad[:6, 0].eq(0).all() and grad[6:, 0].gt(0).all()  # review 0: only its last 2 steps
+    assert grad[:3, 1].eq(0).all() and grad[3:5, 1].gt(0).all()  # review 1 (length 5): steps 3 and 4
+
+
+def test_scratch_rnn_spec_round_trip():
+    encoder = ScratchRNNEncoder(vocab_size=20, embed_dim=3, hidden_size=4, tbptt_steps=5)
+    assert build_encoder(encoder_spec(encoder)).tbptt_steps == 5
