@@ -32,7 +32,7 @@ from .encoders import PRESETS, RecurrentEncoder
 from .export import export_predictor
 from .inference import Predictor
 from .model import SentimentClassifier
-from .sources import load_files
+from .sources import load_files, write_reviews
 from .standalone import ExportedClassifier
 from .synthetic import synthetic_reviews
 
@@ -103,14 +103,6 @@ def peak_rss_mb(train_file: str, encoder: dict, args, cache_dir: str) -> tuple[f
     if done.returncode:
         raise RuntimeError(f"the one-epoch run failed:\n{done.stderr[-2000:]}")
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, time.perf_counter() - start
-
-
-def write_reviews(texts: list[str], labels: list[int], path: Path) -> str:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    pq.write_table(pa.table({"text": texts, "label": labels}), path)
-    return str(path)
 
 
 def run(args) -> dict:

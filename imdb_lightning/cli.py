@@ -76,6 +76,10 @@ def cli_main(args: Optional[list[str]] = None) -> None:
             from .compare import compare_main
 
             compare_main(argv[1:])
+        elif command == "memory":
+            from .memory import memory_main
+
+            memory_main(argv[1:])
         else:
             make_cli(args)
     except (UserError, MisconfigurationException) as err:

@@ -122,3 +122,12 @@ def fingerprint(paths: list[str]) -> list:
         stats = [f.stat() for f in files if f.is_file()]
         out.append([os.path.abspath(path), len(stats), sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)])
     return out
+
+
+def write_reviews(texts: list[str], labels: list[int], path: Path) -> str:
+    """Save reviews as a parquet file the `files` source reads (benchmarks and diagnostics use it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": texts, "label": labels}), path)
+    return str(path)
