@@ -14,6 +14,8 @@ from .errors import UserError
 from .model import SentimentClassifier
 
 DEFAULTS = str(Path(__file__).with_name("config") / "defaults.yaml")
+FORECAST_DEFAULTS = str(Path(__file__).with_name("config") / "forecast_defaults.yaml")
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
 class IMDBLightningCLI(LightningCLI):
@@ -47,7 +49,19 @@ def make_cli(args: Optional[list[str]] = None, run: bool = True) -> IMDBLightnin
         IMDBDataModule,
         args=args,
         run=run,
-        parser_kwargs=defaults if not run else {cmd: defaults for cmd in ("fit", "validate", "test", "predict")},
+        parser_kwargs=defaults if not run else {cmd: defaults for cmd in SUBCOMMANDS},
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+def forecast_cli(args: Optional[list[str]] = None, run: bool = True) -> LightningCLI:
+    """The same CLI for sequence regression (`imdb-lightning forecast fit ...`)."""
+    from .timeseries import SequenceRegressor, SeriesDataModule
+
+    defaults = {"default_config_files": [FORECAST_DEFAULTS]}
+    return LightningCLI(
+        SequenceRegressor, SeriesDataModule, args=args, run=run,
+        parser_kwargs=defaults if not run else {cmd: defaults for cmd in SUBCOMMANDS},
         save_config_kwargs={"overwrite": True},
     )
 
@@ -76,6 +90,12 @@ def cli_main(args: Optional[list[str]] = None) -> None:
             from .compare import compare_main
 
             compare_main(argv[1:])
+        elif command == "forecast" and argv[1:2] == ["report"]:
+            from .timeseries import report_main
+
+            report_main(argv[2:])
+        elif command == "forecast":
+            forecast_cli(argv[1:])
         elif command == "memory":
             from .memory import memory_main
 

@@ -106,6 +106,7 @@ class RecurrentEncoder(nn.Module):
         dropout: float = 0.0,
         init: Literal["keras", "torch"] = "keras",
         packed: bool = False,
+        input_size: int = 0,
     ):
         super().__init__()
         owner = "model.encoder"
@@ -118,30 +119,38 @@ class RecurrentEncoder(nn.Module):
         self.vocab_size, self.cell, self.embed_dim, self.hidden_size = vocab_size, cell, embed_dim, hidden_size
         self.num_layers, self.bidirectional, self.pooling = num_layers, bidirectional, pooling
         self.embed_dropout, self.dropout, self.init, self.packed = embed_dropout, dropout, init, packed
+        self.input_size = input_size
         directions = 2 if bidirectional else 1
         self.output_dim = directions * hidden_size
 
-        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
+        # input_size > 0: the inputs are real-valued features (time series), not token ids.
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID) if not input_size else None
         self.embedding_dropout = nn.Dropout(embed_dropout)
         self.layer_dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
             nn.ModuleList(
-                CELLS[cell](embed_dim if layer == 0 else self.output_dim, hidden_size)
+                CELLS[cell]((input_size or embed_dim) if layer == 0 else self.output_dim, hidden_size)
                 for _ in range(directions)
             )
             for layer in range(num_layers)
         )
         if init == "keras":
-            nn.init.uniform_(self.embedding.weight, -0.05, 0.05)
             for rnn in self.modules():
                 if isinstance(rnn, nn.RNNBase):
                     keras_init_(rnn, cell)
-        with torch.no_grad():
-            self.embedding.weight[PAD_ID].zero_()
+        if self.embedding is not None:
+            if init == "keras":
+                nn.init.uniform_(self.embedding.weight, -0.05, 0.05)
+            with torch.no_grad():
+                self.embedding.weight[PAD_ID].zero_()
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        # Time-major inside: PyTorch's CPU RNN kernels ran ~30% faster than with batch_first here.
-        x = self.embedding_dropout(self.embedding(input_ids.t()))  # (time, batch, embed)
+        """input_ids (batch, time) token ids, or (batch, time, input_size) features; lengths (batch,)."""
+        # Time-major inside: PyTorch's CPU RNN kernels ran faster than with batch_first here.
+        if self.embedding is None:  # (batch, time, input_size) real-valued inputs
+            x = input_ids.transpose(0, 1)  # (time, batch, input_size)
+        else:
+            x = self.embedding_dropout(self.embedding(input_ids.t()))  # (time, batch, embed)
         for index, directions in enumerate(self.layers):
             if index:
                 x = self.layer_dropout(x)

@@ -8,7 +8,8 @@ import torch
 from imdb_lightning.cli import cli_main
 
 EXPERIMENTS_DIR = Path(__file__).parents[1] / "experiments"
-EXPERIMENTS = sorted(EXPERIMENTS_DIR.glob("*.yaml"))
+# Sentiment experiments; airline_*.yaml are forecasting ones (tests/test_timeseries.py).
+EXPERIMENTS = sorted(p for p in EXPERIMENTS_DIR.glob("*.yaml") if not p.stem.startswith("airline"))
 # Shrink any experiment to a few batches of synthetic data.
 SMALL = [
     "--data.source", "synthetic", "--data.synthetic_size", "300", "--data.vocab_size", "300",

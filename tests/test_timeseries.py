@@ -1,0 +1,54 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from imdb_lightning.cli import cli_main
+from imdb_lightning.timeseries import SeriesDataModule
+
+AIRLINE = Path(__file__).parents[1] / "experiments" / "airline_lstm.yaml"
+
+
+def test_airline_series_windows_and_chronological_split():
+    dm = SeriesDataModule()
+    dm.setup("fit")
+    assert len(dm.values) == 144 and dm.values[0] == 112 and dm.values[-1] == 432 and dm.months[0] == "1949-01"
+    months = {s: dm.splits[s].tensors[2].numpy() for s in ("train", "val", "test")}
+    assert len(months["test"]) == 24 and len(months["val"]) == 12 and len(months["train"]) == 144 - 36 - 12
+    assert months["train"].max() < months["val"].min() and months["val"].max() < months["test"].min()
+    # scaling fitted on training months only: later months exceed 1
+    inputs, targets, _ = dm.splits["train"].tensors
+    assert float(inputs.min()) == 0.0 and float(inputs.max()) <= 1.0
+    assert float(dm.splits["test"].tensors[1].max()) > 1.0
+    # each window is the 12 values before its target
+    x, y, t = dm.splits["val"][0]
+    expected = (dm.values[int(t) - 12 : int(t)] - dm.low) / (dm.high - dm.low)
+    np.testing.assert_allclose(x.squeeze(-1).numpy(), expected, rtol=1e-6)
+
+
+def test_seasonal_naive_is_last_years_month():
+    dm = SeriesDataModule()
+    dm.setup("test")
+    months = dm.splits["test"].tensors[2].numpy()
+    expected = np.sqrt(np.mean((dm.values[months] - dm.values[months - 12]) ** 2))
+    assert dm.seasonal_naive_rmse() == pytest.approx(expected)
+
+
+def test_forecast_cli_fit_test_and_report(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    short = ["--config", str(AIRLINE), "--trainer.max_epochs", "3", "--trainer.enable_progress_bar", "false"]
+    cli_main(["forecast", "fit", *short])
+    best = next(Path("lightning_logs/airline_lstm/version_0/checkpoints").glob("best*.ckpt"))
+    assert torch.load(best, weights_only=True)["hyper_parameters"]["encoder"]["init_args"]["input_size"] == 1
+    cli_main(["forecast", "test", *short, "--ckpt_path", str(best)])
+    assert "test/rmse" in capsys.readouterr().out
+
+    quick = tmp_path / "quick.yaml"
+    quick.write_text(AIRLINE.read_text().replace("max_epochs: 300", "max_epochs: 2"))
+    cli_main(["forecast", "report", "--config", str(quick), "--seeds", "0,1", "--out", str(tmp_path / "report")])
+    summary = json.loads((tmp_path / "report" / "airline.json").read_text())
+    assert len(summary["seeds"]) == 2 and summary["seasonal_naive_rmse"] > 0
+    assert len(summary["test_months"]) == 24 and summary["test_months"][-1] == "1960-12"
+    assert (tmp_path / "report" / "airline.png").stat().st_size > 5000
