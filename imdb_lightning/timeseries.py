@@ -56,14 +56,18 @@ class SeriesDataModule(L.LightningDataModule):
         val_months: validation targets.
         test_months: test targets, the last ones.
         batch_size: windows per batch.
+        seasonal_base: forecast the change from the same month a year earlier (the window's first
+            value when window is 12) instead of the level: the trend then stays in range of the scaling.
     """
 
     def __init__(self, csv_file: Optional[str] = None, column: str = "Passengers", window: int = 12,
-                 val_months: int = 12, test_months: int = 24, batch_size: int = 8):
+                 val_months: int = 12, test_months: int = 24, batch_size: int = 8, seasonal_base: bool = False):
         super().__init__()
         for name, value in dict(window=window, val_months=val_months, test_months=test_months, batch_size=batch_size).items():
             if value < 1:
                 raise ConfigError(f"data.{name} must be at least 1, got {value}")
+        if seasonal_base and window < 12:
+            raise ConfigError(f"data.seasonal_base needs data.window >= 12 (the same month last year), got {window}")
         self.save_hyperparameters()
         self.splits: dict[str, torch.utils.data.TensorDataset] = {}
 
@@ -92,10 +96,11 @@ class SeriesDataModule(L.LightningDataModule):
 
     def collate(self, rows) -> dict:
         inputs, targets, months = map(torch.stack, zip(*rows))
+        base = inputs[:, -12, 0] if self.hparams.seasonal_base else torch.zeros(len(rows))  # same month last year
         return {
             "input_ids": inputs,  # (batch, window, 1) scaled values; named as for text so encoders read both
             "lengths": torch.full((len(rows),), inputs.shape[1], dtype=torch.long),
-            "target": targets, "month": months,
+            "target": targets, "month": months, "base": base,
             "low": torch.full((len(rows),), self.low), "high": torch.full((len(rows),), self.high),
         }
 
@@ -136,10 +141,10 @@ class SequenceRegressor(L.LightningModule):
         self.predictions: dict[int, float] = {}  # test month -> forecast, for the report's plot
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(inputs, lengths)).squeeze(-1)  # (batch,) scaled forecast
+        return self.head(self.encoder(inputs, lengths)).squeeze(-1)  # (batch,) scaled forecast (or change)
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
-        forecast = self(batch["input_ids"], batch["lengths"])
+        forecast = self(batch["input_ids"], batch["lengths"]) + batch["base"]  # (batch,) scaled level
         loss = F.mse_loss(forecast, batch["target"])
         span = batch["high"] - batch["low"]
         passengers = forecast.detach() * span + batch["low"]  # back to the series' units

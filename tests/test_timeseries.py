@@ -52,3 +52,14 @@ def test_forecast_cli_fit_test_and_report(tmp_path, monkeypatch, capsys):
     assert len(summary["seeds"]) == 2 and summary["seasonal_naive_rmse"] > 0
     assert len(summary["test_months"]) == 24 and summary["test_months"][-1] == "1960-12"
     assert (tmp_path / "report" / "airline.png").stat().st_size > 5000
+
+
+def test_seasonal_base_is_the_same_month_last_year():
+    dm = SeriesDataModule(seasonal_base=True)
+    dm.setup("fit")
+    batch = next(iter(dm.val_dataloader()))
+    months = batch["month"].numpy()
+    expected = (dm.values[months - 12] - dm.low) / (dm.high - dm.low)
+    np.testing.assert_allclose(batch["base"].numpy(), expected, rtol=1e-6)
+    with pytest.raises(Exception, match="window >= 12"):
+        SeriesDataModule(window=6, seasonal_base=True)
