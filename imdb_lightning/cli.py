@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from argparse import RawDescriptionHelpFormatter
+
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
@@ -16,6 +18,15 @@ from .model import SentimentClassifier
 DEFAULTS = str(Path(__file__).with_name("config") / "defaults.yaml")
 FORECAST_DEFAULTS = str(Path(__file__).with_name("config") / "forecast_defaults.yaml")
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+DESCRIPTION = """Train, evaluate and apply recurrent sentiment encoders on IMDB.
+
+  fit | validate | test   Lightning runs configured by YAML (--config experiments/NAME.yaml)
+  predict                 classify raw reviews with a checkpoint (imdb-lightning predict --help)
+  export                  a checkpoint as ONNX or TorchScript with a standalone loader
+  sweep | compare         grids of runs; leaderboard and plots
+  bench                   speed and memory against a hand-written loop
+  memory                  long-range memory diagnostic
+  forecast fit|test|report  the airline-passengers LSTM"""
 
 
 class IMDBLightningCLI(LightningCLI):
@@ -49,7 +60,10 @@ def make_cli(args: Optional[list[str]] = None, run: bool = True) -> IMDBLightnin
         IMDBDataModule,
         args=args,
         run=run,
-        parser_kwargs=defaults if not run else {cmd: defaults for cmd in SUBCOMMANDS},
+        parser_kwargs=defaults if not run else {
+            "description": DESCRIPTION, "formatter_class": RawDescriptionHelpFormatter,
+            **{cmd: defaults for cmd in SUBCOMMANDS},
+        },
         save_config_kwargs={"overwrite": True},
     )
 
