@@ -39,7 +39,7 @@ from .synthetic import synthetic_reviews
 ENCODERS = PRESETS
 
 
-def reference_loop(model: SentimentClassifier, batches: list[dict], warmup: int) -> float:
+def reference_loop(model, batches: list[dict], warmup: int, bf16: bool = False) -> float:
     """The hand-written baseline: forward, loss, backward, Adam step. Returns samples/s after warm-up."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
@@ -47,7 +47,8 @@ def reference_loop(model: SentimentClassifier, batches: list[dict], warmup: int)
     for i, batch in enumerate(batches):
         if i == warmup:
             start = time.perf_counter()
-        logits = model(batch["input_ids"], batch["lengths"])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(batch["input_ids"], batch["lengths"]).float()
         loss = F.binary_cross_entropy_with_logits(logits, batch["labels"].float())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -190,8 +191,28 @@ def bench_encoder(name: str, dm: IMDBDataModule, batches, val_texts, train_file,
         p50, p95 = np.percentile(latencies, [50, 95]).tolist()
         out[f"{prefix}predict_latency_ms_p50"], out[f"{prefix}predict_latency_ms_p95"] = p50, p95
 
+    if args.levers:
+        out["levers"] = levers(model, few, args)
     print(f"[{name}] one training epoch in a child process (peak memory)", file=sys.stderr)
     out["peak_rss_mb"], out["epoch_wall_s"] = peak_rss_mb(train_file, spec, args, str(tmp / "cache"))
+    return out
+
+
+def levers(model: SentimentClassifier, batches: list[dict], args) -> dict:
+    """Speed of the reference loop under other settings, relative to the default (>1: faster)."""
+    print("  levers: threads, bf16 autocast, torch.compile", file=sys.stderr)
+    base = reference_loop(copy.deepcopy(model), batches, args.warmup)
+    out = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out["one_thread_vs_default"] = reference_loop(copy.deepcopy(model), batches, args.warmup) / base
+    torch.set_num_threads(threads)
+    try:
+        out["bf16_autocast_vs_fp32"] = reference_loop(copy.deepcopy(model), batches, args.warmup, bf16=True) / base
+    except RuntimeError as err:  # oneDNN has no bf16 LSTM primitive on CPUs without native bf16
+        out["bf16_autocast_vs_fp32"] = f"failed: {str(err).splitlines()[0][:120]}"
+    compiled = torch.compile(copy.deepcopy(model), dynamic=True)
+    out["torch_compile_vs_eager"] = reference_loop(compiled, batches, args.warmup) / base
     return out
 
 
@@ -237,6 +258,7 @@ def bench_main(argv: list[str]) -> dict:
     parser.add_argument("--rounds", type=int, default=3, help="Lightning/loop alternations; the median is reported")
     parser.add_argument("--tokenize_reviews", type=int, default=50000)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds: checks that the bench runs")
+    parser.add_argument("--levers", action="store_true", help="also time 1 thread, bf16 autocast and torch.compile")
     parser.add_argument("--out", default="bench.json", help="where the JSON is written")
     args = parser.parse_args(argv)
     unknown = set(args.encoders.split(",")) - set(ENCODERS)
