@@ -1,6 +1,8 @@
 import json
 import math
 
+import pytest
+
 from imdb_lightning.cli import cli_main
 
 KEYS = {
@@ -22,3 +24,12 @@ def test_quick_bench_reports_every_figure(tmp_path, capsys):
         assert KEYS <= set(figures)
         for key in KEYS:
             assert math.isfinite(figures[key]) and figures[key] > 0, (key, figures[key])
+
+
+@pytest.mark.slow
+def test_quick_bench_levers(tmp_path):
+    out = tmp_path / "bench.json"
+    cli_main(["bench", "--quick", "--encoders", "gru", "--levers", "--out", str(out)])
+    levers = json.loads(out.read_text())["encoders"]["gru"]["levers"]
+    assert levers["one_thread_vs_default"] > 0 and levers["torch_compile_vs_eager"] > 0
+    assert isinstance(levers["bf16_autocast_vs_fp32"], (float, str))  # a ratio, or why it failed
