@@ -13,7 +13,7 @@ import lightning as L
 import numpy as np
 import torch
 from tokenizers import Tokenizer
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
 
 from . import sources
 from .errors import ConfigError, DataError
@@ -98,6 +98,11 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 
 def _digest(*parts) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _save_arrays(path: str, **arrays: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a bare name
+        np.savez(f, **arrays)
 
 
 def _default_cache_dir() -> str:
@@ -251,8 +256,7 @@ class IMDBDataModule(L.LightningDataModule):
             else:
                 texts, labels = self._raw_split(split)
                 ids, offsets = encode(tokenizer, texts)
-                arrays = dict(ids=ids, offsets=offsets, labels=labels)
-                self._atomic_write(path, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+                self._atomic_write(path, lambda tmp: _save_arrays(tmp, ids=ids, offsets=offsets, labels=labels))
             self._datasets[split] = TokenizedReviews(ids, offsets, labels, hp.max_length, hp.truncation)
         return self._datasets[split]
 
@@ -276,8 +280,6 @@ class IMDBDataModule(L.LightningDataModule):
         batch_size = hp.batch_size if shuffle else hp.eval_batch_size or 2 * hp.batch_size
         order = DistributedSampler(data, num_replicas=replicas, rank=rank, shuffle=shuffle, seed=hp.split_seed)
         if shuffle and not hp.bucketing:
-            from torch.utils.data import BatchSampler
-
             batches = BatchSampler(order, batch_size, drop_last=False)
         else:
             batches = BucketBatchSampler(order, data.lengths, batch_size)
