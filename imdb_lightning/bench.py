@@ -12,7 +12,6 @@ import copy
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -99,11 +98,14 @@ def peak_rss_mb(train_file: str, encoder: dict, args, cache_dir: str) -> tuple[f
         "--trainer.callbacks=null", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
     ] + (["--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2"] if args.quick else [])
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as cwd:
-        done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"the one-epoch run failed:\n{done.stderr[-2000:]}")
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as cwd, open(Path(cwd) / "out.log", "w+") as log:
+        child = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own peak, not the max over all children
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode:
+            log.seek(0)
+            raise RuntimeError(f"the one-epoch run failed:\n{log.read()[-2000:]}")
+    return usage.ru_maxrss / 1024, time.perf_counter() - start
 
 
 def run(args) -> dict:

@@ -26,10 +26,15 @@ def build_tokenizer(texts: list[str], vocab_size: int, min_frequency: int = 1, l
     return tokenizer
 
 
-def encode(tokenizer: Tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def encode(tokenizer: Tokenizer, texts: list[str], chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """Ragged token ids as one flat int32 array plus offsets: review i is ids[offsets[i]:offsets[i + 1]]."""
-    # encode_batch_fast skips offset tracking we do not need; it runs on all cores.
-    ids = [e.ids for e in tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+    # encode_batch_fast skips offset tracking we do not need and runs on all cores; chunks keep the
+    # Encoding objects (tokens, masks, ...) of only a few thousand reviews alive at a time.
+    ids = [
+        e.ids
+        for start in range(0, len(texts), chunk)
+        for e in tokenizer.encode_batch_fast(texts[start : start + chunk], add_special_tokens=False)
+    ]
     offsets = np.zeros(len(ids) + 1, dtype=np.int64)
     np.cumsum([len(i) for i in ids], out=offsets[1:])
     return np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(offsets[-1])), offsets
