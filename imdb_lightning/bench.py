@@ -98,14 +98,28 @@ def peak_rss_mb(train_file: str, encoder: dict, args, cache_dir: str) -> tuple[f
         "--trainer.callbacks=null", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
     ] + (["--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2"] if args.quick else [])
     start = time.perf_counter()
+    peak_kb = 0
     with tempfile.TemporaryDirectory() as cwd, open(Path(cwd) / "out.log", "w+") as log:
         child = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(child.pid, 0)  # this child's own peak, not the max over all children
-        child.returncode = os.waitstatus_to_exitcode(status)
+        # VmHWM is the child's own high-water mark. (rusage's maxrss would also count the pages it
+        # shared with this large parent when it was forked.)
+        while child.poll() is None:
+            peak_kb = max(peak_kb, _vm_hwm_kb(child.pid))
+            time.sleep(0.2)
         if child.returncode:
             log.seek(0)
             raise RuntimeError(f"the one-epoch run failed:\n{log.read()[-2000:]}")
-    return usage.ru_maxrss / 1024, time.perf_counter() - start
+    return peak_kb / 1024, time.perf_counter() - start
+
+
+def _vm_hwm_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:  # exited between poll() and the read
+        pass
+    return 0
 
 
 def run(args) -> dict:
