@@ -139,6 +139,7 @@ def plot(runs: list[Run], out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     finished = [r for r in runs if r.finished]
     _, groups = group(finished)
@@ -155,6 +156,7 @@ def plot(runs: list[Run], out: Path) -> list[Path]:
             line = ax.plot(np.array(epochs) + 1, np.nanmean(table, 0), marker="o", label=label)[0]
             ax.fill_between(np.array(epochs) + 1, np.nanmin(table, 0), np.nanmax(table, 0), alpha=0.2, color=line.get_color())
         ax.set(xlabel="epoch", ylabel=tag, title=f"{tag} per epoch: mean over seeds, band = min to max")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()

@@ -232,3 +232,32 @@ class ScratchRNNEncoder(nn.Module):
         self.W_h.weight.copy_(rnn.weight_hh_l0)
         self.W_h.bias.copy_(rnn.bias_hh_l0)
         return self
+
+
+class NBoWEncoder(nn.Module):
+    """Neural bag of words (fastText-style): the mean of word embeddings over each review's tokens,
+    plus, with `bigram_buckets > 0`, hashed embeddings of adjacent word pairs. No recurrence: the
+    reference that shows what reading in order adds."""
+
+    def __init__(self, vocab_size: int = 20000, embed_dim: int = 64, bigram_buckets: int = 0, embed_dropout: float = 0.0):
+        super().__init__()
+        _positive("model.encoder", vocab_size=vocab_size, embed_dim=embed_dim)
+        if bigram_buckets < 0:
+            raise ConfigError(f"model.encoder.bigram_buckets must be 0 (off) or positive, got {bigram_buckets}")
+        _dropout("model.encoder", embed_dropout=embed_dropout)
+        self.vocab_size, self.embed_dim, self.bigram_buckets = vocab_size, embed_dim, bigram_buckets
+        self.embed_dropout, self.output_dim = embed_dropout, embed_dim
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
+        self.bigrams = nn.Embedding(bigram_buckets, embed_dim) if bigram_buckets else None
+        self.dropout_layer = nn.Dropout(embed_dropout)
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        x = self.dropout_layer(self.embedding(input_ids.t()))  # (time, batch, embed)
+        pooled = pool(x, lengths, "mean")  # (batch, embed)
+        if self.bigrams is None:
+            return pooled
+        ids = input_ids.t()  # (time, batch)
+        pair = (ids[:-1] * 1_000_003 + ids[1:]) % self.bigram_buckets  # (time - 1, batch) hashed pair ids
+        pairs = self.dropout_layer(self.bigrams(pair))  # (time - 1, batch, embed)
+        has_pairs = (lengths > 1).to(x.dtype)[:, None]
+        return pooled + has_pairs * pool(pairs, (lengths - 1).clamp(min=1), "mean")

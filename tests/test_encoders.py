@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from conftest import ENCODERS
-from imdb_lightning.encoders import RecurrentEncoder, ScratchRNNEncoder, build_encoder, encoder_spec
+from imdb_lightning.encoders import NBoWEncoder, RecurrentEncoder, ScratchRNNEncoder, build_encoder, encoder_spec
 from imdb_lightning.errors import ConfigError
 
 
@@ -107,3 +107,17 @@ def test_scratch_rnn_truncated_bptt_cuts_early_gradients():
 def test_scratch_rnn_spec_round_trip():
     encoder = ScratchRNNEncoder(vocab_size=20, embed_dim=3, hidden_size=4, tbptt_steps=5)
     assert build_encoder(encoder_spec(encoder)).tbptt_steps == 5
+
+
+@pytest.mark.parametrize("bigrams", [0, 101])
+def test_nbow_shapes_and_padding_invariance(bigrams):
+    torch.manual_seed(0)
+    encoder = NBoWEncoder(vocab_size=40, embed_dim=6, bigram_buckets=bigrams).eval()
+    short, long = torch.randint(2, 40, (1, 5)), torch.randint(2, 40, (1, 30))
+    batch = torch.zeros(2, 30, dtype=torch.long)
+    batch[0, :5], batch[1] = short[0], long[0]
+    together = encoder(batch, torch.tensor([5, 30]))
+    assert together.shape == (2, 6) and encoder.output_dim == 6
+    torch.testing.assert_close(together[0], encoder(short, torch.tensor([5]))[0], atol=1e-6, rtol=0)
+    single = encoder(torch.tensor([[7]]), torch.tensor([1]))  # one token: no bigram, still defined
+    assert torch.isfinite(single).all()
