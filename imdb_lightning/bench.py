@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import IMDBDataModule, collate
+from .data import IMDBDataModule
 from .encoders import PRESETS, RecurrentEncoder
 from .export import export_predictor
 from .inference import Predictor
