@@ -11,6 +11,12 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 
+def run_folders(root: Path) -> list[Path]:
+    """The `version_N` run folders under an experiment's log folder, oldest (lowest N) first."""
+    folders = [p for p in Path(root).glob("version_*") if p.name.split("_")[-1].isdigit()]
+    return sorted(folders, key=lambda p: int(p.name.split("_")[-1]))
+
+
 class CheckpointOnInterrupt(L.Callback):
     """On Ctrl-C (SIGINT) during fit, write `last.ckpt` so `--ckpt_path last` resumes from there.
 

@@ -11,6 +11,7 @@ from argparse import RawDescriptionHelpFormatter
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
+from .callbacks import run_folders
 from .data import IMDBDataModule
 from .errors import UserError
 from .model import SentimentClassifier
@@ -44,12 +45,12 @@ class IMDBLightningCLI(LightningCLI):
         if not getattr(logger, "init_args", None) or "save_dir" not in logger.init_args:
             raise UserError("--ckpt_path last needs a TensorBoard/CSV logger config to find the run; pass a checkpoint path")
         root = Path(logger.init_args.save_dir) / logger.init_args.name
-        runs = sorted(root.glob("version_*/checkpoints/last.ckpt"), key=lambda p: int(p.parents[1].name.split("_")[-1]))
+        runs = [run for run in run_folders(root) if (run / "checkpoints" / "last.ckpt").is_file()]
         if not runs:
             raise UserError(f"--ckpt_path last: no last.ckpt under {root}; nothing to resume")
-        config.ckpt_path = str(runs[-1])
-        logger.init_args.version = int(runs[-1].parents[1].name.split("_")[-1])
-        print(f"Resuming {runs[-1]}", file=sys.stderr)
+        config.ckpt_path = str(runs[-1] / "checkpoints" / "last.ckpt")
+        logger.init_args.version = int(runs[-1].name.split("_")[-1])
+        print(f"Resuming {config.ckpt_path}", file=sys.stderr)
 
 
 def make_cli(args: Optional[list[str]] = None, run: bool = True) -> IMDBLightningCLI:

@@ -12,6 +12,7 @@ from typing import Iterator
 
 import yaml
 
+from .callbacks import run_folders
 from .errors import UserError
 
 READ_FORMATS = (".txt", ".csv", ".jsonl", ".parquet")
@@ -101,9 +102,8 @@ def latest_checkpoint(config: str, defaults: str) -> Path:
             raise UserError(f"{path}: no such config file")
         logger.update((yaml.safe_load(Path(path).read_text()) or {}).get("trainer", {}).get("logger", {}).get("init_args", {}))
     root = Path(logger.get("save_dir", "lightning_logs")) / logger.get("name", "default")
-    runs = sorted(root.glob("version_*/checkpoints"), key=lambda p: int(p.parent.name.split("_")[-1]))
-    for folder in reversed(runs):
-        found = sorted(folder.glob("best*.ckpt")) or sorted(folder.glob("last*.ckpt"))
+    for run in reversed(run_folders(root)):
+        found = sorted(run.glob("checkpoints/best*.ckpt")) or sorted(run.glob("checkpoints/last*.ckpt"))
         if found:
             return found[-1]
     raise UserError(f"no checkpoint found under {root}; train first: imdb-lightning fit --config {config}")

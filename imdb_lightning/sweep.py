@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from .callbacks import RunRecord
+from .callbacks import RunRecord, run_folders
 from .encoders import PRESETS
 from .errors import DataError, UserError
 
@@ -24,10 +24,10 @@ def sweep_key(encoder: str, seed: int, configs: list[str], overrides: list[str])
 
 
 def existing_run(logdir: Path, encoder: str, key: str) -> tuple[Path | None, dict]:
-    for record_file in sorted((logdir / encoder).glob("version_*/run.json")):
-        record = json.loads(record_file.read_text())
+    for run in run_folders(logdir / encoder):
+        record = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
         if record.get("sweep_key") == key:
-            return record_file.parent, record
+            return run, record
     return None, {}
 
 
