@@ -36,6 +36,27 @@ from .standalone import ExportedClassifier
 from .synthetic import synthetic_reviews
 
 ENCODERS = PRESETS
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+def recurrent_flops_per_token(encoder: RecurrentEncoder) -> int:
+    """Multiply-adds x 2 of the recurrent layers for one token in a forward pass (the bulk of the work;
+    embedding lookup, pooling and head are comparatively free)."""
+    gates, hidden, directions = GATES[encoder.cell], encoder.hidden_size, 2 if encoder.bidirectional else 1
+    inputs = [encoder.embed_dim] + [directions * hidden] * (encoder.num_layers - 1)
+    return sum(2 * gates * hidden * (size + hidden) * directions for size in inputs)
+
+
+def matmul_gflops(m: int, k: int, n: int, seconds: float = 1.0) -> float:
+    """fp32 GFLOP/s of repeated (m, k) @ (k, n) products: the ceiling this CPU's BLAS reaches for that shape."""
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    for _ in range(3):
+        a @ b
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return 2 * m * k * n * count / (time.perf_counter() - start) / 1e9
 
 
 def reference_loop(model, batches: list[dict], warmup: int, bf16: bool = False) -> float:
@@ -151,6 +172,7 @@ def run(args) -> dict:
             dm.dataset("train"), dm.dataset("val")
             report[name] = time.perf_counter() - start
         report["tokenize_reviews"] = args.tokenize_reviews
+        report["matmul_gflops"] = matmul_gflops(1024, 1024, 1024, 0.2 if args.quick else 2.0)  # the CPU's fp32 peak, near enough
 
         train_file = write_reviews(texts, labels, tmp / "train.parquet")
         dm = IMDBDataModule(train_files=train_file, cache_dir=str(tmp / "cache"), max_length=args.max_length,
@@ -206,6 +228,24 @@ def bench_encoder(name: str, dm: IMDBDataModule, batches, val_texts, train_file,
             latencies.append((time.perf_counter() - start) * 1000)
         p50, p95 = np.percentile(latencies, [50, 95]).tolist()
         out[f"{prefix}predict_latency_ms_p50"], out[f"{prefix}predict_latency_ms_p95"] = p50, p95
+    by_batch = {}  # the predict batch size: the default (64) was the fastest here
+    for size in (16, 64, 256):
+        start = time.perf_counter()
+        predictor.predict(sample, batch_size=size)
+        by_batch[str(size)] = len(sample) / (time.perf_counter() - start)
+    out["predict_reviews_per_s_by_batch_size"] = by_batch
+
+    # Work done against what the CPU can do: forward+backward is ~3x the forward FLOPs; the padded
+    # tokens of the timed batches are what the recurrence actually runs over.
+    per_token = recurrent_flops_per_token(model.encoder)
+    timed = batches[args.warmup:]
+    padded = sum(b["input_ids"].numel() for b in timed) / sum(len(b["labels"]) for b in timed)
+    lengths = [min(len(ids), args.max_length) for ids in dm.get_tokenizer().encode_batch_fast(sample)]
+    out["train_gflops"] = out["train_samples_per_s"] * padded * per_token * 3 / 1e9
+    out["predict_gflops"] = out["predict_reviews_per_s"] * float(np.mean(lengths)) * per_token / 1e9
+    # One time step's product: (batch, input + hidden) @ (input + hidden, gates * hidden).
+    out["step_matmul_gflops"] = matmul_gflops(args.batch_size, args.embed_dim + args.hidden_size, GATES[spec["cell"]] * args.hidden_size,
+                                              0.2 if args.quick else 1.0)
 
     if args.levers:
         out["levers"] = levers(model, few, args)
@@ -245,6 +285,8 @@ def table(report: dict) -> str:
         ("one review p50 / p95 ms: PyTorch", ("predict_latency_ms_p50", "predict_latency_ms_p95"), "{:.1f} / {:.1f}"),
         ("one review p50 / p95 ms: TorchScript", ("torchscript_predict_latency_ms_p50", "torchscript_predict_latency_ms_p95"), "{:.1f} / {:.1f}"),
         ("one review p50 / p95 ms: ONNX Runtime", ("onnx_predict_latency_ms_p50", "onnx_predict_latency_ms_p95"), "{:.1f} / {:.1f}"),
+        ("GFLOP/s achieved: training / batched predict", ("train_gflops", "predict_gflops"), "{:.0f} / {:.0f}"),
+        ("GFLOP/s of one time step's matmul alone", "step_matmul_gflops", "{:.0f}"),
         ("peak RSS MB (one epoch)", "peak_rss_mb", "{:.0f}"),
         ("one epoch wall s", "epoch_wall_s", "{:.0f}"),
     ]
@@ -254,9 +296,11 @@ def table(report: dict) -> str:
         keys = keys if isinstance(keys, tuple) else (keys,)
         cells = [fmt.format(*(report["encoders"][n][k] for k in keys)) for n in names]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    cells = [" / ".join(f"{v:.0f}" for v in report["encoders"][n]["predict_reviews_per_s_by_batch_size"].values()) for n in names]
+    lines.append("| predict reviews/s, PyTorch, batch 16 / 64 / 256 | " + " | ".join(cells) + " |")
     lines.append(
         f"\ntokenize {report['tokenize_reviews']} reviews: {report['tokenize_cold_s']:.1f} s cold, "
-        f"{report['tokenize_warm_s']:.2f} s warm (cached)"
+        f"{report['tokenize_warm_s']:.2f} s warm (cached); fp32 matmul 1024^3: {report['matmul_gflops']:.0f} GFLOP/s"
     )
     return "\n".join(lines)
 

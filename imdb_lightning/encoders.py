@@ -18,7 +18,8 @@ from torch import nn
 from .errors import ConfigError
 from .tokenizer import PAD_ID
 
-Pooling = Literal["last", "mean", "max"]
+Pooling = Literal["last", "mean", "max", "max_mean"]
+POOLINGS = ("last", "mean", "max", "max_mean")
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 # The four encoders by name, as RecurrentEncoder arguments (experiments/<name>.yaml use the same).
 PRESETS = {
@@ -46,8 +47,10 @@ def pool(states: torch.Tensor, lengths: torch.Tensor, how: Pooling, backward_dim
 
     `last` takes the forward features at the last real token and, for the trailing
     `backward_dims` features of a bidirectional encoder, those at the first token, where the
-    backward pass ends.
+    backward pass ends. `max_mean` concatenates the two poolings (twice the features).
     """
+    if how == "max_mean":
+        return torch.cat([pool(states, lengths, "max"), pool(states, lengths, "mean")], dim=-1)  # (batch, 2 * dim)
     time, batch, dim = states.shape
     mask = torch.arange(time, device=states.device)[:, None] < lengths[None, :]  # (time, batch)
     if how == "mean":
@@ -112,8 +115,8 @@ class RecurrentEncoder(nn.Module):
         owner = "model.encoder"
         if cell not in CELLS:
             raise ConfigError(f"{owner}.cell {cell!r} is not one of {', '.join(CELLS)}")
-        if pooling not in ("last", "mean", "max"):
-            raise ConfigError(f"{owner}.pooling {pooling!r} is not one of last, mean, max")
+        if pooling not in POOLINGS:
+            raise ConfigError(f"{owner}.pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
         _positive(owner, vocab_size=vocab_size, embed_dim=embed_dim, hidden_size=hidden_size, num_layers=num_layers)
         _dropout(owner, embed_dropout=embed_dropout, dropout=dropout)
         self.vocab_size, self.cell, self.embed_dim, self.hidden_size = vocab_size, cell, embed_dim, hidden_size
@@ -121,7 +124,8 @@ class RecurrentEncoder(nn.Module):
         self.embed_dropout, self.dropout, self.init, self.packed = embed_dropout, dropout, init, packed
         self.input_size = input_size
         directions = 2 if bidirectional else 1
-        self.output_dim = directions * hidden_size
+        states_dim = directions * hidden_size  # features per time step, what a next layer reads
+        self.output_dim = states_dim * (2 if pooling == "max_mean" else 1)
 
         # input_size > 0: the inputs are real-valued features (time series), not token ids.
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID) if not input_size else None
@@ -129,7 +133,7 @@ class RecurrentEncoder(nn.Module):
         self.layer_dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
             nn.ModuleList(
-                CELLS[cell]((input_size or embed_dim) if layer == 0 else self.output_dim, hidden_size)
+                CELLS[cell]((input_size or embed_dim) if layer == 0 else states_dim, hidden_size)
                 for _ in range(directions)
             )
             for layer in range(num_layers)
@@ -205,7 +209,8 @@ class ScratchRNNEncoder(nn.Module):
         if tbptt_steps < 0:
             raise ConfigError(f"model.encoder.tbptt_steps must be 0 (off) or positive, got {tbptt_steps}")
         self.vocab_size, self.embed_dim, self.hidden_size = vocab_size, embed_dim, hidden_size
-        self.pooling, self.tbptt_steps, self.output_dim = pooling, tbptt_steps, hidden_size
+        self.pooling, self.tbptt_steps = pooling, tbptt_steps
+        self.output_dim = hidden_size * (2 if pooling == "max_mean" else 1)
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
         self.W_x = nn.Linear(embed_dim, hidden_size)  # input weights, bias b_x
         self.W_h = nn.Linear(hidden_size, hidden_size)  # recurrent weights, bias b_h (b = b_x + b_h)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Optional
 
 import lightning as L
@@ -32,6 +34,16 @@ class NonFiniteLossError(UserError):
 def plateau(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
     """The default schedule: halve the learning rate when val/loss has not improved for an epoch."""
     return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=1)
+
+
+def _sized_by_steps(factory) -> bool:
+    # LightningCLI hands over partial(instantiate, SchedulerClass, **init_args); Python code may pass the class.
+    if isinstance(factory, functools.partial):
+        factory = next((a for a in factory.args if isinstance(a, type)), factory.func)
+    try:
+        return "total_steps" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a callable without a readable signature
+        return False
 
 
 class SentimentClassifier(L.LightningModule):
@@ -129,5 +141,11 @@ class SentimentClassifier(L.LightningModule):
         optimizer = self.optimizer(self.parameters())
         if self.scheduler is None:
             return optimizer
+        # A schedule that takes `total_steps` (torch's OneCycleLR) is sized to this run and stepped every
+        # batch, so `scheduler: {class_path: torch.optim.lr_scheduler.OneCycleLR, init_args: {max_lr: ..}}`
+        # needs no step count in the YAML; any other schedule is stepped once per epoch.
+        if _sized_by_steps(self.scheduler):
+            scheduler = self.scheduler(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         scheduler = self.scheduler(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.monitor}}

@@ -25,7 +25,7 @@ PAD_ID, UNK_ID = 0, 1
 
 
 def padded_batches(
-    tokenizer: Tokenizer, texts: list[str], max_length: int, truncation: str = "head", batch_size: int = 256
+    tokenizer: Tokenizer, texts: list[str], max_length: int, truncation: str = "head", batch_size: int = 64
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(rows, input_ids, lengths) batches of similar-length reviews; `rows` maps them back to `texts`."""
     reviews = []
@@ -66,7 +66,7 @@ class ExportedClassifier:
 
             self._probabilities = probabilities
 
-    def predict(self, texts: list[str], batch_size: int = 256) -> list[float]:
+    def predict(self, texts: list[str], batch_size: int = 64) -> list[float]:
         """P(positive) per text, in input order."""
         probs = np.empty(len(texts), dtype=np.float64)
         for rows, ids, lengths in padded_batches(self.tokenizer, texts, self.max_length, self.truncation, batch_size):

@@ -15,6 +15,12 @@ from pathlib import Path
 
 from .callbacks import RunRecord, run_folders
 from .encoders import PRESETS
+
+# Encoders a sweep can name: the recurrent presets and the bag-of-words reference.
+NAMED = {
+    **{name: ("imdb_lightning.encoders.RecurrentEncoder", args) for name, args in PRESETS.items()},
+    "nbow": ("imdb_lightning.encoders.NBoWEncoder", {}),
+}
 from .errors import DataError, UserError
 
 
@@ -51,10 +57,12 @@ def run_one(args: list[str], extra: dict, version: int | None, ckpt: Path | None
 
 
 def sweep(encoders: list[str], seeds: list[int], configs: list[str], overrides: list[str], logdir: str) -> list[dict]:
-    unknown = set(encoders) - set(PRESETS)
+    unknown = set(encoders) - set(NAMED)
     if unknown:
-        raise UserError(f"unknown encoder(s) {', '.join(sorted(unknown))}; choose from {', '.join(PRESETS)}")
-    for config in configs:
+        raise UserError(f"unknown encoder(s) {', '.join(sorted(unknown))}; choose from {', '.join(NAMED)}")
+    # "{encoder}" in a config path names one file per encoder: --config 'experiments/tuned/{encoder}.yaml'
+    per_encoder = {e: [c.replace("{encoder}", e) for c in configs] for e in encoders}
+    for config in sorted({c for files in per_encoder.values() for c in files}):
         if not Path(config).is_file():
             raise UserError(f"{config}: no such config file")
     flags = []
@@ -66,7 +74,7 @@ def sweep(encoders: list[str], seeds: list[int], configs: list[str], overrides: 
     done = []
     for encoder in encoders:
         for seed in seeds:
-            key = sweep_key(encoder, seed, configs, overrides)
+            key = sweep_key(encoder, seed, per_encoder[encoder], overrides)
             folder, record = existing_run(Path(logdir), encoder, key)
             label = f"{encoder} seed {seed}"
             if record.get("status") == "finished":
@@ -74,13 +82,15 @@ def sweep(encoders: list[str], seeds: list[int], configs: list[str], overrides: 
                 done.append({"encoder": encoder, "seed": seed, "folder": str(folder), "skipped": True})
                 continue
             version = int(folder.name.split("_")[-1]) if folder else None
-            last = folder / "checkpoints" / "last.ckpt" if folder else None
-            ckpt = last if last and last.is_file() else None
+            # The epoch and the every-200-steps checkpoints both keep a last*.ckpt: resume from the newest.
+            lasts = sorted(folder.glob("checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime) if folder else []
+            ckpt = lasts[-1] if lasts else None
             print(f"[sweep] {label}: " + (f"resuming {ckpt}" if ckpt else "starting"), file=sys.stderr)
-            preset = [f"--model.encoder.init_args.{k}={str(v).lower()}" for k, v in PRESETS[encoder].items()]
+            class_path, preset_args = NAMED[encoder]
+            preset = [f"--model.encoder.init_args.{k}={str(v).lower()}" for k, v in preset_args.items()]
             args = [
-                *[a for c in configs for a in ("--config", c)],
-                "--model.encoder", "imdb_lightning.encoders.RecurrentEncoder", *preset,
+                *[a for c in per_encoder[encoder] for a in ("--config", c)],
+                "--model.encoder", class_path, *preset,
                 "--seed_everything", str(seed),
                 "--trainer.logger.init_args.save_dir", logdir, "--trainer.logger.init_args.name", encoder, *flags,
             ]
@@ -91,9 +101,10 @@ def sweep(encoders: list[str], seeds: list[int], configs: list[str], overrides: 
 
 def sweep_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="imdb-lightning sweep", description=__doc__.splitlines()[0])
-    parser.add_argument("--encoders", default="rnn,lstm,gru,bilstm", help=f"comma-separated, from {','.join(PRESETS)}")
+    parser.add_argument("--encoders", default="rnn,lstm,gru,bilstm", help=f"comma-separated, from {','.join(NAMED)}")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    parser.add_argument("--config", action="append", default=[], help="experiment YAML(s), applied in order")
+    parser.add_argument("--config", action="append", default=[],
+                        help="experiment YAML(s), applied in order; {encoder} in a path is replaced by each encoder's name")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override, as on the fit command line without '--', e.g. trainer.max_epochs=5")
     parser.add_argument("--logdir", default="lightning_logs")

@@ -9,6 +9,7 @@ KEYS = {
     "train_samples_per_s", "loop_samples_per_s", "ratio_vs_loop", "bucketed_vs_packed", "bucketed_vs_fixed",
     "predict_reviews_per_s", "predict_latency_ms_p50", "predict_latency_ms_p95", "peak_rss_mb",
     "torchscript_predict_reviews_per_s", "onnx_predict_reviews_per_s", "onnx_predict_latency_ms_p95",
+    "train_gflops", "predict_gflops", "step_matmul_gflops",
 }
 
 
@@ -17,13 +18,15 @@ def test_quick_bench_reports_every_figure(tmp_path, capsys):
     cli_main(["bench", "--quick", "--encoders", "lstm,bilstm", "--out", str(out)])
     report = json.loads(out.read_text())
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == report
-    for top in ("tokenize_cold_s", "tokenize_warm_s"):
+    for top in ("tokenize_cold_s", "tokenize_warm_s", "matmul_gflops"):
         assert math.isfinite(report[top]) and report[top] > 0
     assert set(report["encoders"]) == {"lstm", "bilstm"}
     for figures in report["encoders"].values():
         assert KEYS <= set(figures)
         for key in KEYS:
             assert math.isfinite(figures[key]) and figures[key] > 0, (key, figures[key])
+        by_batch = figures["predict_reviews_per_s_by_batch_size"]
+        assert set(by_batch) == {"16", "64", "256"} and all(v > 0 for v in by_batch.values())
 
 
 @pytest.mark.slow
@@ -33,3 +36,12 @@ def test_quick_bench_levers(tmp_path):
     levers = json.loads(out.read_text())["encoders"]["gru"]["levers"]
     assert levers["one_thread_vs_default"] > 0 and levers["torch_compile_vs_eager"] > 0
     assert isinstance(levers["bf16_autocast_vs_fp32"], (float, str))  # a ratio, or why it failed
+
+
+def test_flop_count_of_a_bidirectional_lstm():
+    from imdb_lightning.bench import recurrent_flops_per_token
+    from imdb_lightning.encoders import RecurrentEncoder
+
+    encoder = RecurrentEncoder(vocab_size=10, cell="lstm", bidirectional=True, embed_dim=128, hidden_size=128, num_layers=2)
+    # per direction: 4 gates x 128 outputs x (inputs + 128) multiply-adds; layer 2 reads both directions (256)
+    assert recurrent_flops_per_token(encoder) == 2 * 2 * 4 * 128 * (128 + 128) + 2 * 2 * 4 * 128 * (256 + 128)

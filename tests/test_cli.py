@@ -8,8 +8,14 @@ import torch
 from imdb_lightning.cli import cli_main
 
 EXPERIMENTS_DIR = Path(__file__).parents[1] / "experiments"
-# Sentiment experiments; airline_*.yaml are forecasting ones (tests/test_timeseries.py).
-EXPERIMENTS = sorted(p for p in EXPERIMENTS_DIR.glob("*.yaml") if not p.stem.startswith("airline"))
+# Sentiment experiments and their tuned versions; airline_*.yaml are forecasting ones (tests/test_timeseries.py).
+EXPERIMENTS = sorted(
+    p for p in [*EXPERIMENTS_DIR.glob("*.yaml"), *EXPERIMENTS_DIR.glob("tuned/*.yaml")] if not p.stem.startswith("airline")
+)
+
+
+def run_name(config: Path) -> str:  # experiments/gru.yaml logs as gru, experiments/tuned/gru.yaml as tuned_gru
+    return config.stem if config.parent == EXPERIMENTS_DIR else f"{config.parent.name}_{config.stem}"
 # Shrink any experiment to a few batches of synthetic data.
 SMALL = [
     "--data.source", "synthetic", "--data.synthetic_size", "300", "--data.vocab_size", "300",
@@ -19,10 +25,12 @@ SMALL = [
 
 
 def test_experiments_exist():
-    assert {p.stem for p in EXPERIMENTS} >= {"rnn", "lstm", "gru", "bilstm", "quickstart"}
+    names = {run_name(p) for p in EXPERIMENTS}
+    assert names >= {"rnn", "lstm", "gru", "bilstm", "nbow", "quickstart"}
+    assert names >= {"tuned_rnn", "tuned_lstm", "tuned_gru", "tuned_bilstm", "tuned_nbow"}
 
 
-@pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("config", EXPERIMENTS, ids=run_name)
 def test_fit_test_predict_for_every_experiment(config, tmp_path, cache_dir, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # runs land in ./lightning_logs
     common = ["--config", str(config), "--data.cache_dir", cache_dir, *SMALL]
@@ -30,7 +38,7 @@ def test_fit_test_predict_for_every_experiment(config, tmp_path, cache_dir, monk
     runs = list(Path("lightning_logs").glob("*/version_0"))
     assert len(runs) == 1, runs
     run = runs[0]
-    assert run.parent.name == config.stem  # lightning_logs/<experiment>/version_N
+    assert run.parent.name == run_name(config)  # lightning_logs/<experiment>/version_N
     assert (run / "config.yaml").is_file() and list(run.glob("events.out.tfevents.*"))
     best = next((run / "checkpoints").glob("best*.ckpt"))
     assert (run / "checkpoints" / "last.ckpt").is_file()

@@ -129,3 +129,15 @@ def test_tensorboard_serves_the_runs(swept):
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_sweep_runs_the_bag_of_words_reference_from_a_per_encoder_config(tmp_path):
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "nbow.yaml").write_text(QUICKSTART.read_text())
+    template = str(tmp_path / "cfg" / "{encoder}.yaml")
+    args = ["sweep", "--encoders", "nbow", "--seeds", "0", "--config", template, "--logdir", str(tmp_path / "logs"),
+            *[a for s in SMALL for a in ("--set", s)], "--set", f"data.cache_dir={tmp_path / 'cache'}"]
+    cli_main(args)
+    run = next((tmp_path / "logs" / "nbow").glob("version_*"))
+    assert "class_path: imdb_lightning.encoders.NBoWEncoder" in (run / "config.yaml").read_text()
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"

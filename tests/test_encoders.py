@@ -7,7 +7,7 @@ from imdb_lightning.errors import ConfigError
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+@pytest.mark.parametrize("pooling", ["last", "mean", "max", "max_mean"])
 @pytest.mark.parametrize("name", ENCODERS)
 def test_shapes_and_padding_invariance(name, pooling, packed):
     torch.manual_seed(0)
@@ -21,7 +21,7 @@ def test_shapes_and_padding_invariance(name, pooling, packed):
     batch[0, :7], batch[1] = short[0], long[0]
     together = encoder(batch, torch.tensor([7, 40]))
     assert alone.shape == (1, encoder.output_dim) and together.shape == (2, encoder.output_dim)
-    assert encoder.output_dim == 6 * (2 if encoder.bidirectional else 1)
+    assert encoder.output_dim == 6 * (2 if encoder.bidirectional else 1) * (2 if pooling == "max_mean" else 1)
     torch.testing.assert_close(together[0], alone[0], atol=1e-5, rtol=0)
     # the pad embedding stays zero and padding positions get no gradient
     together.sum().backward()
@@ -61,7 +61,7 @@ def test_keras_init_sets_forget_bias_and_small_embeddings():
         (dict(cell="transformer"), "rnn, lstm, gru"),
         (dict(hidden_size=0), "hidden_size"),
         (dict(embed_dim=-3), "embed_dim"),
-        (dict(pooling="first"), "last, mean, max"),
+        (dict(pooling="first"), "last, mean, max, max_mean"),
         (dict(dropout=1.0), "dropout"),
     ],
 )
