@@ -17,6 +17,13 @@ def run_folders(root: Path) -> list[Path]:
     return sorted(folders, key=lambda p: int(p.name.split("_")[-1]))
 
 
+def last_checkpoint(run: Path) -> Path | None:
+    """A run's newest last*.ckpt: the epoch-end and the every-N-steps checkpoints each keep one
+    (last.ckpt, last-v1.ckpt), and after a kill the newer one has the most work in it."""
+    lasts = sorted(Path(run).glob("checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    return lasts[-1] if lasts else None
+
+
 class CheckpointOnInterrupt(L.Callback):
     """On Ctrl-C (SIGINT) during fit, write `last.ckpt` so `--ckpt_path last` resumes from there.
 

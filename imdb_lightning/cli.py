@@ -11,7 +11,7 @@ from argparse import RawDescriptionHelpFormatter
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
-from .callbacks import run_folders
+from .callbacks import last_checkpoint, run_folders
 from .data import IMDBDataModule
 from .errors import UserError
 from .model import SentimentClassifier
@@ -45,10 +45,10 @@ class IMDBLightningCLI(LightningCLI):
         if not getattr(logger, "init_args", None) or "save_dir" not in logger.init_args:
             raise UserError("--ckpt_path last needs a TensorBoard/CSV logger config to find the run; pass a checkpoint path")
         root = Path(logger.init_args.save_dir) / logger.init_args.name
-        runs = [run for run in run_folders(root) if (run / "checkpoints" / "last.ckpt").is_file()]
+        runs = [run for run in run_folders(root) if last_checkpoint(run)]
         if not runs:
             raise UserError(f"--ckpt_path last: no last.ckpt under {root}; nothing to resume")
-        config.ckpt_path = str(runs[-1] / "checkpoints" / "last.ckpt")
+        config.ckpt_path = str(last_checkpoint(runs[-1]))
         logger.init_args.version = int(runs[-1].name.split("_")[-1])
         print(f"Resuming {config.ckpt_path}", file=sys.stderr)
 

@@ -12,7 +12,7 @@ from typing import Iterator
 
 import yaml
 
-from .callbacks import run_folders
+from .callbacks import last_checkpoint, run_folders
 from .errors import UserError
 
 READ_FORMATS = (".txt", ".csv", ".jsonl", ".parquet")
@@ -103,9 +103,9 @@ def latest_checkpoint(config: str, defaults: str) -> Path:
         logger.update((yaml.safe_load(Path(path).read_text()) or {}).get("trainer", {}).get("logger", {}).get("init_args", {}))
     root = Path(logger.get("save_dir", "lightning_logs")) / logger.get("name", "default")
     for run in reversed(run_folders(root)):
-        found = sorted(run.glob("checkpoints/best*.ckpt")) or sorted(run.glob("checkpoints/last*.ckpt"))
-        if found:
-            return found[-1]
+        found = sorted(run.glob("checkpoints/best*.ckpt"))[-1:] or [last_checkpoint(run)]
+        if found[0]:
+            return found[0]
     raise UserError(f"no checkpoint found under {root}; train first: imdb-lightning fit --config {config}")
 
 

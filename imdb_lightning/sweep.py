@@ -11,9 +11,10 @@ import argparse
 import hashlib
 import json
 import sys
+import warnings
 from pathlib import Path
 
-from .callbacks import RunRecord, run_folders
+from .callbacks import RunRecord, last_checkpoint, run_folders
 from .encoders import PRESETS
 
 # Encoders a sweep can name: the recurrent presets and the bag-of-words reference.
@@ -42,7 +43,9 @@ def run_one(args: list[str], extra: dict, version: int | None, ckpt: Path | None
 
     if version is not None:
         args = [*args, "--trainer.logger.init_args.version", str(version)]
-    cli = make_cli(args, run=False)
+    with warnings.catch_warnings():  # the sweep's own argv is not the run's: that is intended here
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = make_cli(args, run=False)
     records = [cb for cb in cli.trainer.callbacks if isinstance(cb, RunRecord)]
     if not records:
         raise UserError("the sweep needs the RunRecord callback (imdb_lightning.callbacks.RunRecord) in trainer.callbacks")
@@ -82,9 +85,7 @@ def sweep(encoders: list[str], seeds: list[int], configs: list[str], overrides: 
                 done.append({"encoder": encoder, "seed": seed, "folder": str(folder), "skipped": True})
                 continue
             version = int(folder.name.split("_")[-1]) if folder else None
-            # The epoch and the every-200-steps checkpoints both keep a last*.ckpt: resume from the newest.
-            lasts = sorted(folder.glob("checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime) if folder else []
-            ckpt = lasts[-1] if lasts else None
+            ckpt = last_checkpoint(folder) if folder else None
             print(f"[sweep] {label}: " + (f"resuming {ckpt}" if ckpt else "starting"), file=sys.stderr)
             class_path, preset_args = NAMED[encoder]
             preset = [f"--model.encoder.init_args.{k}={str(v).lower()}" for k, v in preset_args.items()]

@@ -121,3 +121,15 @@ def test_nbow_shapes_and_padding_invariance(bigrams):
     torch.testing.assert_close(together[0], encoder(short, torch.tensor([5]))[0], atol=1e-6, rtol=0)
     single = encoder(torch.tensor([[7]]), torch.tensor([1]))  # one token: no bigram, still defined
     assert torch.isfinite(single).all()
+
+
+def test_reversal_within_length_is_its_own_inverse_and_its_gradient_is_exact():
+    from imdb_lightning.encoders import reverse_within_length
+
+    torch.manual_seed(0)
+    lengths = torch.tensor([5, 2, 7])
+    x = torch.randn(7, 3, 4, dtype=torch.double, requires_grad=True)  # (time, batch, features)
+    y = reverse_within_length(x, lengths)
+    assert torch.equal(y[:5, 0], x[:5, 0].flip(0)) and torch.equal(y[2:, 1], x[2:, 1])  # padding stays put
+    torch.testing.assert_close(reverse_within_length(y, lengths), x)
+    assert torch.autograd.gradcheck(lambda t: reverse_within_length(t, lengths), (x,))

@@ -207,3 +207,19 @@ def test_interrupted_run_resumes_to_the_same_end(tmp_path, sig):
     got = finished(tmp_path, 1)
     assert (got["step"], got["epoch"]) == (expected["step"], expected["epoch"])
     assert got["best"] == pytest.approx(expected["best"], abs=0.05)
+
+
+def test_resume_takes_the_newest_last_checkpoint(tmp_path):
+    import os
+
+    from imdb_lightning.callbacks import last_checkpoint
+
+    assert last_checkpoint(tmp_path) is None
+    (tmp_path / "checkpoints").mkdir()
+    epoch_end, every_200_steps = tmp_path / "checkpoints" / "last.ckpt", tmp_path / "checkpoints" / "last-v1.ckpt"
+    epoch_end.write_bytes(b"a"), every_200_steps.write_bytes(b"b")
+    os.utime(epoch_end, (1000, 1000))
+    os.utime(every_200_steps, (2000, 2000))
+    assert last_checkpoint(tmp_path) == every_200_steps
+    os.utime(epoch_end, (3000, 3000))
+    assert last_checkpoint(tmp_path) == epoch_end
