@@ -16,13 +16,13 @@ from pathlib import Path
 
 from .callbacks import RunRecord, last_checkpoint, run_folders
 from .encoders import PRESETS
+from .errors import DataError, UserError
 
 # Encoders a sweep can name: the recurrent presets and the bag-of-words reference.
 NAMED = {
     **{name: ("imdb_lightning.encoders.RecurrentEncoder", args) for name, args in PRESETS.items()},
     "nbow": ("imdb_lightning.encoders.NBoWEncoder", {}),
 }
-from .errors import DataError, UserError
 
 
 def sweep_key(encoder: str, seed: int, configs: list[str], overrides: list[str]) -> str:
