@@ -36,15 +36,13 @@ from .standalone import ExportedClassifier
 from .synthetic import synthetic_reviews
 
 ENCODERS = PRESETS
-GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
 
-def recurrent_flops_per_token(encoder: RecurrentEncoder) -> int:
+def recurrent_flops_per_token(encoder: torch.nn.Module) -> int:
     """Multiply-adds x 2 of the recurrent layers for one token in a forward pass (the bulk of the work;
-    embedding lookup, pooling and head are comparatively free)."""
-    gates, hidden, directions = GATES[encoder.cell], encoder.hidden_size, 2 if encoder.bidirectional else 1
-    inputs = [encoder.embed_dim] + [directions * hidden] * (encoder.num_layers - 1)
-    return sum(2 * gates * hidden * (size + hidden) * directions for size in inputs)
+    embedding lookup, pooling and head are comparatively free): every input and recurrent weight, once."""
+    rnns = [m for m in encoder.modules() if isinstance(m, torch.nn.RNNBase)]
+    return sum(2 * (rnn.weight_ih_l0.numel() + rnn.weight_hh_l0.numel()) for rnn in rnns)
 
 
 def matmul_gflops(m: int, k: int, n: int, seconds: float = 1.0) -> float:
@@ -240,12 +238,13 @@ def bench_encoder(name: str, dm: IMDBDataModule, batches, val_texts, train_file,
     per_token = recurrent_flops_per_token(model.encoder)
     timed = batches[args.warmup:]
     padded = sum(b["input_ids"].numel() for b in timed) / sum(len(b["labels"]) for b in timed)
-    lengths = [min(len(ids), args.max_length) for ids in dm.get_tokenizer().encode_batch_fast(sample)]
+    lengths = dm.dataset("val").lengths[: len(sample)]  # sample = the first validation reviews, already tokenized
     out["train_gflops"] = out["train_samples_per_s"] * padded * per_token * 3 / 1e9
     out["predict_gflops"] = out["predict_reviews_per_s"] * float(np.mean(lengths)) * per_token / 1e9
     # One time step's product: (batch, input + hidden) @ (input + hidden, gates * hidden).
-    out["step_matmul_gflops"] = matmul_gflops(args.batch_size, args.embed_dim + args.hidden_size, GATES[spec["cell"]] * args.hidden_size,
-                                              0.2 if args.quick else 1.0)
+    rnn = next(m for m in model.encoder.modules() if isinstance(m, torch.nn.RNNBase))
+    gate_rows, inputs = rnn.weight_ih_l0.shape
+    out["step_matmul_gflops"] = matmul_gflops(args.batch_size, inputs + rnn.hidden_size, gate_rows, 0.2 if args.quick else 1.0)
 
     if args.levers:
         out["levers"] = levers(model, few, args)

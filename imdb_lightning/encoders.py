@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -19,7 +19,7 @@ from .errors import ConfigError
 from .tokenizer import PAD_ID
 
 Pooling = Literal["last", "mean", "max", "max_mean"]
-POOLINGS = ("last", "mean", "max", "max_mean")
+POOLINGS = get_args(Pooling)
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 # The four encoders by name, as RecurrentEncoder arguments (experiments/<name>.yaml use the same).
 PRESETS = {
@@ -61,6 +61,10 @@ def pool(states: torch.Tensor, lengths: torch.Tensor, how: Pooling, backward_dim
     forward_dims = dim - backward_dims
     last = states[lengths - 1, rows, :forward_dims]  # (batch, forward_dims)
     return torch.cat([last, states[0, :, forward_dims:]], dim=-1) if backward_dims else last
+
+
+def pooled_dim(dim: int, pooling: Pooling) -> int:
+    return 2 * dim if pooling == "max_mean" else dim
 
 
 def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -125,7 +129,7 @@ class RecurrentEncoder(nn.Module):
         self.input_size = input_size
         directions = 2 if bidirectional else 1
         states_dim = directions * hidden_size  # features per time step, what a next layer reads
-        self.output_dim = states_dim * (2 if pooling == "max_mean" else 1)
+        self.output_dim = pooled_dim(states_dim, pooling)
 
         # input_size > 0: the inputs are real-valued features (time series), not token ids.
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID) if not input_size else None
@@ -210,7 +214,7 @@ class ScratchRNNEncoder(nn.Module):
             raise ConfigError(f"model.encoder.tbptt_steps must be 0 (off) or positive, got {tbptt_steps}")
         self.vocab_size, self.embed_dim, self.hidden_size = vocab_size, embed_dim, hidden_size
         self.pooling, self.tbptt_steps = pooling, tbptt_steps
-        self.output_dim = hidden_size * (2 if pooling == "max_mean" else 1)
+        self.output_dim = pooled_dim(hidden_size, pooling)
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
         self.W_x = nn.Linear(embed_dim, hidden_size)  # input weights, bias b_x
         self.W_h = nn.Linear(hidden_size, hidden_size)  # recurrent weights, bias b_h (b = b_x + b_h)

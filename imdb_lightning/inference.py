@@ -11,7 +11,7 @@ from tokenizers import Tokenizer
 from .encoders import build_encoder
 from .errors import UserError
 from .model import SentimentClassifier
-from .standalone import padded_batches
+from .standalone import BATCH_SIZE, padded_batches
 
 
 class Predictor:
@@ -21,10 +21,8 @@ class Predictor:
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_length, self.truncation = max_length, truncation
 
-    # Batches of 64 ran faster than 256 on this 2-core CPU (708 vs 518 BiLSTM reviews/s): smaller
-    # recurrent-step matrices stay in cache. The bench measures it (BENCHMARKS.md).
     @torch.inference_mode()
-    def predict(self, texts: list[str], batch_size: int = 64) -> list[float]:
+    def predict(self, texts: list[str], batch_size: int = BATCH_SIZE) -> list[float]:
         if isinstance(texts, str):
             raise TypeError("predict takes a list of texts; wrap a single review as [text]")
         probs = np.empty(len(texts), dtype=np.float64)

@@ -14,6 +14,7 @@ import yaml
 
 from .callbacks import last_checkpoint, run_folders
 from .errors import UserError
+from .standalone import BATCH_SIZE
 
 READ_FORMATS = (".txt", ".csv", ".jsonl", ".parquet")
 WRITE_FORMATS = (".csv", ".jsonl", ".parquet")
@@ -103,9 +104,10 @@ def latest_checkpoint(config: str, defaults: str) -> Path:
         logger.update((yaml.safe_load(Path(path).read_text()) or {}).get("trainer", {}).get("logger", {}).get("init_args", {}))
     root = Path(logger.get("save_dir", "lightning_logs")) / logger.get("name", "default")
     for run in reversed(run_folders(root)):
-        found = sorted(run.glob("checkpoints/best*.ckpt"))[-1:] or [last_checkpoint(run)]
-        if found[0]:
-            return found[0]
+        best = sorted(run.glob("checkpoints/best*.ckpt"))
+        found = best[-1] if best else last_checkpoint(run)
+        if found:
+            return found
     raise UserError(f"no checkpoint found under {root}; train first: imdb-lightning fit --config {config}")
 
 
@@ -124,7 +126,7 @@ def predict_main(argv: list[str], defaults: str) -> None:
     parser.add_argument("--file", help=f"reviews: {', '.join(READ_FORMATS)} (one per line, or a 'text' column)")
     parser.add_argument("--output", help=f"write predictions to {', '.join(WRITE_FORMATS)} instead of printing")
     parser.add_argument("--with_text", action="store_true", help="also write each review's text to --output")
-    parser.add_argument("--batch_size", type=int, default=64, help="reviews per forward pass (64 was fastest on a 2-core CPU; try more on a GPU)")
+    parser.add_argument("--batch_size", type=int, default=BATCH_SIZE, help="reviews per forward pass (try more on a GPU)")
     parser.add_argument("--threshold", type=float, default=0.5, help="P(positive) at or above which a review is positive")
     opts = parser.parse_args(argv)
     if not opts.ckpt_path and not opts.config:
