@@ -16,17 +16,18 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .tokenizer import PAD_ID
+from .tokenizer import PAD_ID, UNK_ID
 
 Pooling = Literal["last", "mean", "max", "max_mean"]
 POOLINGS = get_args(Pooling)
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
-# The four encoders by name, as RecurrentEncoder arguments (experiments/<name>.yaml use the same).
+# The recurrent encoders by name, as RecurrentEncoder arguments (experiments/<name>.yaml use the same).
 PRESETS = {
     "rnn": {"cell": "rnn", "bidirectional": False},
     "lstm": {"cell": "lstm", "bidirectional": False},
     "gru": {"cell": "gru", "bidirectional": False},
     "bilstm": {"cell": "lstm", "bidirectional": True},
+    "bigru": {"cell": "gru", "bidirectional": True},
 }
 
 
@@ -76,6 +77,15 @@ def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tenso
     return x.gather(0, index[..., None].expand_as(x))
 
 
+def bigram_bag(ids: torch.Tensor, lengths: torch.Tensor, table: nn.Embedding, dropout: nn.Module) -> torch.Tensor:
+    """Mean embedding of each review's adjacent token pairs, hashed into `table`'s rows (fastText's
+    bigrams); time-major ids (time, batch). A one-token review has no pairs and gets zeros."""
+    pair = (ids[:-1] * 1_000_003 + ids[1:]) % table.num_embeddings  # (time - 1, batch) hashed pair ids
+    pairs = dropout(table(pair))  # (time - 1, batch, embed)
+    has_pairs = (lengths > 1).to(pairs.dtype)[:, None]  # (batch, 1)
+    return has_pairs * pool(pairs, (lengths - 1).clamp(min=1), "mean")  # (batch, embed)
+
+
 def keras_init_(rnn: nn.RNNBase, cell: str) -> None:
     # Keras' defaults: Glorot-uniform input weights, orthogonal recurrent weights, zero biases,
     # forget-gate bias 1. Measured here they train much faster than PyTorch's uniform(+-1/sqrt(H)).
@@ -114,6 +124,8 @@ class RecurrentEncoder(nn.Module):
         init: Literal["keras", "torch"] = "keras",
         packed: bool = False,
         input_size: int = 0,
+        bigram_buckets: int = 0,
+        word_dropout: float = 0.0,
     ):
         super().__init__()
         owner = "model.encoder"
@@ -122,17 +134,23 @@ class RecurrentEncoder(nn.Module):
         if pooling not in POOLINGS:
             raise ConfigError(f"{owner}.pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
         _positive(owner, vocab_size=vocab_size, embed_dim=embed_dim, hidden_size=hidden_size, num_layers=num_layers)
-        _dropout(owner, embed_dropout=embed_dropout, dropout=dropout)
+        _dropout(owner, embed_dropout=embed_dropout, dropout=dropout, word_dropout=word_dropout)
         self.vocab_size, self.cell, self.embed_dim, self.hidden_size = vocab_size, cell, embed_dim, hidden_size
         self.num_layers, self.bidirectional, self.pooling = num_layers, bidirectional, pooling
         self.embed_dropout, self.dropout, self.init, self.packed = embed_dropout, dropout, init, packed
-        self.input_size = input_size
+        self.input_size, self.bigram_buckets, self.word_dropout = input_size, bigram_buckets, word_dropout
+        if bigram_buckets < 0:
+            raise ConfigError(f"{owner}.bigram_buckets must be 0 (off) or positive, got {bigram_buckets}")
+        if input_size and (bigram_buckets or word_dropout):
+            raise ConfigError(f"{owner}.bigram_buckets and {owner}.word_dropout read token ids: keep them 0 with input_size")
         directions = 2 if bidirectional else 1
         states_dim = directions * hidden_size  # features per time step, what a next layer reads
-        self.output_dim = pooled_dim(states_dim, pooling)
+        # bigram_buckets > 0: a bag of hashed word pairs (NBoWEncoder's bigrams) beside the pooled states
+        self.output_dim = pooled_dim(states_dim, pooling) + (embed_dim if bigram_buckets else 0)
 
         # input_size > 0: the inputs are real-valued features (time series), not token ids.
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID) if not input_size else None
+        self.bigrams = nn.Embedding(bigram_buckets, embed_dim) if bigram_buckets else None
         self.embedding_dropout = nn.Dropout(embed_dropout)
         self.layer_dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
@@ -148,7 +166,8 @@ class RecurrentEncoder(nn.Module):
                     keras_init_(rnn, cell)
         if self.embedding is not None:
             if init == "keras":
-                nn.init.uniform_(self.embedding.weight, -0.05, 0.05)
+                for table in filter(None, (self.embedding, self.bigrams)):
+                    nn.init.uniform_(table.weight, -0.05, 0.05)
             with torch.no_grad():
                 self.embedding.weight[PAD_ID].zero_()
 
@@ -158,6 +177,10 @@ class RecurrentEncoder(nn.Module):
         if self.embedding is None:  # (batch, time, input_size) real-valued inputs
             x = input_ids.transpose(0, 1)  # (time, batch, input_size)
         else:
+            if self.training and self.word_dropout:
+                # whole words become <unk> while training, so no single word can carry a review
+                dropped = torch.rand(input_ids.shape, device=input_ids.device) < self.word_dropout
+                input_ids = input_ids.masked_fill(dropped & (input_ids != PAD_ID), UNK_ID)  # (batch, time)
             x = self.embedding_dropout(self.embedding(input_ids.t()))  # (time, batch, embed)
         for index, directions in enumerate(self.layers):
             if index:
@@ -167,7 +190,11 @@ class RecurrentEncoder(nn.Module):
                 backward = self._run(directions[1], reverse_within_length(x, lengths), lengths)
                 states.append(reverse_within_length(backward, lengths))
             x = torch.cat(states, dim=-1)  # (time, batch, directions * hidden)
-        return pool(x, lengths, self.pooling, self.hidden_size if self.bidirectional else 0)  # (batch, output_dim)
+        pooled = pool(x, lengths, self.pooling, self.hidden_size if self.bidirectional else 0)  # (batch, pooled)
+        if self.bigrams is None:
+            return pooled
+        bag = bigram_bag(input_ids.t(), lengths, self.bigrams, self.embedding_dropout)  # (batch, embed)
+        return torch.cat([pooled, bag], dim=-1)  # (batch, output_dim)
 
     def _run(self, rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if not self.packed:
@@ -265,8 +292,4 @@ class NBoWEncoder(nn.Module):
         pooled = pool(x, lengths, "mean")  # (batch, embed)
         if self.bigrams is None:
             return pooled
-        ids = input_ids.t()  # (time, batch)
-        pair = (ids[:-1] * 1_000_003 + ids[1:]) % self.bigram_buckets  # (time - 1, batch) hashed pair ids
-        pairs = self.dropout_layer(self.bigrams(pair))  # (time - 1, batch, embed)
-        has_pairs = (lengths > 1).to(x.dtype)[:, None]
-        return pooled + has_pairs * pool(pairs, (lengths - 1).clamp(min=1), "mean")
+        return pooled + bigram_bag(input_ids.t(), lengths, self.bigrams, self.dropout_layer)

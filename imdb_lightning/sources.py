@@ -47,6 +47,13 @@ def _check_reviews(texts: list, labels: list[int], where: str) -> tuple[list[str
     return texts, labels
 
 
+def _columns(data, where: str) -> tuple[list[str], list[int]]:
+    # Whole Arrow columns: iterating `data["text"]` goes row by row through datasets' formatting,
+    # 2.5 of the 12.5 s a cold start on 50,000 reviews took here.
+    table = data.with_format("arrow")
+    return _check_reviews(table["text"].to_pylist(), normalise_labels(table["label"].to_pylist(), where), where)
+
+
 def load_files(paths: list[str]) -> tuple[list[str], list[int]]:
     from datasets import Dataset
 
@@ -69,7 +76,7 @@ def load_files(paths: list[str]) -> tuple[list[str], list[int]]:
             raise DataError(
                 f"{path}: missing column(s) {', '.join(sorted(missing))}; columns found: {', '.join(data.column_names)}"
             )
-        file_texts, file_labels = _check_reviews(data["text"], normalise_labels(data["label"], path), path)
+        file_texts, file_labels = _columns(data, path)
         texts += file_texts
         labels += file_labels
     return texts, labels
@@ -110,7 +117,7 @@ def load_hub(name: str, split: str) -> tuple[list[str], list[int]]:
         data = datasets.load_dataset(name, split=split)
     except Exception as err:
         raise DataError(f"loading {name!r} ({split}) from the Hugging Face hub failed: {err}. {HUB_HELP}") from err
-    return _check_reviews(data["text"], normalise_labels(data["label"], f"{name}:{split}"), f"{name}:{split}")
+    return _columns(data, f"{name}:{split}")
 
 
 def fingerprint(paths: list[str]) -> list:

@@ -26,8 +26,8 @@ SMALL = [
 
 def test_experiments_exist():
     names = {run_name(p) for p in EXPERIMENTS}
-    assert names >= {"rnn", "lstm", "gru", "bilstm", "nbow", "quickstart"}
-    assert names >= {"tuned_rnn", "tuned_lstm", "tuned_gru", "tuned_bilstm", "tuned_nbow"}
+    assert names >= {"rnn", "lstm", "gru", "bilstm", "bigru", "nbow", "quickstart"}
+    assert names >= {"tuned_rnn", "tuned_lstm", "tuned_gru", "tuned_bilstm", "tuned_bigru", "tuned_nbow"}
 
 
 @pytest.mark.parametrize("config", EXPERIMENTS, ids=run_name)

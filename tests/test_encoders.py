@@ -123,6 +123,45 @@ def test_nbow_shapes_and_padding_invariance(bigrams):
     assert torch.isfinite(single).all()
 
 
+@pytest.mark.parametrize("name", ENCODERS)
+def test_recurrent_bigram_bag_sits_beside_the_states_and_ignores_padding(name):
+    torch.manual_seed(0)
+    plain = RecurrentEncoder(vocab_size=40, embed_dim=6, hidden_size=5, pooling="max", **ENCODERS[name]).eval()
+    spec = encoder_spec(plain)
+    bagged = build_encoder({**spec, "init_args": {**spec["init_args"], "bigram_buckets": 101}}).eval()
+    bagged.load_state_dict({**plain.state_dict(), "bigrams.weight": bagged.bigrams.weight}, strict=True)
+    assert bagged.output_dim == plain.output_dim + 6
+    short, long = torch.randint(2, 40, (1, 5)), torch.randint(2, 40, (1, 30))
+    batch = torch.zeros(2, 30, dtype=torch.long)
+    batch[0, :5], batch[1] = short[0], long[0]
+    together = bagged(batch, torch.tensor([5, 30]))
+    torch.testing.assert_close(together[0], bagged(short, torch.tensor([5]))[0], atol=1e-5, rtol=0)
+    # the recurrent features are unchanged; the rest is the mean of the review's 4 pair embeddings
+    torch.testing.assert_close(together[:, : plain.output_dim], plain(batch, torch.tensor([5, 30])))
+    pairs = (short[0, :-1] * 1_000_003 + short[0, 1:]) % 101
+    torch.testing.assert_close(together[0, plain.output_dim :], bagged.bigrams.weight[pairs].mean(0))
+    with pytest.raises(ConfigError, match="bigram_buckets"):
+        RecurrentEncoder(bigram_buckets=-1)
+
+
+def test_word_dropout_turns_words_into_unk_while_training_only():
+    torch.manual_seed(0)
+    encoder = RecurrentEncoder(vocab_size=50, embed_dim=4, hidden_size=3, cell="gru", word_dropout=0.25)
+    seen = []
+    encoder.embedding.register_forward_hook(lambda module, args, out: seen.append(args[0].t()))  # (batch, time)
+    ids = torch.randint(2, 50, (8, 200))
+    ids[:, 150:] = 0  # padding
+    lengths = torch.full((8,), 150)
+    encoder.train()(ids, lengths)
+    dropped = seen[-1] != ids
+    assert seen[-1][dropped].eq(1).all() and not dropped[:, 150:].any()  # to <unk>, never padding
+    assert 0.2 < dropped[:, :150].float().mean() < 0.3
+    encoder.eval()(ids, lengths)
+    assert torch.equal(seen[-1], ids)
+    with pytest.raises(ConfigError, match="word_dropout"):
+        RecurrentEncoder(word_dropout=1.0)
+
+
 def test_reversal_within_length_is_its_own_inverse_and_its_gradient_is_exact():
     from imdb_lightning.encoders import reverse_within_length
 

@@ -1,4 +1,7 @@
-from imdb_lightning.tokenizer import PAD_ID, UNK_ID, build_tokenizer, encode
+import pytest
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+from imdb_lightning.tokenizer import PAD_ID, UNK_ID, build_tokenizer, encode, normalizer, python_normalizer
 
 TEXTS = ["Good movie!<br /><br />Really GOOD.", "a bad movie, bad acting", "good good bad rare"]
 
@@ -41,3 +44,34 @@ def test_unknown_words_map_to_unk_and_encode_is_ragged():
 def test_lowercase_off_keeps_case():
     tok = build_tokenizer(["Good good"], vocab_size=100, lowercase=False)
     assert {"Good", "good"} <= set(tok.get_vocab())
+
+
+TRICKY = [
+    "Good movie!<br /><br />Really GOOD.",
+    "<BR>upper-case tag<br/>no space<br   />many spaces<br\n/>newline",
+    "ΣΟΦΟΣ σοφός ΌΣΟΣ İstanbul Straße ﬁne café",
+    "tabs\tand\u00a0non-breaking spaces … “quotes” — dashes",
+    "",
+]
+
+
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_bulk_fast_path_matches_the_tokenizers_own_normalizer(lowercase):
+    tok = build_tokenizer(TRICKY + TEXTS, vocab_size=1000, lowercase=lowercase)
+    assert python_normalizer(tok) is not None  # the fast path is taken
+    ids, offsets = encode(tok, TRICKY)
+    for i, text in enumerate(TRICKY):
+        assert ids[offsets[i] : offsets[i + 1]].tolist() == tok.encode(text, add_special_tokens=False).ids
+    # the vocabulary is the one the tokenizers library trains with its own normalizer
+    slow = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    slow.normalizer, slow.pre_tokenizer = normalizer(lowercase), pre_tokenizers.Whitespace()
+    slow.train_from_iterator(TRICKY + TEXTS, trainers.WordLevelTrainer(vocab_size=1000, special_tokens=["<pad>", "<unk>"]))
+    assert slow.get_vocab() == tok.get_vocab()
+
+
+def test_other_normalizers_take_the_general_path():
+    tok = build_tokenizer(TEXTS, vocab_size=100)
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    assert python_normalizer(tok) is None
+    ids, offsets = encode(tok, ["ﬁne GOOD"])
+    assert ids.tolist() == tok.encode("ﬁne GOOD", add_special_tokens=False).ids
