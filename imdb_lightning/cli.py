@@ -45,11 +45,12 @@ class IMDBLightningCLI(LightningCLI):
         if not getattr(logger, "init_args", None) or "save_dir" not in logger.init_args:
             raise UserError("--ckpt_path last needs a TensorBoard/CSV logger config to find the run; pass a checkpoint path")
         root = Path(logger.init_args.save_dir) / logger.init_args.name
-        runs = [run for run in run_folders(root) if last_checkpoint(run)]
-        if not runs:
+        found = [(run, ckpt) for run in run_folders(root) if (ckpt := last_checkpoint(run))]
+        if not found:
             raise UserError(f"--ckpt_path last: no last.ckpt under {root}; nothing to resume")
-        config.ckpt_path = str(last_checkpoint(runs[-1]))
-        logger.init_args.version = int(runs[-1].name.split("_")[-1])
+        run, ckpt = found[-1]
+        config.ckpt_path = str(ckpt)
+        logger.init_args.version = int(run.name.split("_")[-1])
         print(f"Resuming {config.ckpt_path}", file=sys.stderr)
 
 
