@@ -13,6 +13,7 @@ import inspect
 from typing import Literal, get_args
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
@@ -126,6 +127,7 @@ class RecurrentEncoder(nn.Module):
         input_size: int = 0,
         bigram_buckets: int = 0,
         word_dropout: float = 0.0,
+        weight_drop: float = 0.0,
     ):
         super().__init__()
         owner = "model.encoder"
@@ -134,11 +136,12 @@ class RecurrentEncoder(nn.Module):
         if pooling not in POOLINGS:
             raise ConfigError(f"{owner}.pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
         _positive(owner, vocab_size=vocab_size, embed_dim=embed_dim, hidden_size=hidden_size, num_layers=num_layers)
-        _dropout(owner, embed_dropout=embed_dropout, dropout=dropout, word_dropout=word_dropout)
+        _dropout(owner, embed_dropout=embed_dropout, dropout=dropout, word_dropout=word_dropout, weight_drop=weight_drop)
         self.vocab_size, self.cell, self.embed_dim, self.hidden_size = vocab_size, cell, embed_dim, hidden_size
         self.num_layers, self.bidirectional, self.pooling = num_layers, bidirectional, pooling
         self.embed_dropout, self.dropout, self.init, self.packed = embed_dropout, dropout, init, packed
         self.input_size, self.bigram_buckets, self.word_dropout = input_size, bigram_buckets, word_dropout
+        self.weight_drop = weight_drop
         if bigram_buckets < 0:
             raise ConfigError(f"{owner}.bigram_buckets must be 0 (off) or positive, got {bigram_buckets}")
         if input_size and (bigram_buckets or word_dropout):
@@ -197,6 +200,15 @@ class RecurrentEncoder(nn.Module):
         return torch.cat([pooled, bag], dim=-1)  # (batch, output_dim)
 
     def _run(self, rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if self.training and self.weight_drop:
+            # DropConnect on the recurrent weights (AWD-LSTM's weight drop): one mask per batch, the
+            # same at every time step, so it regularises the recurrence itself, not single states.
+            weights = {
+                name: F.dropout(param, self.weight_drop) if name.startswith("weight_hh") else param
+                for name, param in rnn.named_parameters()
+            }
+            module = rnn
+            rnn = lambda inputs: torch.func.functional_call(module, weights, (inputs,))  # noqa: E731
         if not self.packed:
             return rnn(x)[0]
         # Packed sequences skip the padding, which pays with cuDNN on a GPU; on CPU they ran ~10x

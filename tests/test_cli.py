@@ -82,3 +82,19 @@ def test_predict_needs_a_checkpoint(tmp_path, monkeypatch):
         cli_main(["predict", "--config", str(EXPERIMENTS[0]), "some review"])
     with pytest.raises(SystemExit, match="no such checkpoint"):
         cli_main(["predict", "--ckpt_path", "nope.ckpt", "some review"])
+
+
+def test_weight_averaging_from_the_command_line(tmp_path, cache_dir, monkeypatch, capsys):
+    # README "What mattered": Lightning's EMA callback appended on the command line, no code
+    monkeypatch.chdir(tmp_path)
+    config = EXPERIMENTS_DIR / "tuned" / "gru.yaml"
+    ema = ["--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging", "--trainer.callbacks.decay", "0.5"]
+    cli_main(["fit", "--config", str(config), "--data.cache_dir", cache_dir, *SMALL, *ema])
+    best = next(Path("lightning_logs/tuned_gru/version_0/checkpoints").glob("best*.ckpt"))
+    ckpt = torch.load(best, weights_only=True)
+    # the averaged weights are the ones validated and saved; the trained ones are kept beside them
+    name = "encoder.layers.0.0.weight_hh_l0"
+    assert not torch.equal(ckpt["state_dict"][name], ckpt["current_model_state"][name])
+    cli_main(["predict", "--ckpt_path", str(best), "a great film"])
+    label, prob, _ = capsys.readouterr().out.strip().split("\t")
+    assert label in {"positive", "negative"} and 0 <= float(prob) <= 1

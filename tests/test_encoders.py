@@ -162,6 +162,31 @@ def test_word_dropout_turns_words_into_unk_while_training_only():
         RecurrentEncoder(word_dropout=1.0)
 
 
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_weight_drop_masks_the_recurrent_weights_while_training_only(cell):
+    torch.manual_seed(0)
+    dropping = RecurrentEncoder(vocab_size=50, embed_dim=8, hidden_size=6, cell=cell, pooling="max_mean", weight_drop=0.5)
+    plain = RecurrentEncoder(vocab_size=50, embed_dim=8, hidden_size=6, cell=cell, pooling="max_mean")
+    plain.load_state_dict(dropping.state_dict())
+    ids, lengths = torch.randint(2, 50, (3, 11)), torch.tensor([11, 6, 2])
+    torch.testing.assert_close(dropping.eval()(ids, lengths), plain.eval()(ids, lengths))
+    # while training: the plain encoder run with one dropped-out copy of its recurrent weights
+    torch.manual_seed(1)
+    out = dropping.train()(ids, lengths)
+    torch.manual_seed(1)
+    recurrent = dropping.layers[0][0].weight_hh_l0
+    dropped = torch.nn.functional.dropout(recurrent.detach(), 0.5)
+    with torch.no_grad():
+        plain.layers[0][0].weight_hh_l0.copy_(dropped)
+    torch.testing.assert_close(out, plain.eval()(ids, lengths))
+    # dropped weights get no gradient, and the weights themselves are left as they were
+    out.sum().backward()
+    assert recurrent.grad[dropped == 0].eq(0).all() and recurrent.grad[dropped != 0].ne(0).any()
+    assert not torch.equal(recurrent.detach(), dropped)
+    with pytest.raises(ConfigError, match="weight_drop"):
+        RecurrentEncoder(weight_drop=1.0)
+
+
 def test_reversal_within_length_is_its_own_inverse_and_its_gradient_is_exact():
     from imdb_lightning.encoders import reverse_within_length
 
