@@ -22,7 +22,7 @@ from torchmetrics.classification import (
 )
 
 from .encoders import encoder_spec
-from .errors import UserError
+from .errors import ConfigError, UserError
 
 STAGES = ("train", "val", "test")
 
@@ -55,6 +55,9 @@ class SentimentClassifier(L.LightningModule):
         optimizer: optimizer factory (default Adam, lr 1e-3).
         scheduler: LR scheduler factory (default `plateau`, stepped on `monitor`); null for none.
         monitor: the metric a plateau scheduler watches.
+        adversarial: > 0 adds adversarial training on the word embeddings (Miyato et al. 2017): each
+            training review is also scored with its embeddings pushed along the loss gradient by this
+            fraction of their own L2 norm, and that loss is added. Needs an encoder with an `embedding`.
     """
 
     def __init__(
@@ -64,8 +67,13 @@ class SentimentClassifier(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: Optional[LRSchedulerCallable] = plateau,
         monitor: str = "val/loss",
+        adversarial: float = 0.0,
     ):
         super().__init__()
+        if adversarial < 0:
+            raise ConfigError(f"model.adversarial must be 0 (off) or positive, got {adversarial}")
+        if adversarial and not isinstance(getattr(encoder, "embedding", None), nn.Embedding):
+            raise ConfigError(f"model.adversarial perturbs word embeddings; {type(encoder).__name__} has no `embedding`")
         self.encoder = encoder
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(encoder.output_dim, 1))
         self.optimizer, self.scheduler = optimizer, scheduler
@@ -82,9 +90,40 @@ class SentimentClassifier(L.LightningModule):
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(input_ids, lengths)).squeeze(-1)  # (batch,) logits
 
-    def _step(self, batch: dict, stage: str) -> torch.Tensor:
-        logits = self(batch["input_ids"], batch["lengths"])
+    def _embedded(self, batch: dict, perturbation: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits, and the word embeddings (time, batch, embed) they were computed from, plus `perturbation`."""
+        seen = {}
+
+        def hook(module, inputs, output):
+            seen["embedded"] = output if perturbation is None else output + perturbation
+            return seen["embedded"]
+
+        handle = self.encoder.embedding.register_forward_hook(hook)
+        try:
+            logits = self(batch["input_ids"], batch["lengths"])
+        finally:
+            handle.remove()
+        return logits, seen["embedded"]
+
+    def _adversarial_loss(self, loss: torch.Tensor, embedded: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The loss of the batch with each review's embeddings moved the way that raises the loss most."""
         labels = batch["labels"]
+        if embedded.dim() != 3 or embedded.shape[1] != len(labels):
+            raise ConfigError("model.adversarial needs an encoder whose embedding output is time-major (time, batch, embed)")
+        (grad,) = torch.autograd.grad(loss, embedded, retain_graph=True)  # (time, batch, embed)
+        # Scaled per review relative to its own embeddings, so growing the embeddings cannot shrink the push.
+        size = self.hparams.adversarial * embedded.detach().norm(dim=(0, 2))  # (batch,)
+        step = grad * (size / grad.norm(dim=(0, 2)).clamp_min(1e-12))[None, :, None]  # (time, batch, embed)
+        logits, _ = self._embedded(batch, step.detach())
+        return F.binary_cross_entropy_with_logits(logits, labels.float())
+
+    def _step(self, batch: dict, stage: str) -> torch.Tensor:
+        labels = batch["labels"]
+        adversarial = stage == "train" and self.hparams.adversarial > 0
+        if adversarial:
+            logits, embedded = self._embedded(batch)
+        else:
+            logits = self(batch["input_ids"], batch["lengths"])
         loss = F.binary_cross_entropy_with_logits(logits, labels.float())
         metrics = getattr(self, f"{stage}_metrics")
         probs = logits.detach().sigmoid()
@@ -98,6 +137,10 @@ class SentimentClassifier(L.LightningModule):
             batch_size=len(labels), sync_dist=stage != "train",
         )
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        if adversarial:
+            adversarial_loss = self._adversarial_loss(loss, embedded, batch)
+            self.log("train/adversarial_loss", adversarial_loss, on_step=True, on_epoch=True, batch_size=len(labels))
+            loss = loss + adversarial_loss
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

@@ -48,3 +48,48 @@ def test_one_cycle_schedule_is_sized_to_the_run_and_stepped_per_batch(synthetic,
     assert config.interval == "step" and config.scheduler.total_steps == 8
     assert len(used) == 8 and len(set(used)) == 8  # a new rate for every batch
     assert 0.009 < max(used) <= 0.01 and used[0] < 0.01 / 10 and used[-1] < 0.01 / 1000  # up to max_lr, then annealed
+
+
+def test_adversarial_step_moves_each_review_by_its_share_of_its_embedding_norm():
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    eps = 1e-3
+    encoder = RecurrentEncoder(vocab_size=50, embed_dim=8, hidden_size=6, cell="gru", pooling="max_mean", bidirectional=True)
+    model = SentimentClassifier(encoder, adversarial=eps).eval()  # no dropout: both passes see the same network
+    ids = torch.randint(2, 50, (3, 10))
+    ids[1, 6:] = 0  # a padded review
+    batch = {"input_ids": ids, "lengths": torch.tensor([10, 6, 10]), "labels": torch.tensor([1, 0, 1])}
+    logits, embedded = model._embedded(batch)
+    loss = F.binary_cross_entropy_with_logits(logits, batch["labels"].float())
+    (grad,) = torch.autograd.grad(loss, embedded, retain_graph=True)  # (time, batch, embed)
+    adversarial = model._adversarial_loss(loss, embedded, batch)
+    # to first order the push raises the loss by sum_i eps * |x_i| * |g_i|: the gradient's own direction, at full size
+    expected = (eps * embedded.detach().norm(dim=(0, 2)) * grad.norm(dim=(0, 2))).sum()
+    assert adversarial > loss
+    torch.testing.assert_close(adversarial - loss, expected, rtol=0.05, atol=0)
+    assert grad[6:, 1].abs().sum() == 0  # padding is never pushed
+
+
+def test_adversarial_training_learns_and_logs_both_losses(synthetic, tmp_path):
+    import torch
+
+    L.seed_everything(0, verbose=False)
+    dm = synthetic(synthetic_size=2000, synthetic_median_words=30, max_length=100)
+    encoder = RecurrentEncoder(vocab_size=500, embed_dim=32, hidden_size=32, cell="gru")
+    model = SentimentClassifier(encoder, adversarial=0.05, optimizer=lambda p: torch.optim.Adam(p, lr=3e-3))
+    trainer = quick_trainer(tmp_path)
+    trainer.fit(model, dm)
+    logged = trainer.logged_metrics
+    assert logged["train/adversarial_loss_epoch"] > logged["train/loss_epoch"] > 0
+    assert trainer.validate(model, dm, verbose=False)[0]["val/acc"] >= 0.90
+
+
+def test_adversarial_training_needs_word_embeddings():
+    from imdb_lightning.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.adversarial"):
+        SentimentClassifier(RecurrentEncoder(input_size=1, hidden_size=4), adversarial=0.1)
+    with pytest.raises(ConfigError, match="model.adversarial must be 0"):
+        SentimentClassifier(RecurrentEncoder(vocab_size=10), adversarial=-1)
