@@ -122,7 +122,8 @@ class IMDBDataModule(L.LightningDataModule):
         synthetic_size: reviews in the synthetic train split (the test split is half as many).
         synthetic_median_words: median review length of the synthetic corpus.
         val_fraction: share of train held out for validation, stratified by label.
-        split_seed: seed of that split (and of the synthetic corpus).
+        split_seed: seed of that split, of the training batch order and of the synthetic corpus
+            (the run's own seed sets initialisation and dropout, so seeds compare models on the same batches).
         vocab_size: vocabulary cap including `<pad>` and `<unk>`; also the model's embedding rows.
         min_frequency: words seen fewer times in train become `<unk>`.
         lowercase: lowercase before tokenizing.
