@@ -1,78 +1,169 @@
-"""Callbacks: a checkpoint on Ctrl-C, and a record of each run for `imdb-lightning compare`."""
+"""Callbacks of every run: `last.ckpt` kept current, and `run.json`, the record `compare` reads."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-
-def run_folders(root: Path) -> list[Path]:
-    """The `version_N` run folders under an experiment's log folder, oldest (lowest N) first."""
-    folders = [p for p in Path(root).glob("version_*") if p.name.split("_")[-1].isdigit()]
-    return sorted(folders, key=lambda p: int(p.name.split("_")[-1]))
+from .runs import atomic_write
 
 
-def last_checkpoint(run: Path) -> Path | None:
-    """A run's newest last*.ckpt: the epoch-end and the every-N-steps checkpoints each keep one
-    (last.ckpt, last-v1.ckpt), and after a kill the newer one has the most work in it."""
-    lasts = sorted(Path(run).glob("checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
-    return lasts[-1] if lasts else None
+class LastCheckpoint(L.Callback):
+    """Keeps `checkpoints/last.ckpt` the newest state of a fit, the one to resume from.
 
-
-class CheckpointOnInterrupt(L.Callback):
-    """On Ctrl-C (SIGINT) during fit, write `last.ckpt` so `--ckpt_path last` resumes from there.
-
-    Lightning's own writes are atomic (temp file + rename), so an interrupted or killed write
-    never leaves a broken checkpoint behind; this one goes through the same path.
+    Written after every `every_n_train_steps` steps and after each epoch's next-to-last step,
+    at the end of the fit, and on Ctrl-C, which lets the step in progress finish, writes
+    last.ckpt at that clean point and stops (a second Ctrl-C stops at once). Checkpoints inside
+    an epoch are the ones Lightning resumes exactly from; from one written at an epoch's end it
+    would skip that epoch's validation and scheduler step. So the epoch's last step is left to
+    replay: a resume from the next-to-last step redoes one step and the epoch's validation, the
+    same figures. Lightning writes checkpoints to a temporary file and renames it, so a kill
+    never leaves half a file. After a non-finite loss nothing is written: the last good state stays.
     """
 
-    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, KeyboardInterrupt) or trainer.state.fn != "fit":
+    def __init__(self, every_n_train_steps: int = 200):
+        if every_n_train_steps < 1:
+            raise ValueError(f"every_n_train_steps must be at least 1, got {every_n_train_steps}")
+        self.every_n_train_steps = every_n_train_steps
+        self._saved_step: Optional[int] = None
+        self._interrupted = False
+        self._previous_handler = None
+
+    @staticmethod
+    def path(trainer: L.Trainer) -> Path:
+        best = next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath), None)
+        folder = Path(best.dirpath) if best else Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"
+        return folder / "last.ckpt"
+
+    def _save(self, trainer: L.Trainer) -> Optional[Path]:
+        if trainer.sanity_checking or trainer.fast_dev_run or trainer.state.fn != "fit":
+            return None
+        if trainer.global_step == self._saved_step:
+            return None
+        path = self.path(trainer)
+        trainer.save_checkpoint(path, weights_only=False)
+        self._saved_step = trainer.global_step
+        return path
+
+    # --- Ctrl-C: stop at the next clean point --------------------------------------------------------
+    def _on_sigint(self, signum, frame) -> None:
+        if self._interrupted:  # the second Ctrl-C: stop now, keep the last.ckpt already written
+            self._restore_handler()
+            raise KeyboardInterrupt
+        self._interrupted = True
+        print("\nCtrl-C: stopping once this step is done, after writing last.ckpt (Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    def _restore_handler(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
+
+    def _asked(self, trainer: L.Trainer) -> bool:
+        if trainer.world_size > 1:  # every process stops at the same step
+            return trainer.strategy.reduce_boolean_decision(self._interrupted, all=False)
+        return self._interrupted
+
+    def _stop(self, trainer: L.Trainer) -> None:
+        print(f"\nInterrupted at step {trainer.global_step}; {self.path(trainer)} holds it. Resume with --ckpt_path last",
+              flush=True)
+        raise KeyboardInterrupt
+
+    # --- Lightning hooks ----------------------------------------------------------------------------
+    def on_train_start(self, trainer, module) -> None:
+        self._saved_step = trainer.global_step  # resumed or new: this state is on disk already (or is step 0)
+        self._interrupted = False
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        left = trainer.num_training_batches - (batch_idx + 1)  # batches left in this epoch
+        if left == 0:
             return
-        folders = [cb.dirpath for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath]
-        if folders:
-            path = Path(folders[0]) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
-            trainer.save_checkpoint(path)
-            print(f"\nInterrupted at step {trainer.global_step}; saved {path}. Resume with --ckpt_path last", flush=True)
+        if trainer.global_step % self.every_n_train_steps == 0 or left == 1 or self._asked(trainer):
+            self._save(trainer)
+        # A stop waits for the next batch: Lightning logs this step's figures after this hook.
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if self._interrupted and self._saved_step == trainer.global_step:
+            self._stop(trainer)
+
+    def on_validation_batch_end(self, trainer, module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        # during an epoch's validation: last.ckpt holds its next-to-last step, and a resume redoes the rest
+        if self._interrupted and trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._stop(trainer)
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        if self._interrupted:
+            self._stop(trainer)
+
+    def on_train_end(self, trainer, module) -> None:
+        self._restore_handler()
+        self._save(trainer)  # a fit cut short by max_steps mid-epoch
+
+    def on_exception(self, trainer, module, exception: BaseException) -> None:
+        self._restore_handler()
 
 
 class RunRecord(L.Callback):
-    """Keeps `run.json` in the run folder: status, wall time, training speed, test figures.
+    """Keeps `run.json` in the run folder: what ran (fit, validate or test), its status, wall time,
+    training speed, how validation was carved, and the figures.
 
     `imdb-lightning compare` reads it; a run killed before the end stays "running", and is
     listed as unfinished rather than averaged in.
     """
 
     def __init__(self):
-        self.extra: dict = {}  # set by `imdb-lightning sweep`: the run's sweep key and seed
+        self.extra: dict = {}  # set by `imdb-lightning sweep`: the run's sweep key and encoder name
         self.record: dict = {}
-        self._train_s, self._samples, self._tick = 0.0, 0, 0.0
+        self._train_s, self._samples, self._tick, self._started = 0.0, 0, 0.0, 0.0
+        self._file: Optional[Path] = None
 
-    def _path(self, trainer: L.Trainer) -> Path | None:
-        return Path(trainer.log_dir) / "run.json" if trainer.logger and trainer.log_dir else None
+    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        # trainer.log_dir is a collective call under DDP (rank 0 broadcasts it): ask once, while every
+        # process is here, never from a hook that one process alone may reach (an exception).
+        self._file = Path(trainer.log_dir) / "run.json" if trainer.logger and trainer.log_dir else None
+
+    def _path(self, trainer: L.Trainer) -> Optional[Path]:
+        return self._file
 
     def _write(self, trainer: L.Trainer, **fields) -> None:
         self.record.update(fields)
         path = self._path(trainer)
         if trainer.is_global_zero and path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({**self.record, **self.extra}, indent=2))
-            os.replace(tmp, path)
+            text = json.dumps({**self.record, **self.extra}, indent=2)
+            atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
-    def on_fit_start(self, trainer, module) -> None:
+    def _begin(self, trainer: L.Trainer, module: L.LightningModule, kind: str) -> None:
         path = self._path(trainer)
         if path and path.is_file():  # a resumed run keeps its totals so far
             self.record = json.loads(path.read_text())
             self._train_s, self._samples = self.record.get("train_s", 0.0), self.record.get("train_samples", 0)
+        self.record.pop("error", None)
         self._started = time.monotonic() - self.record.get("wall_s", 0.0)
-        params = sum(p.numel() for p in module.parameters())
-        self._write(trainer, status="running", parameters=params)
+        seed = os.environ.get("PL_GLOBAL_SEED")
+        self._write(trainer, kind=self.record.get("kind", kind), status="running",
+                    parameters=sum(p.numel() for p in module.parameters()),
+                    seed=int(seed) if seed is not None else None,
+                    checkpoint=str(trainer.ckpt_path) if trainer.ckpt_path else self.record.get("checkpoint"))
+
+    def on_fit_start(self, trainer, module) -> None:
+        self._begin(trainer, module, "fit")
+
+    def on_train_start(self, trainer, module) -> None:
+        self._tick = time.monotonic()  # also after a mid-epoch resume, which skips on_train_epoch_start
+        validation = getattr(trainer.datamodule, "validation", None)
+        if validation:
+            self._write(trainer, validation=validation)
 
     def on_train_epoch_start(self, trainer, module) -> None:
         self._tick = time.monotonic()
@@ -81,12 +172,15 @@ class RunRecord(L.Callback):
         now = time.monotonic()  # time since the previous training batch: loading, step and logging
         self._train_s += now - self._tick
         self._tick = now
-        self._samples += len(batch["labels"])
+        self._samples += len(batch["labels"]) if isinstance(batch, dict) and "labels" in batch else 0
 
     def on_validation_end(self, trainer, module) -> None:
         self._tick = time.monotonic()
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
             self._write(trainer, epochs=trainer.current_epoch + 1, **self._speed())
+        elif trainer.state.fn == "validate" and self.record.get("kind") == "validate":
+            figures = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+            self._write(trainer, status="finished", val=figures, validation=getattr(trainer.datamodule, "validation", None))
 
     def _speed(self) -> dict:
         return {
@@ -96,15 +190,23 @@ class RunRecord(L.Callback):
 
     def on_fit_end(self, trainer, module) -> None:
         best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+        figures = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         self._write(trainer, status="finished", epochs=trainer.current_epoch, global_step=trainer.global_step,
-                    best_val_acc=float(best) if best is not None else None, **self._speed())
+                    best_val_acc=float(best) if best is not None else None, val=figures, **self._speed())
+
+    def on_validation_start(self, trainer, module) -> None:
+        if trainer.state.fn == "validate" and not self.record:
+            self._begin(trainer, module, "validate")
+
+    def on_test_start(self, trainer, module) -> None:
+        if not self.record:  # `imdb-lightning test` alone: a record of its own
+            self._begin(trainer, module, "test")
 
     def on_test_end(self, trainer, module) -> None:
         tested = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-        if self.record:  # only for a run this callback saw fitting (a sweep); `test` alone makes a new folder
-            self._write(trainer, test=tested)
+        self._write(trainer, test=tested, **({"status": "finished"} if self.record.get("kind") == "test" else {}))
 
     def on_exception(self, trainer, module, exception: BaseException) -> None:
-        if self.record and trainer.state.fn == "fit":
+        if self.record:
             status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "crashed"
             self._write(trainer, status=status, error=f"{type(exception).__name__}: {exception}"[:500], **self._speed())

@@ -1,122 +1,59 @@
-"""The `imdb-lightning` command: LightningCLI for fit/validate/test; `predict`, `export` and `bench` beside it."""
+"""The `imdb-lightning` command: a table of subcommands, each a `main(argv)` imported when used."""
 
 from __future__ import annotations
 
+import importlib
 import sys
-from pathlib import Path
 from typing import Optional
 
-from argparse import RawDescriptionHelpFormatter
-
-from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.cli import LightningCLI
-
-from .callbacks import last_checkpoint, run_folders
-from .data import IMDBDataModule
 from .errors import UserError
-from .model import SentimentClassifier
 
-DEFAULTS = str(Path(__file__).with_name("config") / "defaults.yaml")
-FORECAST_DEFAULTS = str(Path(__file__).with_name("config") / "forecast_defaults.yaml")
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
-DESCRIPTION = """Train, evaluate and apply recurrent sentiment encoders on IMDB.
-
-  fit | validate | test   Lightning runs configured by YAML (--config experiments/NAME.yaml)
-  predict                 classify raw reviews with a checkpoint (imdb-lightning predict --help)
-  export                  a checkpoint as ONNX or TorchScript with a standalone loader
-  sweep | compare         grids of runs; leaderboard and plots
-  bench                   speed and memory against a hand-written loop
-  memory                  long-range memory diagnostic
-  forecast fit|test|report  the airline-passengers LSTM"""
-
-
-class IMDBLightningCLI(LightningCLI):
-    def add_arguments_to_parser(self, parser) -> None:
-        # The vocabulary cap is known when the config is parsed, so the embedding can be sized then.
-        parser.link_arguments("data.vocab_size", "model.encoder.init_args.vocab_size", apply_on="parse")
-
-    def before_instantiate_classes(self) -> None:
-        # `fit --ckpt_path last` resumes the newest run of this experiment in its own version folder
-        # (plain Lightning would look in a new, empty one).
-        config = self.config.get(self.subcommand) if self.subcommand else None
-        if self.subcommand != "fit" or config.get("ckpt_path") != "last":
-            return
-        logger = config.trainer.logger
-        if not getattr(logger, "init_args", None) or "save_dir" not in logger.init_args:
-            raise UserError("--ckpt_path last needs a TensorBoard/CSV logger config to find the run; pass a checkpoint path")
-        root = Path(logger.init_args.save_dir) / logger.init_args.name
-        found = [(run, ckpt) for run in run_folders(root) if (ckpt := last_checkpoint(run))]
-        if not found:
-            raise UserError(f"--ckpt_path last: no last.ckpt under {root}; nothing to resume")
-        run, ckpt = found[-1]
-        config.ckpt_path = str(ckpt)
-        logger.init_args.version = int(run.name.split("_")[-1])
-        print(f"Resuming {config.ckpt_path}", file=sys.stderr)
+# name: (module with main(argv), one line for the overview)
+COMMANDS = {
+    "fit": ("imdb_lightning.training", "train a model (LightningCLI: --config experiments/NAME.yaml)"),
+    "validate": ("imdb_lightning.training", "evaluate a checkpoint on the validation split"),
+    "test": ("imdb_lightning.training", "evaluate a checkpoint on the test split (hub, aclImdb test or --data.test_files)"),
+    "predict": ("imdb_lightning.serve.predict", "classify raw reviews with a checkpoint: arguments or a file"),
+    "export": ("imdb_lightning.serve.export", "a checkpoint as ONNX or TorchScript, with a loader needing no Lightning"),
+    "linear": ("imdb_lightning.tools.linear", "the linear references (TF-IDF and NBSVM logistic regression) as runs"),
+    "sweep": ("imdb_lightning.tools.sweep", "encoders x seeds x settings, one run after another"),
+    "compare": ("imdb_lightning.tools.compare", "a leaderboard and plots from the runs of a log folder"),
+    "bench": ("imdb_lightning.tools.bench", "speed and memory against a hand-written PyTorch loop"),
+    "memory": ("imdb_lightning.tools.memory", "can an encoder carry a cue to the end of a review?"),
+    "forecast": ("imdb_lightning.forecast.cli", "the airline-passengers LSTM: forecast fit | validate | test | report"),
+}
+LIGHTNING = ("fit", "validate", "test")  # their argv keeps the subcommand name, as LightningCLI expects
 
 
-def make_cli(args: Optional[list[str]] = None, run: bool = True) -> IMDBLightningCLI:
-    """The LightningCLI; `args` as on the command line (e.g. ["fit", "--config", ...]), None for sys.argv."""
-    defaults = {"default_config_files": [DEFAULTS]}
-    return IMDBLightningCLI(
-        SentimentClassifier,
-        IMDBDataModule,
-        args=args,
-        run=run,
-        parser_kwargs=defaults if not run else {
-            "description": DESCRIPTION, "formatter_class": RawDescriptionHelpFormatter,
-            **{cmd: defaults for cmd in SUBCOMMANDS},
-        },
-        save_config_kwargs={"overwrite": True},
-    )
-
-
-def forecast_cli(args: Optional[list[str]] = None, run: bool = True) -> LightningCLI:
-    """The same CLI for sequence regression (`imdb-lightning forecast fit ...`)."""
-    from .timeseries import SequenceRegressor, SeriesDataModule
-
-    defaults = {"default_config_files": [FORECAST_DEFAULTS]}
-    return LightningCLI(
-        SequenceRegressor, SeriesDataModule, args=args, run=run,
-        parser_kwargs=defaults if not run else {cmd: defaults for cmd in SUBCOMMANDS},
-        save_config_kwargs={"overwrite": True},
+def overview() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {about}" for name, (_, about) in COMMANDS.items()]
+    return (
+        "usage: imdb-lightning COMMAND [options]   (imdb-lightning COMMAND --help for its options)\n\n"
+        "Train, evaluate and apply recurrent sentiment encoders on IMDB.\n\ncommands:\n" + "\n".join(lines)
     )
 
 
 def cli_main(args: Optional[list[str]] = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(overview())
+        return
+    command = argv[0]
+    if command not in COMMANDS:
+        sys.exit(f"imdb-lightning: error: unknown command {command!r}; the commands are {', '.join(COMMANDS)}")
+    from jsonargparse import ArgumentError
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     try:
-        command = argv[0] if argv else None
-        if command == "predict":
-            from .predict import predict_main
-
-            predict_main(argv[1:], DEFAULTS)
-        elif command == "bench":
-            from .bench import bench_main
-
-            bench_main(argv[1:])
-        elif command == "export":
-            from .export import export_main
-
-            export_main(argv[1:])
-        elif command == "sweep":
-            from .sweep import sweep_main
-
-            sweep_main(argv[1:])
-        elif command == "compare":
-            from .compare import compare_main
-
-            compare_main(argv[1:])
-        elif command == "forecast" and argv[1:2] == ["report"]:
-            from .timeseries import report_main
-
-            report_main(argv[2:])
-        elif command == "forecast":
-            forecast_cli(argv[1:])
-        elif command == "memory":
-            from .memory import memory_main
-
-            memory_main(argv[1:])
-        else:
-            make_cli(args)
+        main = importlib.import_module(COMMANDS[command][0]).main
+        main(argv if command in LIGHTNING else argv[1:])
     except (UserError, MisconfigurationException) as err:
-        sys.exit(f"imdb-lightning: error: {err}")
+        sys.exit(f"imdb-lightning: error: {one_line(str(err))}")
+    except ArgumentError as err:  # LightningCLI's parser, told to raise rather than print its usage
+        sys.exit(f"imdb-lightning {command}: error: {one_line(str(err))} (imdb-lightning {command} --help lists the options)")
+
+
+def one_line(message: str) -> str:
+    """A message as one line: the parser's nested explanations joined, blank lines dropped."""
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())

@@ -1,8 +1,28 @@
-import os
+"""Shared test helpers: generated data only (no download, nothing from ../shared)."""
 
+import os
+import socket
+from pathlib import Path
+
+import lightning as L
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+
+from imdb_lightning.models.encoders import ENCODERS, RECURRENT  # noqa: E402  every encoder, parametrized over
+
+ROOT = Path(__file__).parents[1]
+EXPERIMENTS = ROOT / "experiments"
+QUICKSTART = EXPERIMENTS / "quickstart.yaml"
+RECURRENT_PRESETS = {name: ENCODERS[name][1] for name in RECURRENT}
+# Shrink any experiment to a few batches of synthetic data.
+SMALL = [
+    "--data.source", "synthetic", "--data.synthetic_size", "300", "--data.vocab_size", "300",
+    "--data.max_length", "60", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
+    "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2", "--trainer.enable_progress_bar", "false",
+]
+# The same as `sweep --set` overrides.
+SMALL_SETS = [f"{SMALL[i][2:]}={SMALL[i + 1]}" for i in range(0, len(SMALL), 2)]
 
 
 @pytest.fixture(scope="session")
@@ -14,7 +34,7 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture
 def synthetic(cache_dir):
     """A small synthetic IMDBDataModule factory; keyword arguments override its settings."""
-    from imdb_lightning.data import IMDBDataModule
+    from imdb_lightning.data.datamodule import IMDBDataModule
 
     def make(**overrides):
         settings = dict(source="synthetic", synthetic_size=600, vocab_size=500, max_length=120, batch_size=32)
@@ -23,4 +43,22 @@ def synthetic(cache_dir):
     return make
 
 
-from imdb_lightning.encoders import PRESETS as ENCODERS  # noqa: E402  every encoder, parametrized over
+def quick_trainer(tmp_path, **overrides) -> L.Trainer:
+    """A Trainer without logger, checkpoints or progress output."""
+    settings = dict(
+        max_epochs=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path, deterministic=True,
+    )
+    return L.Trainer(**{**settings, **overrides})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_reviews(path: Path, texts: list[str], labels: list[int], movies=None) -> str:
+    from imdb_lightning.data.sources import write_reviews as write
+
+    return write(texts, labels, path, movies)

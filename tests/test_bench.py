@@ -39,8 +39,8 @@ def test_quick_bench_levers(tmp_path):
 
 
 def test_flop_count_of_a_bidirectional_lstm():
-    from imdb_lightning.bench import recurrent_flops_per_token
-    from imdb_lightning.encoders import RecurrentEncoder
+    from imdb_lightning.models.encoders import RecurrentEncoder
+    from imdb_lightning.tools.bench import recurrent_flops_per_token
 
     encoder = RecurrentEncoder(vocab_size=10, cell="lstm", bidirectional=True, embed_dim=128, hidden_size=128, num_layers=2)
     # per direction: 4 gates x 128 outputs x (inputs + 128) multiply-adds; layer 2 reads both directions (256)

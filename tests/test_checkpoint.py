@@ -3,9 +3,9 @@ import pytest
 import torch
 
 import imdb_lightning
-from imdb_lightning.encoders import RecurrentEncoder
 from imdb_lightning.errors import UserError
-from imdb_lightning.model import SentimentClassifier
+from imdb_lightning.models.classifier import SentimentClassifier
+from imdb_lightning.models.encoders import RecurrentEncoder
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def test_checkpoint_is_plain_data_and_classifies_raw_text(checkpoint):
     model.eval()
     with torch.no_grad():
         expected = model(batch["input_ids"][:1], batch["lengths"][:1]).sigmoid().item()
-    review = dm._raw_split("val")[0][dm.val_dataloader().batch_sampler.__iter__().__next__()[0]]
+    review = dm.reviews("val").texts[dm.val_dataloader().batch_sampler.batches()[0][0]]
     assert predictor.predict([review])[0] == pytest.approx(expected, abs=1e-5)
 
 

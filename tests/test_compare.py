@@ -1,22 +1,17 @@
-"""Sweeps, the leaderboard and plots, and TensorBoard serving the runs' scalars."""
+"""Sweeps, the leaderboard and plots, and what TensorBoard is given to show."""
 
 import json
-import socket
-import subprocess
-import sys
-import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from conftest import QUICKSTART
 from imdb_lightning.cli import cli_main
-from imdb_lightning.compare import Run, compare, group, leaderboard, mean_std
+from imdb_lightning.tools.compare import Run, compare, group, leaderboard, mean_std
 
-QUICKSTART = Path(__file__).parents[1] / "experiments" / "quickstart.yaml"
 SMALL = ["data.synthetic_size=400", "data.max_length=60", "trainer.max_epochs=2", "trainer.limit_train_batches=3",
-         "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "trainer.enable_progress_bar=false"]
+         "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "trainer.enable_progress_bar=false",
+         "trainer.log_every_n_steps=1"]
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +29,10 @@ def test_sweep_runs_tests_and_records_every_run(swept):
     records = [json.loads(p.read_text()) for p in sorted((root / "logs").glob("*/version_*/run.json"))]
     assert sorted((r["encoder"], r["seed"]) for r in records) == [("gru", 0), ("gru", 1), ("rnn", 0), ("rnn", 1)]
     for record in records:
-        assert record["status"] == "finished" and record["epochs"] == 2
+        assert record["status"] == "finished" and record["epochs"] == 2 and record["kind"] == "fit"
         assert 0 <= record["best_val_acc"] <= 1 and record["train_samples_per_s"] > 0
-        assert set(record["test"]) >= {"test/acc", "test/f1", "test/auroc", "test/loss"}
+        assert set(record["test"]) >= {"test/acc", "test/f1", "test/auroc", "test/loss", "test/acc_se"}
+        assert record["validation"]["kind"] == "random"  # synthetic reviews have no films
 
 
 def test_rerun_skips_finished_and_resumes_unfinished(swept, capsys):
@@ -62,73 +58,85 @@ def test_compare_writes_leaderboard_and_plots(swept, tmp_path):
     assert result["runs"] == 5 and result["finished"] == 4
     table = (tmp_path / "leaderboard.md").read_text()
     assert "| rnn |" in table and "| gru |" in table and "crashed (RuntimeError: boom)" in table
+    assert "grouped: whole films held out" in table  # every accuracy says which split it is on
     rows = (tmp_path / "leaderboard.csv").read_text().splitlines()
-    assert len(rows) == 3 and rows[0].startswith("encoder,seeds,parameters,best val acc mean,best val acc std")
-    assert all(",2," in row for row in rows[1:])  # two seeds per encoder
+    assert len(rows) == 3 and rows[0].startswith("model,val split,seeds,parameters,val acc mean,val acc std,val ±95% mean")
+    assert all(",random,2," in row for row in rows[1:])  # two seeds per encoder, random validation
     for png in ("val_acc.png", "val_loss.png", "acc_vs_time.png"):
         assert (tmp_path / png).stat().st_size > 5000
 
 
-def fake(name, seed, acc, **settings):
-    return Run(Path(f"{name}/{seed}"), name, {"model.dropout": 0.0, **settings},
-               {"status": "finished", "best_val_acc": acc, "epochs": 3, "wall_s": 10.0, "parameters": 5})
+def test_tensorboard_gets_the_metrics_the_readme_names(swept):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    root, _ = swept
+    runs = [p.parent for p in sorted((root / "logs").glob("*/version_*/run.json"))
+            if json.loads(p.read_text())["status"] == "finished"]
+    assert len(runs) == 4
+    for run in runs:
+        events = EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0})
+        events.Reload()
+        scalars = set(events.Tags()["scalars"])
+        assert {"val/acc", "val/loss", "val/acc_se", "train/loss", "train/loss_epoch", "hp/val_acc", "test/acc"} <= scalars
+        assert any(t.startswith("lr-") for t in scalars)
+        assert len(events.Scalars("val/acc")) == 2 and all(0 <= e.value <= 1 for e in events.Scalars("val/acc"))
+        # hp/val_acc is only ever a real accuracy, never a placeholder 0 at step 0
+        assert all(e.value > 0 for e in events.Scalars("hp/val_acc"))
+        assert {"test/confusion_matrix", "test/roc"} <= set(events.Tags()["images"])
+        # the HPARAMS tab: hyperparameters, the validation kind, hp/val_acc and hp/test_acc as columns
+        plugin = events.PluginTagToContent("hparams")
+        experiment = plugin_data_pb2.HParamsPluginData.FromString(plugin["_hparams_/experiment"]).experiment
+        assert {m.name.tag for m in experiment.metric_infos} == {"hp/val_acc", "hp/test_acc"}
+        session = plugin_data_pb2.HParamsPluginData.FromString(plugin["_hparams_/session_start_info"]).session_start_info
+        assert session.hparams["val_split"].string_value == "random"
+        assert session.hparams["encoder/init_args/cell"].string_value in {"rnn", "gru"}
+
+
+def fake(name, seed, acc, folder=None, **settings):
+    return Run(Path(folder or f"{name}/version_{seed}"), name, {"model.dropout": 0.0, **settings},
+               {"status": "finished", "best_val_acc": acc, "epochs": 3, "wall_s": 10.0, "parameters": 5, "seed": seed,
+                "validation": {"kind": "grouped"}})
 
 
 def test_grouping_mean_std_and_order():
     runs = [fake("lstm", 0, 0.80), fake("lstm", 1, 0.84), fake("gru", 0, 0.90),
-            fake("lstm", 0, 0.70, **{"model.dropout": 0.5})]
+            fake("lstm", 0, 0.70, folder="lstm/version_7", **{"model.dropout": 0.5})]
     varying, groups = group(runs)
     assert varying == ["model.dropout"] and len(groups) == 3
     header, rows = leaderboard(runs)
     assert [r[0] for r in rows] == ["gru", "lstm", "lstm"]  # best first
     lstm = rows[1]
-    assert lstm[header.index("seeds")] == 2
-    assert lstm[header.index("best val acc")] == pytest.approx((0.82, mean_std([0.80, 0.84])[1]))
+    assert lstm[header.index("seeds")] == 2 and lstm[header.index("val split")] == "grouped"
+    assert lstm[header.index("val acc")] == pytest.approx((0.82, mean_std([0.80, 0.84])[1]))
     assert mean_std([0.80, 0.84])[1] == pytest.approx(0.028284, abs=1e-6)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_a_seed_run_twice_counts_once():
+    runs = [fake("gru", 42, 0.80, folder="gru/version_0"), fake("gru", 42, 0.80, folder="gru/version_1"),
+            fake("gru", 1, 0.90, folder="gru/version_2")]
+    header, rows = leaderboard(runs)
+    assert rows[0][header.index("seeds")] == 2
+    assert rows[0][header.index("val acc")][0] == pytest.approx(0.85)
 
 
-def get(url: str):
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
-
-
-def test_tensorboard_serves_the_runs(swept):
-    root, _ = swept
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(root / "logs"), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}/data"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                tags = get(f"{base}/plugin/scalars/tags")
-                if len(tags) >= 4:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "TensorBoard did not serve the runs"
-            time.sleep(0.5)
-        for run, run_tags in tags.items():
-            assert {"val/acc", "val/loss", "train/loss_epoch", "hp/val_acc", "hp/test_acc", "test/acc"} <= set(run_tags), run
-            assert any(t.startswith("lr-") for t in run_tags)
-        run = sorted(tags)[0]
-        query = urllib.parse.urlencode({"run": run, "tag": "val/acc"})
-        points = get(f"{base}/plugin/scalars/scalars?{query}")
-        assert len(points) == 2 and all(0 <= value <= 1 for _, _, value in points)  # (wall time, step, value) per epoch
-        images = get(f"{base}/plugin/images/tags")
-        assert {"test/confusion_matrix", "test/roc"} <= set(images[run])
-    finally:
-        server.terminate()
-        server.wait(10)
+def test_test_and_validate_runs_join_their_fit(tmp_path, cache_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    small = ["--config", str(QUICKSTART), "--data.cache_dir", cache_dir, "--trainer.max_epochs", "1",
+             "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2",
+             "--trainer.enable_progress_bar", "false", "--data.synthetic_size", "300"]
+    cli_main(["fit", *small])
+    best = next(Path("lightning_logs/quickstart/version_0/checkpoints").glob("best*.ckpt"))
+    cli_main(["test", *small, "--ckpt_path", str(best)])
+    cli_main(["validate", *small, "--ckpt_path", "best"])
+    records = {p.parent.name: json.loads(p.read_text()) for p in Path("lightning_logs/quickstart").glob("*/run.json")}
+    assert [records[f"version_{i}"]["kind"] for i in range(3)] == ["fit", "test", "validate"]
+    assert {Path(records[f"version_{i}"]["checkpoint"]).resolve() for i in (1, 2)} == {best.resolve()}
+    result = compare("lightning_logs", tmp_path / "out")
+    assert result["runs"] == 1 and result["finished"] == 1  # one fit, nothing listed as unfinished
+    row = result["rows"][0]
+    assert row[result["header"].index("test acc")][0] == pytest.approx(records["version_1"]["test"]["test/acc"])
+    assert "not counted" not in (tmp_path / "out" / "leaderboard.md").read_text()
 
 
 def test_sweep_runs_the_bag_of_words_reference_from_a_per_encoder_config(tmp_path):
@@ -139,5 +147,5 @@ def test_sweep_runs_the_bag_of_words_reference_from_a_per_encoder_config(tmp_pat
             *[a for s in SMALL for a in ("--set", s)], "--set", f"data.cache_dir={tmp_path / 'cache'}"]
     cli_main(args)
     run = next((tmp_path / "logs" / "nbow").glob("version_*"))
-    assert "class_path: imdb_lightning.encoders.NBoWEncoder" in (run / "config.yaml").read_text()
+    assert "class_path: imdb_lightning.models.encoders.NBoWEncoder" in (run / "config.yaml").read_text()
     assert json.loads((run / "run.json").read_text())["status"] == "finished"

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from conftest import ENCODERS
-from imdb_lightning.encoders import NBoWEncoder, RecurrentEncoder, ScratchRNNEncoder, build_encoder, encoder_spec
+from conftest import RECURRENT_PRESETS as ENCODERS
 from imdb_lightning.errors import ConfigError
+from imdb_lightning.models.encoders import NBoWEncoder, RecurrentEncoder, ScratchRNNEncoder, build_encoder, encoder_spec
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
@@ -31,7 +31,7 @@ def test_shapes_and_padding_invariance(name, pooling, packed):
 def test_spec_round_trip_rebuilds_the_same_encoder():
     encoder = RecurrentEncoder(vocab_size=30, cell="gru", hidden_size=5, bidirectional=True, pooling="mean")
     spec = encoder_spec(encoder)
-    assert spec["class_path"] == "imdb_lightning.encoders.RecurrentEncoder"
+    assert spec["class_path"] == "imdb_lightning.models.encoders.RecurrentEncoder"
     rebuilt = build_encoder(spec)
     rebuilt.load_state_dict(encoder.state_dict())
     ids, lengths = torch.randint(2, 30, (3, 9)), torch.tensor([9, 4, 1])
@@ -188,7 +188,7 @@ def test_weight_drop_masks_the_recurrent_weights_while_training_only(cell):
 
 
 def test_reversal_within_length_is_its_own_inverse_and_its_gradient_is_exact():
-    from imdb_lightning.encoders import reverse_within_length
+    from imdb_lightning.models.encoders import reverse_within_length
 
     torch.manual_seed(0)
     lengths = torch.tensor([5, 2, 7])

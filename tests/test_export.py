@@ -10,12 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 
 import imdb_lightning
-from conftest import ENCODERS
+from conftest import RECURRENT_PRESETS as ENCODERS
 from imdb_lightning.cli import cli_main
-from imdb_lightning.encoders import RecurrentEncoder
-from imdb_lightning.export import export
-from imdb_lightning.model import SentimentClassifier
-from imdb_lightning.standalone import ExportedClassifier
+from imdb_lightning.models.classifier import SentimentClassifier
+from imdb_lightning.models.encoders import RecurrentEncoder
+from imdb_lightning.serve.export import export
+from imdb_lightning.serve.runtime import ExportedClassifier
 
 REVIEWS = [
     "the plot was not good .", "A wonderful film!<br /><br />Truly.", "", "x " * 700, "🎬 très bien, not bad",
@@ -25,10 +25,11 @@ REVIEWS = [
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    from imdb_lightning.data import IMDBDataModule
+    from imdb_lightning.data.datamodule import IMDBDataModule
 
     root = tmp_path_factory.mktemp("export")
-    dm = IMDBDataModule(source="synthetic", synthetic_size=300, vocab_size=300, max_length=300, batch_size=32, cache_dir=str(root / "cache"))
+    dm = IMDBDataModule(source="synthetic", synthetic_size=300, vocab_size=300, max_length=300, batch_size=32,
+                        cache_dir=str(root / "cache"))
     paths = {}
     for name, kwargs in ENCODERS.items():
         L.seed_everything(0, verbose=False)
@@ -58,7 +59,8 @@ def test_exported_loader_runs_without_lightning(checkpoints, tmp_path):
     # Block Lightning's import: the loader must not need it.
     code = (
         "import sys, runpy; sys.modules['lightning'] = sys.modules['pytorch_lightning'] = None; "
-        f"sys.argv = ['classify.py', 'a great film', 'not good']; runpy.run_path({str(out / 'classify.py')!r}, run_name='__main__')"
+        "sys.argv = ['classify.py', 'a great film', 'not good']; "
+        f"runpy.run_path({str(out / 'classify.py')!r}, run_name='__main__')"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -101,7 +103,7 @@ def read_output(path):
 @pytest.mark.parametrize("target", ["csv", "jsonl", "parquet"])
 def test_predict_file_to_file(checkpoints, tmp_path, source, target, monkeypatch):
     texts = write_inputs(tmp_path)
-    monkeypatch.setattr("imdb_lightning.predict.CHUNK", 4)  # several chunks, as with a large file
+    monkeypatch.setattr("imdb_lightning.serve.predict.CHUNK", 4)  # several chunks, as with a large file
     out = tmp_path / f"out.{target}"
     cli_main(["predict", "--ckpt_path", str(checkpoints["lstm"]), "--file", str(tmp_path / f"in.{source}"),
               "--output", str(out), "--with_text"])

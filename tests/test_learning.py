@@ -1,17 +1,10 @@
 import lightning as L
 import pytest
 
-from conftest import ENCODERS
-from imdb_lightning.encoders import RecurrentEncoder
-from imdb_lightning.model import SentimentClassifier
-
-
-def quick_trainer(tmp_path, **overrides):
-    settings = dict(
-        max_epochs=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path, deterministic=True,
-    )
-    return L.Trainer(**{**settings, **overrides})
+from conftest import RECURRENT_PRESETS as ENCODERS
+from conftest import quick_trainer
+from imdb_lightning.models.classifier import SentimentClassifier
+from imdb_lightning.models.encoders import Recurrence, RecurrentEncoder
 
 
 @pytest.mark.parametrize("name", ENCODERS)
@@ -61,7 +54,7 @@ def test_adversarial_step_moves_each_review_by_its_share_of_its_embedding_norm()
     ids = torch.randint(2, 50, (3, 10))
     ids[1, 6:] = 0  # a padded review
     batch = {"input_ids": ids, "lengths": torch.tensor([10, 6, 10]), "labels": torch.tensor([1, 0, 1])}
-    logits, embedded = model._embedded(batch)
+    logits, embedded = model._logits(batch)
     loss = F.binary_cross_entropy_with_logits(logits, batch["labels"].float())
     (grad,) = torch.autograd.grad(loss, embedded, retain_graph=True)  # (time, batch, embed)
     adversarial = model._adversarial_loss(loss, embedded, batch)
@@ -90,6 +83,6 @@ def test_adversarial_training_needs_word_embeddings():
     from imdb_lightning.errors import ConfigError
 
     with pytest.raises(ConfigError, match="model.adversarial"):
-        SentimentClassifier(RecurrentEncoder(input_size=1, hidden_size=4), adversarial=0.1)
+        SentimentClassifier(Recurrence(input_size=1, hidden_size=4), adversarial=0.1)
     with pytest.raises(ConfigError, match="model.adversarial must be 0"):
         SentimentClassifier(RecurrentEncoder(vocab_size=10), adversarial=-1)

@@ -1,8 +1,8 @@
 import json
 
 from imdb_lightning.cli import cli_main
-from imdb_lightning.memory import memory_reviews
-from imdb_lightning.synthetic import NEGATIVE, POSITIVE
+from imdb_lightning.data.synthetic import NEGATIVE, POSITIVE
+from imdb_lightning.tools.memory import memory_reviews
 
 
 def test_cue_sits_exactly_d_tokens_before_the_end():

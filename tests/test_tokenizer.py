@@ -1,7 +1,7 @@
 import pytest
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
-from imdb_lightning.tokenizer import PAD_ID, UNK_ID, build_tokenizer, encode, normalizer, python_normalizer
+from imdb_lightning.data.tokenizer import PAD_ID, UNK_ID, build_tokenizer, encode, normalizer, python_normalizer
 
 TEXTS = ["Good movie!<br /><br />Really GOOD.", "a bad movie, bad acting", "good good bad rare"]
 

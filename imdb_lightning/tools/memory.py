@@ -7,7 +7,6 @@ the encoder remembered the cue across d steps. Accuracy against d, per encoder, 
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
@@ -18,14 +17,16 @@ import lightning as L
 import numpy as np
 import torch
 
-from .data import IMDBDataModule
-from .encoders import PRESETS, RecurrentEncoder
-from .errors import UserError
-from .model import SentimentClassifier
-from .sources import write_reviews
-from .synthetic import NEGATIVE, POSITIVE, SLOTS
+from ..data.datamodule import IMDBDataModule
+from ..data.sources import write_reviews
+from ..data.synthetic import NEGATIVE, POSITIVE, SLOTS
+from ..errors import UserError
+from ..helpers import ArgumentParser, comma_list, pyplot
+from ..models.classifier import SentimentClassifier
+from ..models.encoders import RECURRENT, named_encoder
 
-FILLER = sorted({w for words in SLOTS.values() for phrase in words for w in phrase.split()} | {"the", "film", "scene", "and", "then", "a"})
+FILLER = sorted({w for words in SLOTS.values() for phrase in words for w in phrase.split()}
+                | {"the", "film", "scene", "and", "then", "a"})
 
 
 def memory_reviews(n: int, distance: int, seed: int = 0) -> tuple[list[str], list[int]]:
@@ -45,7 +46,7 @@ def memory_reviews(n: int, distance: int, seed: int = 0) -> tuple[list[str], lis
 def accuracy(encoder: str, seed: int, dm: IMDBDataModule, epochs: int, hidden: int) -> float:
     L.seed_everything(seed, verbose=False)
     model = SentimentClassifier(
-        RecurrentEncoder(vocab_size=dm.hparams.vocab_size, embed_dim=16, hidden_size=hidden, pooling="last", **PRESETS[encoder]),
+        named_encoder(encoder, vocab_size=dm.hparams.vocab_size, embed_dim=16, hidden_size=hidden, pooling="last"),
         optimizer=partial(torch.optim.Adam, lr=3e-3), scheduler=None,
     )
     trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -66,16 +67,13 @@ def run(encoders: list[str], distances: list[int], seeds: list[int], size: int, 
             for encoder in encoders:
                 accs = [accuracy(encoder, seed, dm, epochs, hidden) for seed in seeds]
                 results["accuracy"][encoder][str(d)] = accs
-                print(f"[memory] d={d:4d} {encoder:6s} val acc {statistics.fmean(accs):.3f} ({', '.join(f'{a:.3f}' for a in accs)})")
+                each = ", ".join(f"{a:.3f}" for a in accs)
+                print(f"[memory] d={d:4d} {encoder:6s} val acc {statistics.fmean(accs):.3f} ({each})")
     return results
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for encoder, by_distance in results["accuracy"].items():
         ds = sorted(by_distance, key=int)
@@ -102,21 +100,25 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def memory_main(argv: list[str]) -> dict:
-    parser = argparse.ArgumentParser(prog="imdb-lightning memory", description=__doc__.splitlines()[0])
-    parser.add_argument("--encoders", default="rnn,lstm,gru")
-    parser.add_argument("--distances", default="5,20,50,100,200")
-    parser.add_argument("--seeds", default="0,1,2")
+def main(argv: list[str]) -> dict:
+    parser = ArgumentParser(prog="imdb-lightning memory", description=__doc__.splitlines()[0])
+    parser.add_argument("--encoders", type=comma_list(), default=["rnn", "lstm", "gru"], help=f"from {','.join(RECURRENT)}")
+    parser.add_argument("--distances", type=comma_list(int), default=[5, 20, 50, 100, 200])
+    parser.add_argument("--seeds", type=comma_list(int), default=[0, 1, 2])
     parser.add_argument("--size", type=int, default=2000, help="reviews per distance (10%% for validation)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--hidden_size", type=int, default=32)
     parser.add_argument("--out", default="memory", help="folder for memory.json, memory.md and memory.png")
     opts = parser.parse_args(argv)
-    encoders = opts.encoders.split(",")
-    if set(encoders) - set(PRESETS):
-        raise UserError(f"unknown encoder(s) in {opts.encoders}; choose from {', '.join(PRESETS)}")
-    results = run(encoders, [int(d) for d in opts.distances.split(",")], [int(s) for s in opts.seeds.split(",")],
-                  opts.size, opts.epochs, opts.hidden_size)
+    unknown = set(opts.encoders) - set(RECURRENT)
+    if unknown:
+        raise UserError(f"unknown encoder(s) {', '.join(sorted(unknown))}; choose from {', '.join(RECURRENT)}")
+    for name, value in (("size", opts.size), ("epochs", opts.epochs), ("hidden_size", opts.hidden_size)):
+        if value < 1:
+            raise UserError(f"--{name} must be at least 1, got {value}")
+    if min(opts.distances) < 0:
+        raise UserError(f"--distances must be 0 or more, got {min(opts.distances)}")
+    results = run(opts.encoders, opts.distances, opts.seeds, opts.size, opts.epochs, opts.hidden_size)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "memory.json").write_text(json.dumps(results, indent=2))

@@ -1,27 +1,32 @@
 """`imdb-lightning compare [LOGDIR]`: a leaderboard and plots from finished runs.
 
-Runs that differ only by seed form one group (mean ± std over seeds, and how many). Runs that
-crashed or did not finish are listed apart, never averaged in.
+Runs that differ only by seed form one group (mean ± std over distinct seeds, and how many).
+Every accuracy names its split: validation (grouped by film, or random) or test. `test` and
+`validate` runs add their figures to the fit whose checkpoint they read. Runs that crashed or
+did not finish are listed apart, never averaged in.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import yaml
 
-from .errors import UserError
+from ..errors import UserError
+from ..helpers import ArgumentParser, pyplot
+from ..runs import run_version
 
 # Settings that say where or how a run was logged, not what was trained.
 IGNORED = ("seed_everything", "trainer.logger", "trainer.callbacks", "trainer.enable_progress_bar", "data.cache_dir",
-           "ckpt_path", "trainer.default_root_dir", "data.num_workers", "trainer.enable_model_summary")
-
-STATS = ("best val acc", "test acc", "test f1", "test auroc")  # reported as mean ± std over seeds
+           "ckpt_path", "trainer.default_root_dir", "data.num_workers", "trainer.enable_model_summary", "config",
+           "data.test_files", "model.pretrained")
+STATS = ("val acc", "val ±95%", "test acc", "test f1", "test auroc")  # mean ± std over seeds in the csv
+Z95 = 1.96
 
 
 @dataclass
@@ -31,6 +36,11 @@ class Run:
     settings: dict
     record: dict
     curves: dict = field(default_factory=dict)  # tag -> [(epoch, value)]
+    evaluations: list = field(default_factory=list)  # records of `test` / `validate` runs of its checkpoints
+
+    @property
+    def kind(self) -> str:
+        return self.record.get("kind", "fit")
 
     @property
     def status(self) -> str:
@@ -39,6 +49,30 @@ class Run:
     @property
     def finished(self) -> bool:
         return self.status == "finished"
+
+    @property
+    def val_split(self) -> str:
+        return (self.record.get("validation") or {}).get("kind", "?")
+
+    @property
+    def seed(self):
+        return self.record.get("seed", self.settings.get("seed_everything"))
+
+    def val_interval(self) -> Optional[float]:
+        """Half-width of the 95% interval of the best validation accuracy (film-clustered error)."""
+        if "val_acc_se" in self.record:
+            return Z95 * self.record["val_acc_se"]
+        accs, errors = dict(self.curves.get("val/acc", [])), dict(self.curves.get("val/acc_se", []))
+        if not accs or not errors:
+            return None
+        best = max(accs, key=accs.get)
+        return Z95 * errors[best] if best in errors else None
+
+    def test_figures(self) -> dict:
+        figures = dict(self.record.get("test", {}))
+        for evaluation in self.evaluations:  # the newest evaluation of the best checkpoint wins
+            figures.update(evaluation.get("test", {}))
+        return figures
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -52,7 +86,7 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def read_curves(folder: Path, tags=("val/acc", "val/loss")) -> dict:
+def read_curves(folder: Path, tags=("val/acc", "val/loss", "val/acc_se")) -> dict:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
@@ -67,18 +101,34 @@ def read_curves(folder: Path, tags=("val/acc", "val/loss")) -> dict:
 
 
 def find_runs(logdir: Path) -> list[Run]:
-    runs = []
+    """Fit runs (and linear references) of a log folder, with the test/validate runs of their checkpoints attached."""
+    runs, evaluations = [], []
     for config in sorted(logdir.glob("**/config.yaml")):
         folder = config.parent
-        settings = {k: v for k, v in flatten(yaml.safe_load(config.read_text())).items() if not k.startswith(IGNORED)}
-        record = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
+        try:
+            settings = {k: v for k, v in flatten(yaml.safe_load(config.read_text())).items() if not k.startswith(IGNORED)}
+            record = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
+        except (yaml.YAMLError, json.JSONDecodeError, OSError) as err:
+            print(f"compare: skipped {folder}: {err}")
+            continue
         if not record and not list(folder.glob("events.out.tfevents.*")):
             continue
-        runs.append(Run(folder, folder.parent.name, settings, record, read_curves(folder)))
+        run = Run(folder, folder.parent.name, settings, record)
+        if run.kind in ("test", "validate"):
+            evaluations.append(run)
+            continue
+        run.curves = read_curves(folder) if list(folder.glob("events.out.tfevents.*")) else {}
+        runs.append(run)
+    by_folder = {r.folder.resolve(): r for r in runs}
+    for evaluation in evaluations:
+        checkpoint = evaluation.record.get("checkpoint")
+        owner = by_folder.get(Path(checkpoint).resolve().parent.parent) if checkpoint else None
+        if owner is not None and evaluation.finished:
+            owner.evaluations.append(evaluation.record)
     return runs
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list) -> tuple[float, float]:
     values = [v for v in values if v is not None]
     if not values:
         return float("nan"), float("nan")
@@ -86,8 +136,8 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def group(runs: list[Run]) -> tuple[list[str], dict[tuple, list[Run]]]:
-    """Group finished runs by encoder and every setting that varies among runs of one encoder (the seed aside);
-    settings that come with the encoder (cell, bidirectional) are not repeated as columns."""
+    """Group finished runs by name and every setting that varies among runs of one name (the seed aside);
+    settings that come with the name (cell, bidirectional) are not repeated as columns."""
     keys = sorted({k for r in runs for k in r.settings})
     names = {r.name for r in runs}
     varying = [
@@ -100,59 +150,66 @@ def group(runs: list[Run]) -> tuple[list[str], dict[tuple, list[Run]]]:
     return varying, groups
 
 
+def distinct_seeds(members: list[Run]) -> list[Run]:
+    """One run per seed, the newest: a repeated run of one seed is the same measurement, not another sample."""
+    newest: dict = {}
+    for run in sorted(members, key=lambda r: (r.folder.parent.name, run_version(r.folder) or 0)):
+        newest[run.seed if run.seed is not None else id(run)] = run
+    return list(newest.values())
+
+
 def leaderboard(runs: list[Run]) -> tuple[list[str], list[list]]:
     finished = [r for r in runs if r.finished]
     varying, groups = group(finished)
-    header = ["encoder", *[k.split(".")[-1] if k.count(".") else k for k in varying], "seeds", "parameters",
-              "best val acc", "test acc", "test f1", "test auroc", "epochs", "wall s", "train samples/s"]
+    header = ["model", *[k.split(".")[-1] if k.count(".") else k for k in varying], "val split", "seeds", "parameters",
+              "val acc", "val ±95%", "test acc", "test f1", "test auroc", "epochs", "wall s", "train samples/s"]
     rows = []
     for key, members in groups.items():
-        stat = lambda get: mean_std([get(r) for r in members])  # noqa: E731
-        tests = [r.record.get("test", {}) for r in members]
-        cells = [
-            stat(lambda r: r.record.get("best_val_acc")),
+        members = distinct_seeds(members)
+        stat = lambda get, members=members: mean_std([get(r) for r in members])
+        tests = [r.test_figures() for r in members]
+        splits = sorted({r.val_split for r in members})
+        rows.append([
+            *key, "/".join(splits), len(members), members[0].record.get("parameters"),
+            stat(lambda r: r.record.get("best_val_acc")), stat(lambda r: r.val_interval()),
             mean_std([t.get("test/acc") for t in tests]), mean_std([t.get("test/f1") for t in tests]),
             mean_std([t.get("test/auroc") for t in tests]),
-        ]
-        rows.append([
-            *key, len(members), members[0].record.get("parameters"), *cells,
             stat(lambda r: r.record.get("epochs"))[0], stat(lambda r: r.record.get("wall_s"))[0],
             stat(lambda r: r.record.get("train_samples_per_s"))[0],
         ])
-    best = header.index("best val acc")
+    best = header.index("val acc")
     rows.sort(key=lambda row: -row[best][0] if row[best][0] == row[best][0] else float("inf"))  # NaN last
     return header, rows
 
 
-def fmt(value, digits: int = 4) -> str:
+def fmt(value, column: str = "") -> str:
     if isinstance(value, tuple):
         mean, std = value
-        return "" if mean != mean else f"{mean:.{digits}f} ± {std:.{digits}f}"
+        if mean != mean:
+            return ""
+        return f"±{mean:.4f}" if column == "val ±95%" else f"{mean:.4f} ± {std:.4f}"
     if isinstance(value, float):
         return "" if value != value else f"{value:.1f}"
     return "" if value is None else str(value)
 
 
 def plot(runs: list[Run], out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
     from matplotlib.ticker import MaxNLocator
 
-    finished = [r for r in runs if r.finished]
+    plt = pyplot()
+    finished = [r for r in runs if r.finished and r.curves]
     _, groups = group(finished)
     written = []
     for tag, file in (("val/acc", "val_acc.png"), ("val/loss", "val_loss.png")):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for key, members in groups.items():
-            curves = [dict(r.curves.get(tag, [])) for r in members]
+            curves = [dict(r.curves.get(tag, [])) for r in distinct_seeds(members)]
             epochs = sorted(set().union(*curves))
             if not epochs:
                 continue
             table = np.array([[c.get(e, np.nan) for e in epochs] for c in curves])  # (seeds, epochs)
-            label = " ".join(str(k) for k in key) + f" (n={len(members)})"
+            label = " ".join(str(k) for k in key) + f" (n={len(curves)})"
             line = ax.plot(np.array(epochs) + 1, np.nanmean(table, 0), marker="o", label=label)[0]
             ax.fill_between(np.array(epochs) + 1, np.nanmin(table, 0), np.nanmax(table, 0), alpha=0.2, color=line.get_color())
         ax.set(xlabel="epoch", ylabel=tag, title=f"{tag} per epoch: mean over seeds, band = min to max")
@@ -164,11 +221,12 @@ def plot(runs: list[Run], out: Path) -> list[Path]:
         plt.close(fig)
         written.append(out / file)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key, members in groups.items():
-        xs = [r.record.get("wall_s") for r in members]
-        ys = [r.record.get("best_val_acc") for r in members]
-        ax.scatter(xs, ys, label=" ".join(str(k) for k in key))
-    ax.set(xlabel="wall time of the run (s)", ylabel="best val/acc", title="accuracy against cost, one point per run")
+    _, all_groups = group([r for r in runs if r.finished])
+    for key, members in all_groups.items():
+        members = distinct_seeds(members)
+        ax.scatter([r.record.get("wall_s") for r in members], [r.record.get("best_val_acc") for r in members],
+                   label=" ".join(str(k) for k in key))
+    ax.set(xlabel="wall time of the run (s)", ylabel="best validation accuracy", title="accuracy against cost, one point per run")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -183,9 +241,12 @@ def compare(logdir: str | Path, out: str | Path | None = None) -> dict:
         raise UserError(f"{logdir}: no such log folder")
     runs = find_runs(logdir)
     if not runs:
-        raise UserError(f"{logdir}: no runs found (a run folder holds config.yaml and TensorBoard events)")
+        raise UserError(f"{logdir}: no runs found (a run folder holds config.yaml and run.json or TensorBoard events)")
     out = Path(out or logdir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot write there ({err.strerror or err})") from err
     header, rows = leaderboard(runs)
     with open(out / "leaderboard.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -193,7 +254,11 @@ def compare(logdir: str | Path, out: str | Path | None = None) -> dict:
         for row in rows:
             writer.writerow([c for v in row for c in (v if isinstance(v, tuple) else (v,))])
     lines = [f"| {' | '.join(header)} |", "|" + "---|" * len(header)]
-    lines += [f"| {' | '.join(fmt(v) for v in row)} |" for row in rows]
+    lines += [f"| {' | '.join(fmt(v, h) for v, h in zip(row, header))} |" for row in rows]
+    lines += ["", "val acc: best validation accuracy of each run (mean ± std over distinct seeds), on the split named in "
+              "`val split` (grouped: whole films held out, as the test split's films are unseen; random: reviews held "
+              "out, which shares films with training and reads high). val ±95%: half-width of the 95% interval of one "
+              "run's val acc, from its film-clustered standard error. test: the held-out test split."]
     others = [r for r in runs if not r.finished]
     if others:
         lines += ["", "Runs not counted above:", ""]
@@ -204,8 +269,8 @@ def compare(logdir: str | Path, out: str | Path | None = None) -> dict:
             "leaderboard": out / "leaderboard.md", "plots": plots}
 
 
-def compare_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="imdb-lightning compare", description=__doc__.splitlines()[0])
+def main(argv: list[str]) -> None:
+    parser = ArgumentParser(prog="imdb-lightning compare", description=__doc__.splitlines()[0])
     parser.add_argument("logdir", nargs="?", default="lightning_logs")
     parser.add_argument("--out", help="where leaderboard.md/.csv and the plots go (default: LOGDIR)")
     opts = parser.parse_args(argv)

@@ -9,9 +9,8 @@ from collections.abc import Callable
 import numpy as np
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
-from .standalone import PAD_ID, UNK_ID  # noqa: F401  (0 and 1; defined where exported models read them)
-
 PAD, UNK = "<pad>", "<unk>"
+PAD_ID, UNK_ID = 0, 1  # serve/runtime.py, copied beside exported models, repeats them (a test checks)
 
 
 BREAKS = r"<br\s*/?>"  # IMDB's HTML line breaks
@@ -22,7 +21,8 @@ def normalizer(lowercase: bool = True) -> normalizers.Normalizer:
     return normalizers.Sequence([normalizers.Replace(Regex(BREAKS), " ")] + ([normalizers.Lowercase()] if lowercase else []))
 
 
-def _python_steps(lowercase: bool) -> Callable[[str], str]:
+def python_normalize(lowercase: bool = True) -> Callable[[str], str]:
+    """`normalizer(lowercase)` as Python string code: the same text out, much faster for a corpus."""
     if not lowercase:
         return lambda text: _BREAKS.sub(" ", text)
     # "Σ" first: str.lower() turns a word-final one into "ς", the Rust normalizer (per character) into "σ".
@@ -40,7 +40,7 @@ def python_normalizer(tokenizer: Tokenizer) -> Callable[[str], str] | None:
     state = tokenizer.normalizer.__getstate__() if tokenizer.normalizer is not None else None
     for lowercase in (False, True):
         if state == normalizer(lowercase).__getstate__():
-            return _python_steps(lowercase)
+            return python_normalize(lowercase)
     return None
 
 
@@ -55,7 +55,7 @@ def build_tokenizer(texts: list[str], vocab_size: int, min_frequency: int = 1, l
     # Trained on texts normalized in Python (see python_normalizer), the normalizer attached after.
     # Lists of reviews rather than single strings: fewer crossings into Rust, the same vocabulary
     # (4.1 s instead of 4.6 s for 45,000 reviews here).
-    normalize = _python_steps(lowercase)
+    normalize = python_normalize(lowercase)
     batches = ([normalize(t) for t in texts[start : start + 1000]] for start in range(0, len(texts), 1000))
     tokenizer.train_from_iterator(batches, trainer=trainer, length=len(texts))
     tokenizer.normalizer = normalizer(lowercase)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from . import standalone
-from .inference import Predictor, load
+from ..errors import UserError
+from ..helpers import ArgumentParser
+from . import runtime
+from .predictor import Predictor, load
 
 
 class Probabilities(nn.Module):
@@ -34,7 +37,26 @@ def export_predictor(predictor: Predictor, fmt: str, out: str | Path, source: st
     """Write model.onnx or model.pt, tokenizer.json, meta.json and classify.py into `out`."""
     model = Probabilities(predictor.model.encoder, predictor.model.head).eval()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; export writes a folder (model, tokenizer.json, meta.json, classify.py)")
+    try:  # everything is written beside `out` first, then moved in: a failure leaves no half export
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot write there ({err.strerror or err})") from err
+    try:
+        _write(model, predictor, fmt, tmp, source)
+        if not out.exists():
+            os.replace(tmp, out)
+        else:
+            for file in tmp.iterdir():
+                os.replace(file, out / file.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _write(model: nn.Module, predictor: Predictor, fmt: str, out: Path, source: str) -> None:
     # Example inputs of two lengths; batch and time stay dynamic in both formats.
     example = (torch.tensor([[5, 6, 7, 8, 9], [5, 6, 0, 0, 0]]), torch.tensor([5, 2]))
     with warnings.catch_warnings():
@@ -56,12 +78,11 @@ def export_predictor(predictor: Predictor, fmt: str, out: str | Path, source: st
     meta = {"format": fmt, "file": file, "max_length": predictor.max_length, "truncation": predictor.truncation,
             "checkpoint": source}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
-    shutil.copy(standalone.__file__, out / "classify.py")
-    return out
+    shutil.copy(runtime.__file__, out / "classify.py")
 
 
-def export_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="imdb-lightning export", description=__doc__.splitlines()[0])
+def main(argv: list[str]) -> None:
+    parser = ArgumentParser(prog="imdb-lightning export", description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt_path", required=True)
     parser.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     parser.add_argument("--out", required=True, help="folder to write model, tokenizer.json, meta.json, classify.py")

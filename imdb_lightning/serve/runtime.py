@@ -8,20 +8,21 @@ tokenizers and either onnxruntime (ONNX export) or torch (TorchScript export):
     >>> from classify import ExportedClassifier; ExportedClassifier("export_dir").predict(["..."])
 
 The batching below is also what `imdb_lightning.load(...).predict` uses, so the exported model
-sees exactly the token ids the checkpoint does.
+sees exactly the token ids the checkpoint does. This file imports nothing from imdb_lightning:
+it travels alone.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from tokenizers import Tokenizer
 
-PAD_ID, UNK_ID = 0, 1
+PAD_ID, UNK_ID = 0, 1  # as in imdb_lightning/data/tokenizer.py (a test checks)
 # Reviews per forward pass: 64 ran faster than 256 on a 2-core CPU (`imdb-lightning bench` reports 16/64/256).
 BATCH_SIZE = 64
 
@@ -31,7 +32,8 @@ def padded_batches(
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(rows, input_ids, lengths) batches of similar-length reviews; `rows` maps them back to `texts`."""
     reviews = []
-    for encoding in tokenizer.encode_batch_fast([str(t) for t in texts], add_special_tokens=False):
+    # a missing review (None) reads as an empty one, as in training
+    for encoding in tokenizer.encode_batch_fast(["" if t is None else str(t) for t in texts], add_special_tokens=False):
         ids = encoding.ids or [UNK_ID]  # an empty review reads as one unknown word
         reviews.append(ids[-max_length:] if truncation == "tail" else ids[:max_length])
     lengths = np.array([len(r) for r in reviews], dtype=np.int64)

@@ -7,7 +7,6 @@ loop below, length-bucketed padding against packed sequences and against fixed-l
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -26,16 +25,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import IMDBDataModule
-from .encoders import PRESETS, RecurrentEncoder
-from .export import export_predictor
-from .inference import Predictor
-from .model import SentimentClassifier
-from .sources import load_files, write_reviews
-from .standalone import ExportedClassifier
-from .synthetic import synthetic_reviews
+from ..data.datamodule import IMDBDataModule
+from ..data.sources import FileSource, write_reviews
+from ..data.synthetic import synthetic_reviews
+from ..helpers import ArgumentParser, comma_list
+from ..models.classifier import SentimentClassifier
+from ..models.encoders import RECURRENT, class_path, encoder_spec, named_encoder
+from ..serve.export import export_predictor
+from ..serve.predictor import Predictor
+from ..serve.runtime import ExportedClassifier
 
-ENCODERS = PRESETS
+SETTINGS = ("embed_dim", "hidden_size", "max_length", "batch_size", "steps", "warmup", "rounds")
 
 
 def recurrent_flops_per_token(encoder: torch.nn.Module) -> int:
@@ -106,11 +106,13 @@ def fixed_length(batch: dict, max_length: int) -> dict:
     return {**batch, "input_ids": ids}
 
 
-def peak_rss_mb(train_file: str, encoder: dict, args, cache_dir: str) -> tuple[float, float]:
+def peak_rss_mb(train_file: str, name: str, settings: dict, args, cache_dir: str) -> tuple[float, float]:
     """Peak resident memory (MB) and wall time (s) of a one-epoch `imdb-lightning fit` in a child process."""
-    flags = [f"--model.encoder.init_args.{k}={v}" for k, v in encoder.items()]
+    encoder = named_encoder(name, **settings)
+    flags = [f"--model.encoder.init_args.{k}={str(v).lower() if isinstance(v, bool) else v}"
+             for k, v in encoder_spec(encoder)["init_args"].items() if k != "vocab_size"]
     cmd = [
-        sys.executable, "-m", "imdb_lightning", "fit", "--model.encoder", "imdb_lightning.encoders.RecurrentEncoder",
+        sys.executable, "-m", "imdb_lightning", "fit", "--model.encoder", class_path(type(encoder)),
         *flags, f"--data.train_files={train_file}", f"--data.cache_dir={cache_dir}",
         f"--data.max_length={args.max_length}", f"--data.batch_size={args.batch_size}",
         "--trainer.max_epochs=1", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
@@ -147,7 +149,8 @@ def run(args) -> dict:
         args.embed_dim = args.hidden_size = 16
         args.max_length, args.steps, args.warmup, args.rounds, args.tokenize_reviews = 64, 2, 1, 1, 600
     if args.train_files:
-        texts, labels = load_files([args.train_files])
+        reviews = FileSource([args.train_files], []).load("train")
+        texts, labels = reviews.texts, reviews.labels.tolist()
         data_name = f"IMDB reviews from {args.train_files}"
     else:
         texts, labels = synthetic_reviews(400 if args.quick else 25000, seed=0, median_words=175)
@@ -157,13 +160,14 @@ def run(args) -> dict:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads",
         "data": data_name,
-        "settings": {k: getattr(args, k) for k in ("embed_dim", "hidden_size", "max_length", "batch_size", "steps", "warmup", "rounds")},
+        "settings": {k: getattr(args, k) for k in SETTINGS},
     }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         # Tokenization through the DataModule: cold (empty cache) and warm (second start).
         repeats = -(-args.tokenize_reviews // len(texts))
-        many = write_reviews((texts * repeats)[: args.tokenize_reviews], (labels * repeats)[: args.tokenize_reviews], tmp / "many.parquet")
+        n = args.tokenize_reviews
+        many = write_reviews((texts * repeats)[:n], (labels * repeats)[:n], tmp / "many.parquet")
         for name in ("tokenize_cold_s", "tokenize_warm_s"):
             start = time.perf_counter()
             dm = IMDBDataModule(train_files=many, cache_dir=str(tmp / "cache"), max_length=args.max_length)
@@ -176,17 +180,17 @@ def run(args) -> dict:
         dm = IMDBDataModule(train_files=train_file, cache_dir=str(tmp / "cache"), max_length=args.max_length,
                             batch_size=args.batch_size)
         batches = list(islice(dm.train_dataloader(), args.warmup + args.steps))
-        val_texts = dm._raw_split("val")[0]
+        val_texts = dm.reviews("val").texts
         report["encoders"] = {}
-        for name in args.encoders.split(","):
+        for name in args.encoders:
             report["encoders"][name] = bench_encoder(name, dm, batches, val_texts, train_file, tmp, args)
     return report
 
 
 def bench_encoder(name: str, dm: IMDBDataModule, batches, val_texts, train_file, tmp: Path, args) -> dict:
-    spec = dict(ENCODERS[name], embed_dim=args.embed_dim, hidden_size=args.hidden_size)
+    spec = dict(embed_dim=args.embed_dim, hidden_size=args.hidden_size)
     # No LR schedule: the timed runs have no validation, and the reference loop has none either.
-    model = SentimentClassifier(RecurrentEncoder(vocab_size=dm.hparams.vocab_size, **spec), scheduler=None)
+    model = SentimentClassifier(named_encoder(name, vocab_size=dm.hparams.vocab_size, **spec), scheduler=None)
     print(f"[{name}] training speed: Lightning vs the hand-written loop, {args.rounds} rounds", file=sys.stderr)
     framework, loop = [], []
     for _ in range(args.rounds):  # alternate, so drifts of the machine hit both alike
@@ -200,12 +204,13 @@ def bench_encoder(name: str, dm: IMDBDataModule, batches, val_texts, train_file,
     }
     print(f"[{name}] packed and fixed-length batches", file=sys.stderr)
     few = batches[: args.warmup + max(1, args.steps // 4)]  # packed sequences are slow: fewer steps
-    packed = SentimentClassifier(RecurrentEncoder(vocab_size=dm.hparams.vocab_size, packed=True, **spec), scheduler=None)
+    packed = SentimentClassifier(named_encoder(name, vocab_size=dm.hparams.vocab_size, packed=True, **spec), scheduler=None)
     packed.load_state_dict(model.state_dict())
     bucketed_few = reference_loop(copy.deepcopy(model), few, args.warmup)
     out["packed_samples_per_s"] = reference_loop(packed, few, args.warmup)
     out["bucketed_vs_packed"] = bucketed_few / out["packed_samples_per_s"]
-    out["fixed_samples_per_s"] = reference_loop(copy.deepcopy(model), [fixed_length(b, args.max_length) for b in few], args.warmup)
+    fixed = [fixed_length(b, args.max_length) for b in few]
+    out["fixed_samples_per_s"] = reference_loop(copy.deepcopy(model), fixed, args.warmup)
     out["bucketed_vs_fixed"] = bucketed_few / out["fixed_samples_per_s"]
 
     print(f"[{name}] inference: PyTorch, TorchScript, ONNX Runtime", file=sys.stderr)
@@ -249,7 +254,7 @@ def bench_encoder(name: str, dm: IMDBDataModule, batches, val_texts, train_file,
     if args.levers:
         out["levers"] = levers(model, few, args)
     print(f"[{name}] one training epoch in a child process (peak memory)", file=sys.stderr)
-    out["peak_rss_mb"], out["epoch_wall_s"] = peak_rss_mb(train_file, spec, args, str(tmp / "cache"))
+    out["peak_rss_mb"], out["epoch_wall_s"] = peak_rss_mb(train_file, name, spec, args, str(tmp / "cache"))
     return out
 
 
@@ -282,8 +287,10 @@ def table(report: dict) -> str:
         ("predict reviews/s, batched: TorchScript", "torchscript_predict_reviews_per_s", "{:.0f}"),
         ("predict reviews/s, batched: ONNX Runtime", "onnx_predict_reviews_per_s", "{:.0f}"),
         ("one review p50 / p95 ms: PyTorch", ("predict_latency_ms_p50", "predict_latency_ms_p95"), "{:.1f} / {:.1f}"),
-        ("one review p50 / p95 ms: TorchScript", ("torchscript_predict_latency_ms_p50", "torchscript_predict_latency_ms_p95"), "{:.1f} / {:.1f}"),
-        ("one review p50 / p95 ms: ONNX Runtime", ("onnx_predict_latency_ms_p50", "onnx_predict_latency_ms_p95"), "{:.1f} / {:.1f}"),
+        ("one review p50 / p95 ms: TorchScript",
+         ("torchscript_predict_latency_ms_p50", "torchscript_predict_latency_ms_p95"), "{:.1f} / {:.1f}"),
+        ("one review p50 / p95 ms: ONNX Runtime",
+         ("onnx_predict_latency_ms_p50", "onnx_predict_latency_ms_p95"), "{:.1f} / {:.1f}"),
         ("GFLOP/s achieved: training / batched predict", ("train_gflops", "predict_gflops"), "{:.0f} / {:.0f}"),
         ("GFLOP/s of one time step's matmul alone", "step_matmul_gflops", "{:.0f}"),
         ("peak RSS MB (one epoch)", "peak_rss_mb", "{:.0f}"),
@@ -304,10 +311,10 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def bench_main(argv: list[str]) -> dict:
-    parser = argparse.ArgumentParser(prog="imdb-lightning bench", description=__doc__.splitlines()[0])
+def main(argv: list[str]) -> dict:
+    parser = ArgumentParser(prog="imdb-lightning bench", description=__doc__.splitlines()[0])
     parser.add_argument("--train_files", help="labelled reviews (parquet/csv/jsonl); default: synthetic IMDB-length reviews")
-    parser.add_argument("--encoders", default="bilstm", help=f"comma-separated, from {','.join(ENCODERS)}")
+    parser.add_argument("--encoders", type=comma_list(), default=["bilstm"], help=f"comma-separated, from {','.join(RECURRENT)}")
     parser.add_argument("--embed_dim", type=int, default=128)
     parser.add_argument("--hidden_size", type=int, default=128)
     parser.add_argument("--max_length", type=int, default=400)
@@ -320,9 +327,9 @@ def bench_main(argv: list[str]) -> dict:
     parser.add_argument("--levers", action="store_true", help="also time 1 thread, bf16 autocast and torch.compile")
     parser.add_argument("--out", default="bench.json", help="where the JSON is written")
     args = parser.parse_args(argv)
-    unknown = set(args.encoders.split(",")) - set(ENCODERS)
+    unknown = set(args.encoders) - set(RECURRENT)
     if unknown:
-        parser.error(f"unknown encoder(s) {', '.join(sorted(unknown))}; choose from {', '.join(ENCODERS)}")
+        parser.error(f"unknown encoder(s) {', '.join(sorted(unknown))}; choose from {', '.join(RECURRENT)}")
     report = run(args)
     print(table(report))
     print(json.dumps(report))

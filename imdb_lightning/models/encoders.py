@@ -2,8 +2,10 @@
 
 An encoder has an `output_dim` and keeps each constructor argument as an attribute of the
 same name (as scikit-learn's get_params does), so `encoder_spec` can write it into a
-checkpoint as plain data and `build_encoder` can rebuild it. Adding an encoder means one
-class here (or anywhere importable) and one YAML in experiments/.
+checkpoint as plain data and `build_encoder` can rebuild it. Text encoders split `forward` into
+`embed(ids)` and `encode(embedded, lengths, ids)`, so the embeddings can be perturbed in between
+(adversarial training) or shared with a language model. Adding an encoder means one class here
+(or anywhere importable), a line in `ENCODERS` to name it, and one YAML in experiments/.
 """
 
 from __future__ import annotations
@@ -16,20 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError
-from .tokenizer import PAD_ID, UNK_ID
+from ..data.tokenizer import PAD_ID, UNK_ID
+from ..errors import ConfigError
 
 Pooling = Literal["last", "mean", "max", "max_mean"]
 POOLINGS = get_args(Pooling)
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
-# The recurrent encoders by name, as RecurrentEncoder arguments (experiments/<name>.yaml use the same).
-PRESETS = {
-    "rnn": {"cell": "rnn", "bidirectional": False},
-    "lstm": {"cell": "lstm", "bidirectional": False},
-    "gru": {"cell": "gru", "bidirectional": False},
-    "bilstm": {"cell": "lstm", "bidirectional": True},
-    "bigru": {"cell": "gru", "bidirectional": True},
-}
 
 
 def _positive(owner: str, **values) -> None:
@@ -102,89 +96,66 @@ def keras_init_(rnn: nn.RNNBase, cell: str) -> None:
                 param.data[hidden : 2 * hidden] = 1.0  # gate order: input, forget, cell, output
 
 
-class RecurrentEncoder(nn.Module):
-    """Embedding + stacked SimpleRNN (tanh) / LSTM / GRU layers + pooling over time.
+class Recurrence(nn.Module):
+    """Stacked SimpleRNN (tanh) / LSTM / GRU layers + pooling over time, for real-valued inputs
+    (batch, time, input_size): the encoder of time series, and the core of `RecurrentEncoder`.
 
-    Bidirectional layers run the backward direction over each review reversed within its own
-    length, so padded positions never feed the real tokens' states: a review gets the same
+    Bidirectional layers run the backward direction over each sequence reversed within its own
+    length, so padded positions never feed the real steps' states: a sequence gets the same
     features alone or padded inside a batch, without the cost of packed sequences on CPU
     (`packed: true` uses them anyway, for cuDNN on GPU).
     """
 
     def __init__(
         self,
-        vocab_size: int = 20000,
+        input_size: int = 1,
         cell: Literal["rnn", "lstm", "gru"] = "lstm",
-        embed_dim: int = 128,
         hidden_size: int = 128,
         num_layers: int = 1,
         bidirectional: bool = False,
         pooling: Pooling = "max",
-        embed_dropout: float = 0.0,
         dropout: float = 0.0,
         init: Literal["keras", "torch"] = "keras",
         packed: bool = False,
-        input_size: int = 0,
-        bigram_buckets: int = 0,
-        word_dropout: float = 0.0,
         weight_drop: float = 0.0,
     ):
         super().__init__()
+        self._build_layers(input_size, cell, hidden_size, num_layers, bidirectional, pooling, dropout, init, packed, weight_drop)
+
+    def _build_layers(self, input_size, cell, hidden_size, num_layers, bidirectional, pooling, dropout, init, packed,
+                      weight_drop) -> None:
         owner = "model.encoder"
         if cell not in CELLS:
             raise ConfigError(f"{owner}.cell {cell!r} is not one of {', '.join(CELLS)}")
         if pooling not in POOLINGS:
             raise ConfigError(f"{owner}.pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
-        _positive(owner, vocab_size=vocab_size, embed_dim=embed_dim, hidden_size=hidden_size, num_layers=num_layers)
-        _dropout(owner, embed_dropout=embed_dropout, dropout=dropout, word_dropout=word_dropout, weight_drop=weight_drop)
-        self.vocab_size, self.cell, self.embed_dim, self.hidden_size = vocab_size, cell, embed_dim, hidden_size
-        self.num_layers, self.bidirectional, self.pooling = num_layers, bidirectional, pooling
-        self.embed_dropout, self.dropout, self.init, self.packed = embed_dropout, dropout, init, packed
-        self.input_size, self.bigram_buckets, self.word_dropout = input_size, bigram_buckets, word_dropout
-        self.weight_drop = weight_drop
-        if bigram_buckets < 0:
-            raise ConfigError(f"{owner}.bigram_buckets must be 0 (off) or positive, got {bigram_buckets}")
-        if input_size and (bigram_buckets or word_dropout):
-            raise ConfigError(f"{owner}.bigram_buckets and {owner}.word_dropout read token ids: keep them 0 with input_size")
+        if init not in ("keras", "torch"):
+            raise ConfigError(f"{owner}.init {init!r} is not one of keras, torch")
+        _positive(owner, input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
+        _dropout(owner, dropout=dropout, weight_drop=weight_drop)
+        self.input_size, self.cell, self.hidden_size, self.num_layers = input_size, cell, hidden_size, num_layers
+        self.bidirectional, self.pooling, self.dropout, self.init = bidirectional, pooling, dropout, init
+        self.packed, self.weight_drop = packed, weight_drop
         directions = 2 if bidirectional else 1
         states_dim = directions * hidden_size  # features per time step, what a next layer reads
-        # bigram_buckets > 0: a bag of hashed word pairs (NBoWEncoder's bigrams) beside the pooled states
-        self.output_dim = pooled_dim(states_dim, pooling) + (embed_dim if bigram_buckets else 0)
-
-        # input_size > 0: the inputs are real-valued features (time series), not token ids.
-        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID) if not input_size else None
-        self.bigrams = nn.Embedding(bigram_buckets, embed_dim) if bigram_buckets else None
-        self.embedding_dropout = nn.Dropout(embed_dropout)
+        self.output_dim = pooled_dim(states_dim, pooling)
         self.layer_dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
-            nn.ModuleList(
-                CELLS[cell]((input_size or embed_dim) if layer == 0 else states_dim, hidden_size)
-                for _ in range(directions)
-            )
+            nn.ModuleList(CELLS[cell](input_size if layer == 0 else states_dim, hidden_size) for _ in range(directions))
             for layer in range(num_layers)
         )
         if init == "keras":
-            for rnn in self.modules():
+            for rnn in self.layers.modules():
                 if isinstance(rnn, nn.RNNBase):
                     keras_init_(rnn, cell)
-        if self.embedding is not None:
-            if init == "keras":
-                for table in filter(None, (self.embedding, self.bigrams)):
-                    nn.init.uniform_(table.weight, -0.05, 0.05)
-            with torch.no_grad():
-                self.embedding.weight[PAD_ID].zero_()
 
-    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """input_ids (batch, time) token ids, or (batch, time, input_size) features; lengths (batch,)."""
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """inputs (batch, time, input_size), lengths (batch,) -> (batch, output_dim)."""
+        return self.pooled(inputs.transpose(0, 1), lengths)
+
+    def pooled(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Time-major x (time, batch, input_size) -> pooled states (batch, output_dim)."""
         # Time-major inside: PyTorch's CPU RNN kernels ran faster than with batch_first here.
-        if self.embedding is None:  # (batch, time, input_size) real-valued inputs
-            x = input_ids.transpose(0, 1)  # (time, batch, input_size)
-        else:
-            if self.training and self.word_dropout:
-                # whole words become <unk> while training, so no single word can carry a review
-                dropped = torch.rand(input_ids.shape, device=input_ids.device) < self.word_dropout
-                input_ids = input_ids.masked_fill(dropped & (input_ids != PAD_ID), UNK_ID)  # (batch, time)
-            x = self.embedding_dropout(self.embedding(input_ids.t()))  # (time, batch, embed)
         for index, directions in enumerate(self.layers):
             if index:
                 x = self.layer_dropout(x)
@@ -193,11 +164,7 @@ class RecurrentEncoder(nn.Module):
                 backward = self._run(directions[1], reverse_within_length(x, lengths), lengths)
                 states.append(reverse_within_length(backward, lengths))
             x = torch.cat(states, dim=-1)  # (time, batch, directions * hidden)
-        pooled = pool(x, lengths, self.pooling, self.hidden_size if self.bidirectional else 0)  # (batch, pooled)
-        if self.bigrams is None:
-            return pooled
-        bag = bigram_bag(input_ids.t(), lengths, self.bigrams, self.embedding_dropout)  # (batch, embed)
-        return torch.cat([pooled, bag], dim=-1)  # (batch, output_dim)
+        return pool(x, lengths, self.pooling, self.hidden_size if self.bidirectional else 0)  # (batch, pooled)
 
     def _run(self, rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if self.training and self.weight_drop:
@@ -217,6 +184,74 @@ class RecurrentEncoder(nn.Module):
         return nn.utils.rnn.pad_packed_sequence(rnn(packed)[0], total_length=x.shape[0])[0]
 
 
+class RecurrentEncoder(Recurrence):
+    """Word embeddings + `Recurrence` (stacked SimpleRNN / LSTM / GRU layers, pooled over time),
+    optionally with a bag of hashed word pairs (`bigram_buckets`) beside the pooled states.
+
+    `embed(ids)` and `encode(embedded, lengths, ids)` are the two halves of `forward`, so
+    adversarial training can perturb the embeddings in between.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 20000,
+        cell: Literal["rnn", "lstm", "gru"] = "lstm",
+        embed_dim: int = 128,
+        hidden_size: int = 128,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        pooling: Pooling = "max",
+        embed_dropout: float = 0.0,
+        dropout: float = 0.0,
+        init: Literal["keras", "torch"] = "keras",
+        packed: bool = False,
+        bigram_buckets: int = 0,
+        word_dropout: float = 0.0,
+        weight_drop: float = 0.0,
+    ):
+        nn.Module.__init__(self)
+        owner = "model.encoder"
+        _positive(owner, vocab_size=vocab_size, embed_dim=embed_dim)
+        _dropout(owner, embed_dropout=embed_dropout, word_dropout=word_dropout)
+        if bigram_buckets < 0:
+            raise ConfigError(f"{owner}.bigram_buckets must be 0 (off) or positive, got {bigram_buckets}")
+        self.vocab_size, self.embed_dim, self.embed_dropout = vocab_size, embed_dim, embed_dropout
+        self.bigram_buckets, self.word_dropout = bigram_buckets, word_dropout
+        # The tables before the layers: the order random weights are drawn in, so a seed gives
+        # the same model as in earlier versions.
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
+        self.bigrams = nn.Embedding(bigram_buckets, embed_dim) if bigram_buckets else None
+        self.embedding_dropout = nn.Dropout(embed_dropout)
+        self._build_layers(embed_dim, cell, hidden_size, num_layers, bidirectional, pooling, dropout, init, packed, weight_drop)
+        # bigram_buckets > 0: a bag of hashed word pairs (NBoWEncoder's bigrams) beside the pooled states
+        self.output_dim += embed_dim if bigram_buckets else 0
+        if init == "keras":
+            for table in filter(None, (self.embedding, self.bigrams)):
+                nn.init.uniform_(table.weight, -0.05, 0.05)
+        with torch.no_grad():
+            self.embedding.weight[PAD_ID].zero_()
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(batch, time) token ids -> (time, batch, embed) word embeddings."""
+        if self.training and self.word_dropout:
+            # whole words become <unk> while training, so no single word can carry a review
+            dropped = torch.rand(input_ids.shape, device=input_ids.device) < self.word_dropout
+            input_ids = input_ids.masked_fill(dropped & (input_ids != PAD_ID), UNK_ID)  # (batch, time)
+        return self.embedding(input_ids.t())
+
+    def encode(self, embedded: torch.Tensor, lengths: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """Embeddings (time, batch, embed) -> features (batch, output_dim)."""
+        pooled = self.pooled(self.embedding_dropout(embedded), lengths)  # (batch, pooled)
+        if self.bigrams is None:
+            return pooled
+        bag = bigram_bag(input_ids.t(), lengths, self.bigrams, self.embedding_dropout)  # (batch, embed)
+        return torch.cat([pooled, bag], dim=-1)  # (batch, output_dim)
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """input_ids (batch, time), lengths (batch,) -> (batch, output_dim)."""
+        return self.encode(self.embed(input_ids), lengths, input_ids)
+
+
 def encoder_spec(encoder: nn.Module) -> dict:
     """The encoder as plain data: {"class_path": ..., "init_args": {...}}."""
     cls = type(encoder)
@@ -228,15 +263,32 @@ def encoder_spec(encoder: nn.Module) -> dict:
 
 
 def build_encoder(spec: dict) -> nn.Module:
-    module, _, name = spec["class_path"].rpartition(".")
+    path, init_args = spec["class_path"], dict(spec.get("init_args", {}))
+    if path.startswith("imdb_lightning.encoders."):  # a checkpoint from before the package had folders
+        path = path.replace("imdb_lightning.encoders.", f"{__name__}.")
+        if path.endswith(".RecurrentEncoder"):
+            init_args.pop("input_size", None)  # text encoders had it, always 0
+    module, _, name = path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as err:
-        raise ConfigError(f"encoder class {spec['class_path']!r} cannot be imported: {err}") from err
-    return cls(**spec.get("init_args", {}))
+        raise ConfigError(f"encoder class {path!r} cannot be imported: {err}") from err
+    return cls(**init_args)
 
 
-class ScratchRNNEncoder(nn.Module):
+class TextEncoder(nn.Module):
+    """A text encoder is `encode(embed(ids), lengths, ids)`; subclasses define the two halves."""
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """input_ids (batch, time), lengths (batch,) -> (batch, output_dim)."""
+        return self.encode(self.embed(input_ids), lengths, input_ids)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(batch, time) token ids -> (time, batch, embed) word embeddings."""
+        return self.embedding(input_ids.t())
+
+
+class ScratchRNNEncoder(TextEncoder):
     """A SimpleRNN written out for reading: h_t = tanh(W_x x_t + W_h h_{t-1} + b), one step at a time.
 
     Slow (a Python loop over time) and meant for learning: with `tbptt_steps = k > 0` gradients flow
@@ -258,8 +310,7 @@ class ScratchRNNEncoder(nn.Module):
         self.W_x = nn.Linear(embed_dim, hidden_size)  # input weights, bias b_x
         self.W_h = nn.Linear(hidden_size, hidden_size)  # recurrent weights, bias b_h (b = b_x + b_h)
 
-    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        x = self.embedding(input_ids.t())  # (time, batch, embed)
+    def encode(self, x: torch.Tensor, lengths: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         h = x.new_zeros(x.shape[1], self.hidden_size)  # (batch, hidden)
         states = []
         for t in range(x.shape[0]):
@@ -272,7 +323,7 @@ class ScratchRNNEncoder(nn.Module):
         return pool(torch.stack(states), lengths, self.pooling)  # (batch, hidden)
 
     @torch.no_grad()
-    def from_torch_rnn(self, rnn: nn.RNN, embedding: nn.Embedding) -> "ScratchRNNEncoder":
+    def from_torch_rnn(self, rnn: nn.RNN, embedding: nn.Embedding) -> ScratchRNNEncoder:
         """Copy the weights of a one-layer tanh `nn.RNN` (and its embedding) into this encoder."""
         self.embedding.weight.copy_(embedding.weight)
         self.W_x.weight.copy_(rnn.weight_ih_l0)
@@ -282,7 +333,7 @@ class ScratchRNNEncoder(nn.Module):
         return self
 
 
-class NBoWEncoder(nn.Module):
+class NBoWEncoder(TextEncoder):
     """Neural bag of words (fastText-style): the mean of word embeddings over each review's tokens,
     plus, with `bigram_buckets > 0`, hashed embeddings of adjacent word pairs. No recurrence: the
     reference that shows what reading in order adds."""
@@ -299,9 +350,32 @@ class NBoWEncoder(nn.Module):
         self.bigrams = nn.Embedding(bigram_buckets, embed_dim) if bigram_buckets else None
         self.dropout_layer = nn.Dropout(embed_dropout)
 
-    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        x = self.dropout_layer(self.embedding(input_ids.t()))  # (time, batch, embed)
-        pooled = pool(x, lengths, "mean")  # (batch, embed)
+    def encode(self, embedded: torch.Tensor, lengths: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        pooled = pool(self.dropout_layer(embedded), lengths, "mean")  # (batch, embed)
         if self.bigrams is None:
             return pooled
         return pooled + bigram_bag(input_ids.t(), lengths, self.bigrams, self.dropout_layer)
+
+
+# Encoders by name (sweep, bench and the memory diagnostic take these; experiments/<name>.yaml use the same).
+ENCODERS: dict[str, tuple[type[nn.Module], dict]] = {
+    "rnn": (RecurrentEncoder, {"cell": "rnn", "bidirectional": False}),
+    "lstm": (RecurrentEncoder, {"cell": "lstm", "bidirectional": False}),
+    "gru": (RecurrentEncoder, {"cell": "gru", "bidirectional": False}),
+    "bilstm": (RecurrentEncoder, {"cell": "lstm", "bidirectional": True}),
+    "bigru": (RecurrentEncoder, {"cell": "gru", "bidirectional": True}),
+    "nbow": (NBoWEncoder, {}),
+}
+RECURRENT = tuple(name for name, (cls, _) in ENCODERS.items() if issubclass(cls, Recurrence))
+
+
+def class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def named_encoder(name: str, **settings) -> nn.Module:
+    """ENCODERS[name] built with `settings` on top of its preset."""
+    if name not in ENCODERS:
+        raise ConfigError(f"unknown encoder {name!r}; choose from {', '.join(ENCODERS)}")
+    cls, preset = ENCODERS[name]
+    return cls(**{**preset, **settings})

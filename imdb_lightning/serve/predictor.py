@@ -8,10 +8,11 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from .encoders import build_encoder
-from .errors import UserError
-from .model import SentimentClassifier
-from .standalone import BATCH_SIZE, padded_batches
+from ..errors import UserError
+from ..models.checkpoints import data_state, expect_kind, read_checkpoint
+from ..models.classifier import SentimentClassifier
+from ..models.encoders import build_encoder
+from .runtime import BATCH_SIZE, padded_batches
 
 
 class Predictor:
@@ -33,27 +34,23 @@ class Predictor:
         return probs.tolist()
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """torch.load with weights_only=True, and a clear error for anything that is not our checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such checkpoint file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, foreign pickle, random bytes: all mean the same to a user
-        raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
-    if not isinstance(ckpt, dict) or "encoder" not in ckpt.get("hyper_parameters", {}) or "state_dict" not in ckpt:
-        raise UserError(f"{path}: not an imdb-lightning checkpoint (no encoder hyperparameters or weights)")
-    if not any(isinstance(v, dict) and "tokenizer" in v for v in ckpt.values()):
-        raise UserError(f"{path}: the checkpoint holds no tokenizer; it was not written by an imdb-lightning run")
-    return ckpt
-
-
 def load(path: str | Path, device: str = "cpu") -> Predictor:
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise UserError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {str(device)!r}: no CUDA GPU is available here")
     ckpt = read_checkpoint(path)
+    expect_kind(path, ckpt, "sentiment", "imdb_lightning.load")
     hp = ckpt["hyper_parameters"]
-    data = next(v for v in ckpt.values() if isinstance(v, dict) and "tokenizer" in v)
     model = SentimentClassifier(build_encoder(hp["encoder"]), dropout=hp.get("dropout", 0.0))
-    model.load_state_dict(ckpt["state_dict"])
-    tokenizer = Tokenizer.from_str(data["tokenizer"])
-    return Predictor(model.to(device), tokenizer, data["max_length"], data.get("truncation", "head"))
+    # The encoder and head are what predicts; training-time state (metric accumulators) may differ
+    # between versions and is not needed here.
+    weights = {k: v for k, v in ckpt["state_dict"].items() if k.startswith(("encoder.", "head."))}
+    model.load_state_dict(weights, strict=False)
+    missing = [k for k in model.state_dict() if k.startswith(("encoder.", "head.")) and k not in weights]
+    if missing:
+        raise UserError(f"{path}: the checkpoint lacks weights for {', '.join(missing[:3])}")
+    data = data_state(ckpt)
+    return Predictor(model.to(device), Tokenizer.from_str(data["tokenizer"]), data["max_length"], data.get("truncation", "head"))

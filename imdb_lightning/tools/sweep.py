@@ -7,26 +7,22 @@ their last.ckpt (or starts them again in the same folder).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import sys
-import warnings
 from pathlib import Path
 
-from .callbacks import RunRecord, last_checkpoint, run_folders
-from .encoders import PRESETS
-from .errors import DataError, UserError
-
-# Encoders a sweep can name: the recurrent presets and the bag-of-words reference.
-NAMED = {
-    **{name: ("imdb_lightning.encoders.RecurrentEncoder", args) for name, args in PRESETS.items()},
-    "nbow": ("imdb_lightning.encoders.NBoWEncoder", {}),
-}
+from ..callbacks import RunRecord
+from ..errors import DataError, UserError
+from ..helpers import ArgumentParser, comma_list
+from ..models.encoders import ENCODERS, class_path
+from ..runs import last_checkpoint, run_folders, run_version
+from ..training import compose, make_cli
 
 
 def sweep_key(encoder: str, seed: int, configs: list[str], overrides: list[str]) -> str:
-    contents = [Path(c).read_text() for c in configs]
+    # the contents of the configs and of their base: files, so editing a shared recipe makes new runs
+    contents = [Path(a).read_text() if Path(a).is_file() else a for c in configs for a in compose(c)]
     return hashlib.sha1(json.dumps([encoder, seed, contents, overrides]).encode()).hexdigest()[:12]
 
 
@@ -39,13 +35,9 @@ def existing_run(logdir: Path, encoder: str, key: str) -> tuple[Path | None, dic
 
 
 def run_one(args: list[str], extra: dict, version: int | None, ckpt: Path | None) -> None:
-    from .cli import make_cli
-
     if version is not None:
         args = [*args, "--trainer.logger.init_args.version", str(version)]
-    with warnings.catch_warnings():  # the sweep's own argv is not the run's: that is intended here
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli = make_cli(args, run=False)
+    cli = make_cli(args, run=False)
     records = [cb for cb in cli.trainer.callbacks if isinstance(cb, RunRecord)]
     if not records:
         raise UserError("the sweep needs the RunRecord callback (imdb_lightning.callbacks.RunRecord) in trainer.callbacks")
@@ -60,9 +52,9 @@ def run_one(args: list[str], extra: dict, version: int | None, ckpt: Path | None
 
 
 def sweep(encoders: list[str], seeds: list[int], configs: list[str], overrides: list[str], logdir: str) -> list[dict]:
-    unknown = set(encoders) - set(NAMED)
+    unknown = set(encoders) - set(ENCODERS)
     if unknown:
-        raise UserError(f"unknown encoder(s) {', '.join(sorted(unknown))}; choose from {', '.join(NAMED)}")
+        raise UserError(f"unknown encoder(s) {', '.join(sorted(unknown))}; choose from {', '.join(ENCODERS)}")
     # "{encoder}" in a config path names one file per encoder: --config 'experiments/tuned/{encoder}.yaml'
     per_encoder = {e: [c.replace("{encoder}", e) for c in configs] for e in encoders}
     for config in sorted({c for files in per_encoder.values() for c in files}):
@@ -84,14 +76,14 @@ def sweep(encoders: list[str], seeds: list[int], configs: list[str], overrides: 
                 print(f"[sweep] {label}: finished in {folder}, skipped", file=sys.stderr)
                 done.append({"encoder": encoder, "seed": seed, "folder": str(folder), "skipped": True})
                 continue
-            version = int(folder.name.split("_")[-1]) if folder else None
+            version = run_version(folder) if folder else None
             ckpt = last_checkpoint(folder) if folder else None
             print(f"[sweep] {label}: " + (f"resuming {ckpt}" if ckpt else "starting"), file=sys.stderr)
-            class_path, preset_args = NAMED[encoder]
+            cls, preset_args = ENCODERS[encoder]
             preset = [f"--model.encoder.init_args.{k}={str(v).lower()}" for k, v in preset_args.items()]
             args = [
                 *[a for c in per_encoder[encoder] for a in ("--config", c)],
-                "--model.encoder", class_path, *preset,
+                "--model.encoder", class_path(cls), *preset,
                 "--seed_everything", str(seed),
                 "--trainer.logger.init_args.save_dir", logdir, "--trainer.logger.init_args.name", encoder, *flags,
             ]
@@ -100,16 +92,16 @@ def sweep(encoders: list[str], seeds: list[int], configs: list[str], overrides: 
     return done
 
 
-def sweep_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="imdb-lightning sweep", description=__doc__.splitlines()[0])
-    parser.add_argument("--encoders", default="rnn,lstm,gru,bilstm", help=f"comma-separated, from {','.join(NAMED)}")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+def main(argv: list[str]) -> None:
+    parser = ArgumentParser(prog="imdb-lightning sweep", description=__doc__.splitlines()[0])
+    parser.add_argument("--encoders", type=comma_list(), default=["rnn", "lstm", "gru", "bilstm"],
+                        help=f"comma-separated, from {','.join(ENCODERS)}")
+    parser.add_argument("--seeds", type=comma_list(int), default=[0, 1, 2], help="comma-separated seeds")
     parser.add_argument("--config", action="append", default=[],
                         help="experiment YAML(s), applied in order; {encoder} in a path is replaced by each encoder's name")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override, as on the fit command line without '--', e.g. trainer.max_epochs=5")
     parser.add_argument("--logdir", default="lightning_logs")
     opts = parser.parse_args(argv)
-    seeds = [int(s) for s in opts.seeds.split(",")]
-    sweep(opts.encoders.split(","), seeds, opts.config, opts.set, opts.logdir)
+    sweep(opts.encoders, opts.seeds, opts.config, opts.set, opts.logdir)
     print(f"[sweep] done; compare with: imdb-lightning compare {opts.logdir}", file=sys.stderr)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from imdb_lightning.cli import cli_main
-from imdb_lightning.timeseries import SeriesDataModule
+from imdb_lightning.forecast.data import SeriesDataModule
 
 AIRLINE = Path(__file__).parents[1] / "experiments" / "airline_lstm.yaml"
 

@@ -1,0 +1,1 @@
+"""Raw reviews -> token ids -> batches: sources, tokenizer, validation splits, the data module."""

@@ -1,0 +1,403 @@
+"""IMDBDataModule: raw reviews -> cached token ids -> length-bucketed, dynamically padded batches."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from functools import cached_property
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from tokenizers import Tokenizer
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from ..errors import ConfigError, DataError
+from ..runs import atomic_write
+from .sources import AclImdbSource, FileSource, HubSource, Reviews, SyntheticSource
+from .split import grouped_split, stratified_split
+from .tokenizer import PAD_ID, UNK_ID, build_tokenizer, encode
+
+SourceName = Literal["hub", "files", "aclimdb", "synthetic"]
+ValSplit = Literal["auto", "grouped", "random"]
+
+
+class TokenizedReviews(Dataset):
+    """Ragged token ids (flat array + offsets), truncated on access so the cache serves any max_length.
+
+    `groups` numbers each review's film within the split (reviews of unknown films get their own
+    number), which the classifier uses for the film-clustered error of validation accuracy.
+    """
+
+    def __init__(self, ids: np.ndarray, offsets: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+                 max_length: int, truncation: str):
+        self.ids, self.offsets, self.labels, self.groups = ids, offsets, labels, groups
+        self.max_length, self.keep_tail = max_length, truncation == "tail"
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @cached_property
+    def lengths(self) -> np.ndarray:
+        return np.clip(np.diff(self.offsets), 1, self.max_length)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int, int]:
+        ids = self.ids[self.offsets[i] : self.offsets[i + 1]]
+        if len(ids) > self.max_length:
+            ids = ids[-self.max_length :] if self.keep_tail else ids[: self.max_length]
+        if len(ids) == 0:  # an empty review reads as one unknown word, so every length is >= 1
+            ids = np.array([UNK_ID], dtype=np.int32)
+        return ids, int(self.labels[i]), int(self.groups[i])
+
+
+def collate(samples: list[tuple[np.ndarray, int, int]]) -> dict[str, torch.Tensor]:
+    lengths = np.array([len(ids) for ids, _, _ in samples], dtype=np.int64)
+    input_ids = np.full((len(samples), lengths.max()), PAD_ID, dtype=np.int64)  # (batch, time)
+    for row, (ids, _, _) in enumerate(samples):
+        input_ids[row, : len(ids)] = ids
+    return {
+        "input_ids": torch.from_numpy(input_ids),
+        "lengths": torch.from_numpy(lengths),
+        "labels": torch.tensor([label for _, label, _ in samples], dtype=torch.long),
+        "groups": torch.tensor([group for _, _, group in samples], dtype=torch.long),
+    }
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Batches of similar-length reviews, so padding stays short.
+
+    `sampler` picks this process's share of the data in a seeded order (a DistributedSampler,
+    also with one process: Lightning calls its `set_epoch`). Within pools of `pool` batches the
+    reviews are sorted by length and cut into batches; the batches are then shuffled. Without
+    shuffling, all reviews are sorted by length (fastest for evaluation). `pool=0` keeps the
+    sampler's order as it is (no bucketing).
+
+    `resume_at(epoch, done)` makes the next pass over `epoch` skip the `done` batches an
+    interrupted run already trained on, so a resumed epoch sees exactly the batches it had left.
+    """
+
+    def __init__(self, sampler: DistributedSampler, lengths: np.ndarray, batch_size: int, pool: int = 50):
+        self.sampler, self.lengths, self.batch_size, self.pool = sampler, lengths, batch_size, pool
+        self._skip: tuple[int, int] | None = None
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch_size)
+
+    def batches(self) -> list[list[int]]:
+        order = np.fromiter(self.sampler, dtype=np.int64)
+        if self.pool == 0:
+            return [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
+        shuffle = self.sampler.shuffle
+        size = self.batch_size * self.pool if shuffle else len(order)
+        chunks = [order[i : i + size] for i in range(0, len(order), size)]
+        order = np.concatenate([c[np.argsort(self.lengths[c], kind="stable")] for c in chunks])
+        batches = [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
+        if shuffle:
+            rng = np.random.default_rng([self.sampler.seed, self.sampler.epoch])
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def resume_at(self, epoch: int, done: int) -> None:
+        self._skip = (epoch, done)
+
+    def __iter__(self):
+        batches = self.batches()
+        if self._skip is not None:
+            epoch, done = self._skip
+            self._skip = None
+            if epoch == self.sampler.epoch:
+                batches = batches[done:]
+        return iter(batches)
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader over a BucketBatchSampler whose position survives a checkpoint.
+
+    Lightning saves `state_dict()` in every checkpoint and hands it back on resume; `progress()`
+    answers (epoch, batches trained in it) from the trainer, the only one who knows how many of
+    the batches this loader has yielded were trained on (Lightning fetches one ahead).
+    `sampler` is the batch sampler's DistributedSampler, so Lightning, seeing the data already
+    sharded per process, never replaces it.
+    """
+
+    def __init__(self, dataset: Dataset, batch_sampler: BucketBatchSampler, progress: Callable[[], tuple[int, int]], **kwargs):
+        super().__init__(dataset, batch_sampler=batch_sampler, **kwargs)
+        self.progress = progress
+
+    @property
+    def sampler(self):
+        return self.batch_sampler.sampler
+
+    @sampler.setter
+    def sampler(self, value) -> None:  # DataLoader.__init__ sets a SequentialSampler placeholder
+        pass
+
+    def state_dict(self) -> dict:
+        epoch, done = self.progress()
+        return {"epoch": epoch, "batches_done": done}
+
+    def load_state_dict(self, state: dict) -> None:
+        # Lightning makes the resumed epoch's iterator before it sets the sampler's epoch: set it here,
+        # or the resumed epoch would replay the first epoch's order.
+        self.sampler.set_epoch(state["epoch"])
+        self.batch_sampler.resume_at(state["epoch"], state["batches_done"])
+
+
+def training_progress(trainer: L.Trainer) -> tuple[int, int]:
+    """(epoch, batches of it trained) for the epoch the fit loop is in, or is about to start."""
+    epochs = trainer.fit_loop.epoch_progress.current
+    if epochs.started == epochs.processed:  # between epochs: the next one has not begun
+        return epochs.processed, 0
+    return epochs.processed, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _save_arrays(path: str, **arrays: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a bare name
+        np.savez(f, **arrays)
+
+
+def default_cache_dir() -> str:
+    return os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "imdb-lightning")
+
+
+class IMDBDataModule(L.LightningDataModule):
+    """IMDB reviews as padded batches of `input_ids`, `lengths`, `labels` and `groups`.
+
+    Args:
+        source: hub | files | aclimdb | synthetic; by default `files` when `train_files` or
+            `test_files` is given, `aclimdb` when `aclimdb_dir` is, else `hub`.
+        train_files: parquet/csv/json/jsonl files with `text` and `label` columns.
+        test_files: the same, for `test`; only `test` reads them.
+        aclimdb_dir: the Stanford `aclImdb/` folder (train/pos, train/neg, test/..., urls_*.txt).
+        hub_name: the Hugging Face dataset for the hub source.
+        group_column: the column naming each review's film in `train_files` (default: `movie`,
+            when the files have it).
+        synthetic_size: reviews in the synthetic train split (the test split is half as many).
+        synthetic_median_words: median review length of the synthetic corpus.
+        val_split: how validation is carved from train: `grouped` holds out whole films (what the
+            test split does: its films are not in train), `random` holds out reviews; `auto` is
+            `grouped` whenever the films are known (files with a film column, aclImdb/ folders).
+        val_fraction: share of train held out for validation, stratified by label.
+        split_seed: seed of that split, of the training batch order and of the synthetic corpus
+            (the run's own seed sets initialisation and dropout, so seeds compare models on the same batches).
+        vocab_size: vocabulary cap including `<pad>` and `<unk>`; also the model's embedding rows.
+        min_frequency: words seen fewer times in train become `<unk>`.
+        lowercase: lowercase before tokenizing.
+        max_length: tokens kept per review.
+        truncation: keep the `head` or the `tail` of longer reviews.
+        batch_size: training batch size (per process).
+        eval_batch_size: validation/test batch size (default: 2 x batch_size).
+        bucketing: length-bucketed training batches (else shuffled reviews of any length).
+        num_workers: DataLoader workers; 0 is fastest on 2 cores, where a worker takes a core from the model.
+        cache_dir: where tokenized data is kept (default ~/.cache/imdb-lightning).
+    """
+
+    def __init__(
+        self,
+        source: Optional[SourceName] = None,
+        train_files: Optional[Union[str, list[str]]] = None,
+        test_files: Optional[Union[str, list[str]]] = None,
+        aclimdb_dir: Optional[str] = None,
+        hub_name: str = "stanfordnlp/imdb",
+        group_column: Optional[str] = None,
+        synthetic_size: int = 4000,
+        synthetic_median_words: int = 60,
+        val_split: ValSplit = "auto",
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        vocab_size: int = 20000,
+        min_frequency: int = 2,
+        lowercase: bool = True,
+        max_length: int = 400,
+        truncation: Literal["head", "tail"] = "head",
+        batch_size: int = 64,
+        eval_batch_size: Optional[int] = None,
+        bucketing: bool = True,
+        num_workers: int = 0,
+        cache_dir: Optional[str] = None,
+    ):
+        super().__init__()
+        for name, value in dict(vocab_size=vocab_size, max_length=max_length, batch_size=batch_size,
+                                synthetic_size=synthetic_size, synthetic_median_words=synthetic_median_words).items():
+            if value < 1:
+                raise ConfigError(f"data.{name} must be at least 1, got {value}")
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise ConfigError(f"data.eval_batch_size must be at least 1, got {eval_batch_size}")
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers must be 0 or more, got {num_workers}")
+        if vocab_size < 3:
+            raise ConfigError(f"data.vocab_size must leave room for a word beside <pad> and <unk>, got {vocab_size}")
+        if not 0 < val_fraction < 1:
+            raise ConfigError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
+        train_files = [train_files] if isinstance(train_files, str) else train_files
+        test_files = [test_files] if isinstance(test_files, str) else test_files
+        source = source or ("files" if train_files or test_files else "aclimdb" if aclimdb_dir else "hub")
+        if source == "files" and not (train_files or test_files):
+            raise ConfigError("data.source is 'files' but neither data.train_files nor data.test_files is set")
+        if source == "aclimdb" and not aclimdb_dir:
+            raise ConfigError("data.source is 'aclimdb' but data.aclimdb_dir is not set")
+        if source != "files" and (train_files or test_files):
+            raise ConfigError(f"data.train_files/test_files are given but data.source is {source!r} "
+                              "(set --data.source files, or leave data.source out)")
+        if group_column is not None and source != "files":
+            raise ConfigError(f"data.group_column names a column of data files; data.source is {source!r}")
+        self.save_hyperparameters()
+        self.source_name = source
+        self.source = {
+            "files": lambda: FileSource(train_files, test_files, group_column),
+            "aclimdb": lambda: AclImdbSource(aclimdb_dir),
+            "synthetic": lambda: SyntheticSource(synthetic_size, synthetic_median_words, split_seed),
+            "hub": lambda: HubSource(hub_name),
+        }[source]()
+        self.cache_dir = Path(cache_dir or default_cache_dir())
+        self.tokenizer: Optional[Tokenizer] = None
+        self.validation: dict = {}  # how validation was carved: kind, fraction, reviews, films
+        self._reviews: dict[str, Reviews] = {}
+        self._datasets: dict[str, TokenizedReviews] = {}
+        self._resume_at: Optional[dict] = None  # where a resumed fit's training data continue
+
+    # --- raw data -------------------------------------------------------------------------
+    def reviews(self, split: Literal["train", "val", "test"]) -> Reviews:
+        """The raw reviews of a split; train and val are carved from the source's training data."""
+        if split not in self._reviews:
+            if split == "test":
+                self._reviews["test"] = self.source.load("test")
+            else:
+                self._split(self.source.load("train"))
+        return self._reviews[split]
+
+    def _split(self, data: Reviews) -> None:
+        hp = self.hparams
+        where = f"the training data ({len(data)} reviews)"
+        if len(np.unique(data.labels)) < 2:
+            raise DataError(f"{where} has only label {data.labels[0]}; it needs both classes")
+        kind = hp.val_split
+        if kind == "auto":
+            kind = "grouped" if data.groups is not None else "random"
+            if data.groups is None and self.source_name != "synthetic":
+                rank_zero_info(f"imdb-lightning: the {self.source_name} source does not say which film each review is of: "
+                               "validation is a random split, which shares films with training and reads a little high")
+        if kind == "grouped" and data.groups is None:
+            raise DataError(f"data.val_split grouped needs the film of each review; the {self.source_name} source has none "
+                            "(give data files a film column, see data.group_column, or use --data.val_split random)")
+        if kind == "grouped":
+            train, val = grouped_split(data.labels, data.groups, hp.val_fraction, hp.split_seed)
+        else:
+            train, val = stratified_split(data.labels, hp.val_fraction, hp.split_seed)
+        if len(val) == 0 or len(train) == 0:
+            empty = "validation" if len(val) == 0 else "training"
+            films = f" from {len(np.unique(data.groups))} films" if kind == "grouped" else ""
+            raise DataError(
+                f"{where}{films}: data.val_fraction {hp.val_fraction} leaves the {empty} split empty "
+                f"({kind} split); use more reviews or change --data.val_fraction"
+            )
+        if len(np.unique(data.labels[train])) < 2:
+            raise DataError(f"{where}: after holding out validation the training split has only one label; use more reviews")
+        self._reviews["train"], self._reviews["val"] = data.subset(train), data.subset(val)
+        films = len(np.unique(data.groups[val])) if data.groups is not None else None
+        self.validation = {"kind": kind, "fraction": hp.val_fraction, "reviews": int(len(val)), "films": films}
+
+    # --- tokenizer and cached token ids -----------------------------------------------------
+    def _split_key(self) -> list:
+        hp = self.hparams
+        return [self.source.fingerprint("train"), hp.val_split, hp.val_fraction, hp.split_seed]
+
+    def _tokenizer_key(self) -> str:
+        hp = self.hparams
+        return _digest(self._split_key(), hp.vocab_size, hp.min_frequency, hp.lowercase)
+
+    def get_tokenizer(self) -> Tokenizer:
+        if self.tokenizer is None:
+            path = self.cache_dir / f"tokenizer-{self._tokenizer_key()}.json"
+            if path.is_file():
+                self.tokenizer = Tokenizer.from_file(str(path))
+            else:
+                hp = self.hparams
+                self.tokenizer = build_tokenizer(self.reviews("train").texts, hp.vocab_size, hp.min_frequency, hp.lowercase)
+                atomic_write(path, lambda tmp: self.tokenizer.save(tmp))
+        return self.tokenizer
+
+    def dataset(self, split: Literal["train", "val", "test"]) -> TokenizedReviews:
+        if split not in self._datasets:
+            tokenizer = self.get_tokenizer()
+            key = _digest(split, self.source.fingerprint("test") if split == "test" else self._split_key(), tokenizer.to_str())
+            path = self.cache_dir / f"{split}-{key}.npz"
+            if path.is_file():
+                with np.load(path, allow_pickle=False) as z:
+                    arrays = {name: z[name] for name in ("ids", "offsets", "labels", "groups")}
+                    self.validation = json.loads(str(z["validation"])) if split != "test" else self.validation
+            else:
+                reviews = self.reviews(split)
+                ids, offsets = encode(tokenizer, reviews.texts)
+                groups = reviews.groups if reviews.groups is not None else np.arange(len(reviews)).astype(str)
+                arrays = {"ids": ids, "offsets": offsets, "labels": reviews.labels,
+                          "groups": np.unique(groups.astype(str), return_inverse=True)[1].astype(np.int32)}
+                atomic_write(path, lambda tmp: _save_arrays(tmp, validation=json.dumps(self.validation), **arrays))
+            hp = self.hparams
+            self._datasets[split] = TokenizedReviews(**arrays, max_length=hp.max_length, truncation=hp.truncation)
+        return self._datasets[split]
+
+    # --- Lightning hooks --------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        # Downloads only, once per node; tokenizing waits for the dataloaders, which Lightning
+        # asks for after a checkpoint's tokenizer has been restored.
+        if self.source_name == "hub" and not (self.cache_dir / f"tokenizer-{self._tokenizer_key()}.json").is_file():
+            self.source.load("train")
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        data = self.dataset(split)
+        trainer = getattr(self, "trainer", None)
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        hp = self.hparams
+        batch_size = hp.batch_size if shuffle else hp.eval_batch_size or 2 * hp.batch_size
+        # Each process takes its own shard; with one process the sampler only orders the data.
+        order = DistributedSampler(data, num_replicas=replicas, rank=rank, shuffle=shuffle, seed=hp.split_seed)
+        options = dict(collate_fn=collate, num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0,
+                       # its own generator: creating an iterator would otherwise draw from the global one,
+                       # and a resumed run's dropout would no longer match an uninterrupted run's
+                       generator=torch.Generator().manual_seed(hp.split_seed))
+        batches = BucketBatchSampler(order, data.lengths, batch_size, pool=50 if hp.bucketing or not shuffle else 0)
+        progress = (lambda: training_progress(trainer)) if trainer else (lambda: (0, 0))
+        loader = ResumableLoader(data, batches, progress, **options)
+        if shuffle and self._resume_at is not None:
+            loader.load_state_dict(self._resume_at)
+            self._resume_at = None
+        return loader
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    # The tokenizer travels in every checkpoint as plain JSON, so a checkpoint alone classifies text.
+    # So does the training data's position: Lightning restores a data module before it asks for the
+    # training data (the loop's own copy of the position arrives after, too late when a schedule
+    # sized to the run made Lightning load the data early).
+    def state_dict(self) -> dict:
+        hp = self.hparams
+        state = {"tokenizer": self.get_tokenizer().to_str(), "max_length": hp.max_length, "truncation": hp.truncation}
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.state.fn == "fit":
+            epoch, done = training_progress(trainer)
+            state["train_position"] = {"epoch": epoch, "batches_done": done}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        restored = Tokenizer.from_str(state["tokenizer"])
+        if self.tokenizer is not None and self.tokenizer.to_str() != restored.to_str():
+            self._datasets.clear()  # re-encode with the checkpoint's vocabulary
+        self.tokenizer = restored
+        self._resume_at = state.get("train_position")

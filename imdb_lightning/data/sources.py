@@ -1,0 +1,295 @@
+"""Where reviews come from: the Hugging Face hub, local files, an aclImdb/ folder, or generated text.
+
+Each source is one small class with `load(split)` -> `Reviews` and `fingerprint(split)`, what
+identifies its data for the tokenization cache. Loaders raise `DataError` with a message that
+names the file, column, row or value at fault.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..errors import DataError
+from .synthetic import synthetic_reviews
+
+HUB_HELP = (
+    "To train without the hub, point at local data instead: "
+    "--data.train_files reviews.parquet (csv/json/jsonl/parquet with 'text' and 'label' columns), "
+    "--data.aclimdb_dir path/to/aclImdb, or --data.source synthetic."
+)
+LABEL_WORDS = {"0": 0, "1": 1, "neg": 0, "pos": 1, "negative": 0, "positive": 1, "false": 0, "true": 1}
+FILE_FORMATS = (".parquet", ".csv", ".json", ".jsonl")
+FILM_ID = re.compile(r"tt\d+")
+
+
+@dataclass
+class Reviews:
+    texts: list[str]
+    labels: np.ndarray  # (n,) int8, 0 negative / 1 positive; -1 where unlabelled
+    groups: Optional[np.ndarray] = None  # (n,) film id per review, None when the films are unknown
+
+    def subset(self, index: np.ndarray) -> Reviews:
+        groups = self.groups[index] if self.groups is not None else None
+        return Reviews([self.texts[i] for i in index], self.labels[index], groups)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def normalise_labels(values: list, where: str) -> np.ndarray:
+    out = np.empty(len(values), dtype=np.int8)
+    for row, value in enumerate(values):
+        key = str(int(value)) if isinstance(value, bool) or (isinstance(value, float) and value.is_integer()) else str(value)
+        key = key.strip().lower()
+        if key not in LABEL_WORDS:
+            raise DataError(
+                f"{where}: label {value!r} in row {row} is not a sentiment label; use 0/1, neg/pos or negative/positive"
+            )
+        out[row] = LABEL_WORDS[key]
+    return out
+
+
+def check_texts(texts: list, where: str, empty_ok: bool = False) -> list[str]:
+    if not texts and not empty_ok:
+        raise DataError(f"{where}: no reviews found")
+    texts = ["" if text is None else text for text in texts]  # an empty cell is an empty review
+    for row, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise DataError(f"{where}: text in row {row} is {type(text).__name__} {text!r}, not a string")
+    return texts
+
+
+def read_table(path: str, columns: dict[str, bool]):
+    """A data file as a pyarrow Table with `columns` ({name: required}); text-like columns as strings.
+
+    pyarrow reads the file directly: no Arrow copy of it is kept anywhere (the `datasets`
+    readers cache one under ~/.cache/huggingface for every file they read).
+    """
+    import pyarrow as pa
+
+    file = Path(path)
+    suffix = file.suffix.lower()
+    if suffix not in FILE_FORMATS:
+        raise DataError(f"{path}: unknown file type {file.suffix!r}; use one of {', '.join(FILE_FORMATS)}")
+    if not file.is_file():
+        raise DataError(f"{path}: no such file" if not file.exists() else f"{path}: not a file")
+    if file.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty")
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(file)
+        elif suffix == ".csv":
+            import pyarrow.csv as pacsv
+
+            strings = {name: pa.string() for name in columns if name != "label"}
+            table = pacsv.read_csv(file, convert_options=pacsv.ConvertOptions(column_types=strings))
+        elif file.read_bytes()[:64].lstrip().startswith(b"["):  # a JSON array of records
+            table = pa.Table.from_pylist(json.loads(file.read_text(encoding="utf-8")))
+        else:
+            import pyarrow.json as pajson
+
+            table = pajson.read_json(file)
+    except Exception as err:  # the readers raise many kinds; the message is what matters
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"{path}: cannot read it as {suffix.lstrip('.')}: {reason}") from err
+    missing = [name for name, required in columns.items() if required and name not in table.column_names]
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {', '.join(sorted(missing))}; columns found: {', '.join(table.column_names)}"
+        )
+    return table
+
+
+class FileSource:
+    """parquet/csv/json/jsonl files with `text` and `label` columns, and the film of each review in
+    `group_column` (`movie` by default, used when the files have it)."""
+
+    def __init__(self, train_files: list[str], test_files: list[str], group_column: Optional[str] = None,
+                 unlabelled_files: Optional[list[str]] = None):
+        self.files = {"train": train_files or [], "test": test_files or [], "unlabelled": unlabelled_files or []}
+        self.group_column, self.group_required = group_column or "movie", group_column is not None
+
+    def fingerprint(self, split: str) -> list:
+        return ["files", fingerprint(self.files[split]), self.group_column]
+
+    def load(self, split: str) -> Reviews:
+        files = self.files[split]
+        if not files:
+            flag = {"train": "--data.train_files", "test": "--data.test_files", "unlabelled": "--data.unlabelled_files"}
+            hint = " (test never uses the validation split)" if split == "test" else ""
+            raise DataError(f"no {split} data: pass {flag[split]}{hint}")
+        labelled = split != "unlabelled"
+        parts = []
+        for path in files:
+            table = read_table(path, {"text": True, "label": labelled, self.group_column: self.group_required})
+            texts = check_texts(table.column("text").to_pylist(), path)
+            labels = normalise_labels(table.column("label").to_pylist(), path) if labelled else np.full(len(texts), -1, np.int8)
+            groups = None
+            if self.group_column in table.column_names:
+                films = table.column(self.group_column).to_pylist()
+                groups = np.array(["" if g is None else str(g) for g in films], dtype=object)
+            parts.append(Reviews(texts, labels, groups))
+        return concatenate(parts)
+
+
+def concatenate(parts: list[Reviews]) -> Reviews:
+    """One Reviews from several; films stay known only if every part knows them."""
+    groups = None
+    if all(p.groups is not None for p in parts):
+        groups = np.concatenate([p.groups for p in parts])
+    return Reviews([t for p in parts for t in p.texts], np.concatenate([p.labels for p in parts]), groups)
+
+
+class AclImdbSource:
+    """The Stanford `aclImdb/` folder: {train,test}/{pos,neg}/ID_RATING.txt, unlabelled reviews in
+    train/unsup/; line ID of urls_pos.txt / urls_neg.txt / urls_unsup.txt names the review's film."""
+
+    FOLDERS = {"train": ("train", ((0, "neg"), (1, "pos"))), "test": ("test", ((0, "neg"), (1, "pos"))),
+               "unlabelled": ("train", ((-1, "unsup"),))}
+
+    def __init__(self, root: str):
+        self.root = Path(root)
+
+    def fingerprint(self, split: str) -> list:
+        return ["aclimdb", fingerprint([str(self.root / self.FOLDERS[split][0])])]
+
+    def load(self, split: str) -> Reviews:
+        folder_name, classes = self.FOLDERS[split]
+        texts, labels, groups = [], [], []
+        films_known = True
+        for label, name in classes:
+            folder = self.root / folder_name / name
+            if not folder.is_dir():
+                expected = " and ".join(f"{folder_name}/{n}" for _, n in classes)
+                raise DataError(f"{folder}: missing; an aclImdb folder holds {expected}")
+            films = self._films(folder_name, name)
+            films_known &= films is not None
+            for file in sorted(folder.glob("*.txt"), key=_review_number):
+                texts.append(file.read_text(encoding="utf-8", errors="replace"))
+                labels.append(label)
+                number = _review_number(file)
+                groups.append(films[number] if films is not None and 0 <= number < len(films) else f"{name}/{file.stem}")
+        return Reviews(check_texts(texts, f"{self.root}/{folder_name}"), np.array(labels, dtype=np.int8),
+                       np.array(groups, dtype=object) if films_known else None)
+
+    def _films(self, folder: str, name: str) -> Optional[list[str]]:
+        urls = self.root / folder / f"urls_{name}.txt"
+        if not urls.is_file():
+            return None
+        films = []
+        for line in urls.read_text(encoding="utf-8", errors="replace").splitlines():
+            match = FILM_ID.search(line)
+            films.append(match.group(0) if match else line.strip())
+        return films
+
+
+def _review_number(file: Path) -> int:
+    head = file.stem.split("_")[0]
+    return int(head) if head.isdigit() else -1
+
+
+class SyntheticSource:
+    """The generated corpus (see synthetic.py): no download, labels that depend on word order."""
+
+    def __init__(self, size: int, median_words: int, seed: int):
+        self.size, self.median_words, self.seed = size, median_words, seed
+
+    def fingerprint(self, split: str) -> list:
+        return ["synthetic", self.size, self.median_words, self.seed, split]
+
+    def load(self, split: str) -> Reviews:
+        size, seed = {"train": (self.size, self.seed), "test": (self.size // 2, self.seed + 1),
+                      "unlabelled": (self.size, self.seed + 2)}[split]
+        texts, labels = synthetic_reviews(size, seed=seed, median_words=self.median_words)
+        labels = np.array(labels, dtype=np.int8) if split != "unlabelled" else np.full(size, -1, np.int8)
+        return Reviews(texts, labels)
+
+
+class HubSource:
+    """A dataset on the Hugging Face hub (`stanfordnlp/imdb`: splits train, test, unsupervised).
+    Its rows carry no film ids, so validation there is a random split."""
+
+    SPLITS = {"train": "train", "test": "test", "unlabelled": "unsupervised"}
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def fingerprint(self, split: str) -> list:
+        return ["hub", self.name, split]
+
+    def load(self, split: str) -> Reviews:
+        hub_split = self.SPLITS[split]
+        # `datasets` retries for ~25 s before failing offline; a 3 s probe answers first.
+        if not hub_reachable():
+            raise DataError(f"cannot reach the Hugging Face hub to download {self.name!r}. {HUB_HELP}")
+        import datasets
+
+        try:
+            data = datasets.load_dataset(self.name, split=hub_split)
+        except Exception as err:
+            reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+            raise DataError(
+                f"loading {self.name!r} ({hub_split}) from the Hugging Face hub failed: {reason}. {HUB_HELP}"
+            ) from err
+        table = data.with_format("arrow")  # whole Arrow columns, not rows one by one
+        where = f"{self.name}:{hub_split}"
+        if "text" not in table.column_names:
+            raise DataError(f"{where}: no 'text' column; columns found: {', '.join(table.column_names)}")
+        texts = check_texts(table["text"].to_pylist(), where)
+        if split == "unlabelled":
+            return Reviews(texts, np.full(len(texts), -1, np.int8))
+        return Reviews(texts, normalise_labels(table["label"].to_pylist(), where))
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether an HTTPS request to the hub gets an answer (any status), within `timeout` seconds.
+
+    A TCP connection alone is not enough: a proxy or firewall may accept it and then fail TLS,
+    after which `datasets` retries for half a minute.
+    """
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return True  # the user asked for the local cache; let `datasets` use it
+    try:
+        urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=timeout).close()
+        return True
+    except urllib.error.HTTPError:  # an HTTP answer, even an error status, means the hub is there
+        return True
+    except (OSError, ValueError):  # refused, unresolvable, TLS failure, timeout
+        return False
+
+
+def fingerprint(paths: list[str]) -> list:
+    """What identifies local data for the cache: path, size and modification time."""
+    out = []
+    for path in paths:
+        p = Path(path)
+        files = sorted(p.rglob("*")) if p.is_dir() else [p]
+        stats = [f.stat() for f in files if f.is_file()]
+        newest = max((s.st_mtime_ns for s in stats), default=0)
+        out.append([os.path.abspath(path), len(stats), sum(s.st_size for s in stats), newest])
+    return out
+
+
+def write_reviews(texts: list[str], labels: list[int], path: Path, groups: Optional[list[str]] = None) -> str:
+    """Save reviews as a parquet file the `files` source reads (benchmarks and tests use it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {"text": texts, "label": labels, **({"movie": groups} if groups is not None else {})}
+    pq.write_table(pa.table(columns), path)
+    return str(path)
+

@@ -1,0 +1,1 @@
+"""The tutorials' other classic: forecasting monthly airline passengers with the same encoders."""

@@ -1,0 +1,111 @@
+"""Monthly series as windows of past values -> the next value, split in time order.
+
+The airline-passengers series (Jan 1949 - Dec 1960, Box & Jenkins) ships with the package.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Optional
+
+import lightning as L
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DataError
+
+AIRLINE = Path(__file__).with_name("resources") / "airline_passengers.csv"
+
+
+def read_series(path: Path, column: str) -> tuple[list[str], np.ndarray]:
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no such file")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or column not in rows[0]:
+        raise DataError(f"{path}: no column {column!r}; columns found: {', '.join(rows[0]) if rows else 'none'}")
+    try:
+        values = np.array([float(r[column]) for r in rows], dtype=np.float32)
+    except ValueError as err:
+        raise DataError(f"{path}: column {column!r} holds a non-number: {err}") from err
+    return [next(iter(r.values())) for r in rows], values
+
+
+class SeriesDataModule(L.LightningDataModule):
+    """Windows of `window` past values -> the next value, split in time order.
+
+    The last `test_months` targets are the test split, the `val_months` before them validation,
+    the rest training. Min-max scaling is fitted on the values the training windows see, only.
+
+    Args:
+        csv_file: a CSV with one row per time step (default: the packaged airline series, 1949-1960).
+        column: the column to forecast.
+        window: past values per input.
+        val_months: validation targets.
+        test_months: test targets, the last ones.
+        batch_size: windows per batch.
+        seasonal_base: forecast the change from the same month a year earlier (the window's first
+            value when window is 12) instead of the level: the trend then stays in range of the scaling.
+    """
+
+    def __init__(self, csv_file: Optional[str] = None, column: str = "Passengers", window: int = 12,
+                 val_months: int = 12, test_months: int = 24, batch_size: int = 8, seasonal_base: bool = False):
+        super().__init__()
+        for name, value in dict(window=window, val_months=val_months, test_months=test_months, batch_size=batch_size).items():
+            if value < 1:
+                raise ConfigError(f"data.{name} must be at least 1, got {value}")
+        if seasonal_base and window < 12:
+            raise ConfigError(f"data.seasonal_base needs data.window >= 12 (the same month last year), got {window}")
+        self.save_hyperparameters()
+        self.splits: dict[str, torch.utils.data.TensorDataset] = {}
+
+    def setup(self, stage: str) -> None:
+        hp = self.hparams
+        self.months, values = read_series(Path(hp.csv_file or AIRLINE), hp.column)
+        first_val = len(values) - hp.test_months - hp.val_months
+        if first_val <= hp.window:
+            held_out = hp.val_months + hp.test_months
+            raise DataError(f"{len(values)} values are too few for window {hp.window} and {held_out} held-out months")
+        self.low, self.high = float(values[:first_val].min()), float(values[:first_val].max())  # training months only
+        scaled = (values - self.low) / (self.high - self.low)
+        targets = np.arange(hp.window, len(values))
+        bounds = {"train": (hp.window, first_val), "val": (first_val, first_val + hp.val_months),
+                  "test": (first_val + hp.val_months, len(values))}
+        for split, (start, stop) in bounds.items():
+            t = targets[(targets >= start) & (targets < stop)]
+            inputs = np.stack([scaled[i - hp.window : i] for i in t])[..., None]  # (n, window, 1)
+            self.splits[split] = torch.utils.data.TensorDataset(
+                torch.from_numpy(inputs), torch.from_numpy(scaled[t]), torch.from_numpy(t)
+            )
+        self.values = values
+
+    def _loader(self, split: str, shuffle: bool):
+        return torch.utils.data.DataLoader(self.splits[split], batch_size=self.hparams.batch_size, shuffle=shuffle,
+                                           collate_fn=self.collate)
+
+    def collate(self, rows) -> dict:
+        inputs, targets, months = map(torch.stack, zip(*rows))
+        base = inputs[:, -12, 0] if self.hparams.seasonal_base else torch.zeros(len(rows))  # same month last year
+        return {
+            "inputs": inputs,  # (batch, window, 1) scaled values
+            "lengths": torch.full((len(rows),), inputs.shape[1], dtype=torch.long),
+            "target": targets, "month": months, "base": base,
+            "low": torch.full((len(rows),), self.low), "high": torch.full((len(rows),), self.high),
+        }
+
+    def train_dataloader(self):
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader("test", shuffle=False)
+
+    def seasonal_naive_rmse(self) -> float:
+        """RMSE of predicting each test month by the same month a year earlier."""
+        months = self.splits["test"].tensors[2].numpy()
+        return float(np.sqrt(np.mean((self.values[months] - self.values[months - 12]) ** 2)))
+
+

@@ -1,0 +1,1 @@
+"""Encoders (plain nn.Modules) and the LightningModules that wrap them."""

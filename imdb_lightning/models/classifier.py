@@ -1,0 +1,174 @@
+"""SentimentClassifier: any text encoder + a linear head, trained with one shared step."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import nn
+from torchmetrics import CatMetric, MeanMetric, MetricCollection
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryConfusionMatrix, BinaryF1Score, BinaryROC
+
+from ..data.split import clustered_standard_error
+from ..errors import ConfigError
+from .base import EncoderModule, NonFiniteLossError, plateau  # noqa: F401  (NonFiniteLossError: part of this API)
+
+HP_METRICS = {"hp/val_acc": "best validation accuracy so far", "hp/test_acc": "test accuracy"}
+
+
+class SentimentClassifier(EncoderModule):
+    """Binary sentiment classifier over an injected encoder.
+
+    Args:
+        encoder: an `nn.Module` with `output_dim`, called as encoder(input_ids, lengths).
+        dropout: dropout on the encoder's output, before the linear head.
+        optimizer: optimizer factory (default Adam, lr 1e-3).
+        scheduler: LR scheduler factory (default `plateau`, stepped on `monitor`); null for none.
+        monitor: the metric a plateau scheduler watches.
+        adversarial: > 0 adds adversarial training on the word embeddings (Miyato et al. 2017): each
+            training review is also scored with its embeddings pushed along the loss gradient by this
+            fraction of their own L2 norm, and that loss is added. Needs an encoder with `embed` and `encode`.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        dropout: float = 0.0,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: Optional[LRSchedulerCallable] = plateau,
+        monitor: str = "val/loss",
+        adversarial: float = 0.0,
+    ):
+        super().__init__(encoder, dropout, optimizer, scheduler, monitor)
+        if adversarial < 0:
+            raise ConfigError(f"model.adversarial must be 0 (off) or positive, got {adversarial}")
+        if adversarial and not (hasattr(encoder, "embed") and hasattr(encoder, "encode")):
+            raise ConfigError(f"model.adversarial perturbs word embeddings; {type(encoder).__name__} has no embed/encode")
+        self.save_encoder_hyperparameters()
+        # Epoch means of the training losses, persistent like the training metrics (see EncoderModule).
+        self.train_loss, self.train_adversarial_loss = MeanMetric(), MeanMetric()
+        self.train_loss.persistent(True)
+        self.train_adversarial_loss.persistent(True)
+        # Each review's outcome and film, for the film-clustered error of the accuracy.
+        self.val_outcomes, self.test_outcomes = CatMetric(), CatMetric()
+        # Test-time pictures for TensorBoard; 200 ROC thresholds keep the state small.
+        self.test_curves = MetricCollection({"confusion_matrix": BinaryConfusionMatrix(), "roc": BinaryROC(thresholds=200)})
+        self.register_buffer("best_val_acc", torch.tensor(0.0))  # in checkpoints: hp/val_acc survives a resume
+
+    def metrics(self) -> MetricCollection:
+        return MetricCollection({"acc": BinaryAccuracy(), "f1": BinaryF1Score(), "auroc": BinaryAUROC()})
+
+    def metric_names(self) -> set[str]:
+        return super().metric_names() | {"val/acc_se", "hp/val_acc"}
+
+    def _logits(self, batch: dict, perturbation: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (batch,), and the word embeddings (time, batch, embed) they were computed from."""
+        ids, lengths = batch["input_ids"], batch["lengths"]
+        embedded = self.encoder.embed(ids)
+        inputs = embedded if perturbation is None else embedded + perturbation
+        return self.head(self.encoder.encode(inputs, lengths, ids)).squeeze(-1), embedded
+
+    def _adversarial_loss(self, loss: torch.Tensor, embedded: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The loss of the batch with each review's embeddings moved the way that raises the loss most."""
+        (grad,) = torch.autograd.grad(loss, embedded, retain_graph=True)  # (time, batch, embed)
+        # Scaled per review relative to its own embeddings, so growing the embeddings cannot shrink the push.
+        size = self.hparams.adversarial * embedded.detach().norm(dim=(0, 2))  # (batch,)
+        step = grad * (size / grad.norm(dim=(0, 2)).clamp_min(1e-12))[None, :, None]  # (time, batch, embed)
+        ids, lengths = batch["input_ids"], batch["lengths"]
+        logits = self.head(self.encoder.encode(embedded + step.detach(), lengths, ids)).squeeze(-1)
+        return F.binary_cross_entropy_with_logits(logits, batch["labels"].float())
+
+    def _step(self, batch: dict, stage: str) -> torch.Tensor:
+        labels = batch["labels"]
+        adversarial = stage == "train" and self.hparams.adversarial > 0
+        if adversarial:
+            logits, embedded = self._logits(batch)
+        else:
+            logits = self(batch["input_ids"], batch["lengths"])
+        loss = F.binary_cross_entropy_with_logits(logits, labels.float())
+        probs = logits.detach().sigmoid()
+        metrics = getattr(self, f"{stage}_metrics")
+        metrics.update(probs, labels)
+        if stage == "train":
+            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(labels))
+            self.train_loss.update(loss.detach(), len(labels))
+            self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True, batch_size=len(labels))
+        else:
+            # Evaluation figures are averaged over all processes in multi-device runs; the torchmetrics
+            # objects sync their states on compute by themselves.
+            self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
+            if "groups" in batch:
+                correct = ((probs >= 0.5).long() == labels).float()
+                getattr(self, f"{stage}_outcomes").update(torch.stack([correct, batch["groups"].float()], dim=-1))
+        if stage == "test":
+            self.test_curves.update(probs, labels)
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        if adversarial:
+            adversarial_loss = self._adversarial_loss(loss, embedded, batch)
+            self.train_adversarial_loss.update(adversarial_loss.detach(), len(labels))
+            self.log("train/adversarial_loss", adversarial_loss, on_step=True, on_epoch=False, batch_size=len(labels))
+            self.log("train/adversarial_loss_epoch", self.train_adversarial_loss, on_step=False, on_epoch=True,
+                     batch_size=len(labels))
+            loss = loss + adversarial_loss
+        return loss
+
+    def _log_clustered_error(self, stage: str) -> None:
+        """`{stage}/acc_se`: the standard error of the accuracy when reviews of one film are correlated."""
+        outcomes = getattr(self, f"{stage}_outcomes")
+        if outcomes.update_count:
+            values = outcomes.compute().reshape(-1, 2).cpu().numpy()  # (reviews, [correct, film])
+            self.log(f"{stage}/acc_se", clustered_standard_error(values[:, 0], values[:, 1]), sync_dist=False)
+        outcomes.reset()
+
+    # hp/val_acc and hp/test_acc make the TensorBoard hparams tab line runs up side by side. Written
+    # once the data are loaded (the validation kind is known then), and not again on a resume.
+    def on_train_start(self) -> None:
+        # (only rank 0 has a real TensorBoard writer; the others hold a stand-in)
+        if isinstance(self.logger, TensorBoardLogger) and self.trainer.ckpt_path is None and self.trainer.is_global_zero:
+            declare_hp_metrics(self.logger, {**self.hparams, "val_split": validation_kind(self.trainer)})
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_clustered_error("val")
+        if not self.trainer.sanity_checking:
+            self.best_val_acc.fill_(max(float(self.best_val_acc), float(self.val_metrics["acc"].compute())))
+            self.log("hp/val_acc", self.best_val_acc, sync_dist=True)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_clustered_error("test")
+        self.log("hp/test_acc", self.test_metrics["acc"].compute(), sync_dist=True)
+        if isinstance(self.logger, TensorBoardLogger):
+            for name, metric in self.test_curves.items():
+                fig, _ = metric.plot()  # every process: computing the curve gathers their states
+                if self.trainer.is_global_zero:
+                    self.logger.experiment.add_figure(f"test/{name}", fig, self.global_step)
+        self.test_curves.reset()
+
+
+def validation_kind(trainer) -> str:
+    validation = getattr(trainer.datamodule, "validation", None) or {}
+    return validation.get("kind", "unknown")
+
+
+def declare_hp_metrics(logger: TensorBoardLogger, params: dict) -> None:
+    """Write the hparams (and hparams.yaml) with the hp/ metrics as columns, without logging any value
+    for them: a run that is never tested then shows no test accuracy rather than 0."""
+    from torch.utils.tensorboard.summary import hparams
+
+    logger.log_hyperparams(params)  # hparams.yaml; with default_hp_metric off, no summary yet
+    writer = logger.experiment.file_writer
+    for summary in hparams(flat_params(params), {name: 0.0 for name in HP_METRICS}):
+        writer.add_summary(summary)
+
+
+def flat_params(tree: dict, prefix: str = "") -> dict:
+    """Nested hyperparameters as TensorBoard takes them: `encoder/init_args/cell: gru`, plain values only."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flat_params(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return flat

@@ -1,0 +1,216 @@
+"""`imdb-lightning fit | validate | test`: LightningCLI over the sentiment classifier and IMDB data.
+
+LightningCLI parses the command line and YAML, prints (`--print_config`) and saves each run's
+configuration. `ExperimentCLI` adds what this project's runs expect of it; the forecaster's
+command line (forecast/cli.py) is the same class over other model and data classes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import yaml
+from lightning.pytorch.cli import LightningCLI
+
+from .data.datamodule import IMDBDataModule
+from .errors import UserError
+from .models.base import sized_by_steps
+from .models.checkpoints import expect_kind, read_checkpoint
+from .models.classifier import SentimentClassifier
+from .runs import best_checkpoint, last_checkpoint, run_folders, run_version
+
+CONFIG_DIR = Path(__file__).with_name("config")
+DEFAULTS = str(CONFIG_DIR / "defaults.yaml")
+
+
+def load_yaml(path: str) -> dict:
+    """A YAML config file as a dict, or a one-line error naming the file (and line) at fault."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"{path}: no such config file" if not file.exists() else f"{path}: not a file")
+    try:
+        content = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UserError(f"{path}: not valid YAML{where}: {problem}") from err
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not a text file ({err.reason})") from err
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise UserError(f"{path}: a config holds keys such as trainer:, model:, data:; found a {type(content).__name__}")
+    return content
+
+
+def compose(path: str, check=lambda path, config: None, seen: tuple[str, ...] = ()) -> list[str]:
+    """A config file as --config arguments: its `base:` files first (recursively), then its own keys.
+
+    Experiment YAMLs share a recipe this way (`base: recipe.yaml` + a few lines per encoder);
+    LightningCLI merges the files in order, later keys over earlier ones.
+    """
+    config = load_yaml(path)
+    check(path, config)
+    if "base" not in config:
+        return ["--config", path]
+    resolved = str(Path(path).resolve())
+    if resolved in seen:
+        raise UserError(f"{path}: its base: files include itself")
+    bases = config.pop("base")
+    out = []
+    for base in [bases] if isinstance(bases, str) else bases or []:
+        out += compose(str(Path(path).parent / base), check, (*seen, resolved))
+    return out + (["--config", yaml.safe_dump(config)] if config else [])
+
+
+def expand_configs(argv: list[str], datamodule_class: type, other_command: str) -> list[str]:
+    """argv with every config file checked (readable YAML, data options this command knows) and its
+    `base:` files spelled out."""
+    options = set(inspect.signature(datamodule_class.__init__).parameters) - {"self"}
+
+    def check(path: str, config: dict) -> None:
+        data = config.get("data")
+        unknown = sorted(set(data) - options - {"class_path", "init_args"}) if isinstance(data, dict) else []
+        if unknown:
+            raise UserError(f"{path}: data.{unknown[0]} is not an option of {datamodule_class.__name__} "
+                            f"(a config for another command? try: imdb-lightning {other_command} --config {path})")
+
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--config" and i + 1 < len(argv):
+            path, i = argv[i + 1], i + 2
+        elif argv[i].startswith("--config="):
+            path, i = argv[i].split("=", 1)[1], i + 1
+        else:
+            out.append(argv[i])
+            i += 1
+            continue
+        if not Path(path).exists() and ("\n" in path or ": " in path):  # YAML given inline
+            out += ["--config", path]
+            continue
+        out += compose(path, check)
+    return out
+
+
+class ExperimentCLI(LightningCLI):
+    """LightningCLI for fit / validate / test, plus:
+
+    - `--ckpt_path last` on fit resumes the newest run of the experiment in its own version folder
+      (plain Lightning would start a new, empty one); on validate/test `last` and `best` name that
+      run's checkpoints.
+    - a checkpoint path is checked before anything runs (exists, readable, of the right model).
+    - `--trainer.default_root_dir DIR` moves the runs under DIR (the logger's relative save_dir).
+    """
+
+    task = "sentiment"  # the kind of checkpoint this command reads (models/checkpoints.py)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # `imdb-lightning predict` is the project's own command (serve/predict.py), not Lightning's.
+        return {name: keys for name, keys in LightningCLI.subcommands().items() if name != "predict"}
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        # Here, before LightningCLI reads a checkpoint's hyperparameters into the config.
+        config = self.config.get(self.config.get("subcommand") or "", None)
+        if config is None:
+            return
+        subcommand = self.config.subcommand
+        logger = config.trainer.logger
+        save_dir = getattr(getattr(logger, "init_args", None), "save_dir", None)
+        root = config.trainer.get("default_root_dir")
+        if root and save_dir and not Path(save_dir).is_absolute():
+            logger.init_args.save_dir = save_dir = str(Path(root) / save_dir)
+        ckpt = config.get("ckpt_path")
+        if ckpt in ("last", "best") and save_dir:
+            config.ckpt_path = self._newest(Path(save_dir) / logger.init_args.name, ckpt, logger, subcommand)
+        elif ckpt in ("last", "best"):
+            raise UserError(f"--ckpt_path {ckpt} needs a TensorBoard/CSV logger config to find the run; pass a checkpoint path")
+        if config.get("ckpt_path"):
+            expect_kind(config.ckpt_path, read_checkpoint(config.ckpt_path), self.task, f"imdb-lightning {subcommand}")
+
+    def before_fit(self) -> None:
+        self._check_monitors()
+        self._check_data("fit")
+
+    def before_validate(self) -> None:
+        self._check_data("validate")
+
+    def before_test(self) -> None:
+        self._check_data("test")
+
+    def _check_data(self, stage: str) -> None:
+        """Read the data before Lightning starts (and makes a run folder): a bad file fails here, in one line."""
+        reviews = getattr(self.datamodule, "reviews", None)
+        if reviews is not None:
+            for split in {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}[stage]:
+                reviews(split)
+
+    def _check_monitors(self) -> None:
+        """Every metric a callback or the schedule watches must be one the model logs."""
+        known = getattr(self.model, "metric_names", lambda: None)()
+        if not known:
+            return
+        watchers = [(f"trainer.callbacks {type(cb).__name__}", cb.monitor) for cb in self.trainer.callbacks
+                    if getattr(cb, "monitor", None)]
+        if self.model.scheduler is not None and not sized_by_steps(self.model.scheduler):
+            watchers.append(("model.monitor (the learning-rate schedule's metric)", self.model.hparams.monitor))
+        for owner, monitor in watchers:
+            if monitor not in known:
+                raise UserError(f"{owner}: monitor {monitor!r} is never logged; the model logs {', '.join(sorted(known))}")
+
+    def _newest(self, root: Path, which: str, logger, subcommand: str) -> str:
+        find = last_checkpoint if which == "last" else best_checkpoint
+        found = [(run, ckpt) for run in run_folders(root) if (ckpt := find(run))]
+        if not found:
+            raise UserError(f"--ckpt_path {which}: no {which} checkpoint under {root}; train first (imdb-lightning fit)")
+        run, ckpt = found[-1]
+        if subcommand == "fit":  # carry on in the same folder, with the same logs
+            logger.init_args.version = run_version(run)
+            print(f"Resuming {ckpt}", file=sys.stderr)
+        return str(ckpt)
+
+
+class SentimentCLI(ExperimentCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        # The vocabulary cap is known when the config is parsed, so the embedding can be sized then.
+        parser.link_arguments("data.vocab_size", "model.encoder.init_args.vocab_size", apply_on="parse")
+
+
+def make_cli(args: Optional[list[str]] = None, run: bool = True, cli_class: type[ExperimentCLI] = SentimentCLI,
+             model_class: type = SentimentClassifier, datamodule_class: type = IMDBDataModule,
+             defaults: str = DEFAULTS, other_command: str = "forecast fit") -> ExperimentCLI:
+    """The LightningCLI; `args` as on the command line (e.g. ["fit", "--config", ...]), or without
+    the subcommand when `run` is False."""
+    args = expand_configs(list(sys.argv[1:] if args is None else args), datamodule_class, other_command)
+    # Errors raise instead of printing usage: cli_main prints them as one line.
+    kwargs = {"default_config_files": [defaults], "exit_on_error": False}
+    with warnings.catch_warnings():  # args come from our own command table, not sys.argv: that is intended
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        return cli_class(
+            model_class, datamodule_class, args=args, run=run,
+            parser_kwargs=kwargs if not run else {"exit_on_error": False, **{cmd: kwargs for cmd in cli_class.subcommands()}},
+            save_config_kwargs={"overwrite": True},
+        )
+
+
+def read_config(configs: list[str], overrides: list[str] = ()) -> object:
+    """The merged configuration of `--config` files and flags, parsed but not instantiated. Commands
+    that read only its data or logger settings need no model: a stand-in encoder fills the gap."""
+
+    class ParseOnly(SentimentCLI):
+        def instantiate_classes(self) -> None:
+            pass
+
+    stand_in = ["--model.encoder", "imdb_lightning.models.encoders.NBoWEncoder"]
+    args = stand_in + [a for c in configs for a in ("--config", c)] + list(overrides)
+    return make_cli(args, run=False, cli_class=ParseOnly).config
+
+
+def main(argv: list[str]) -> None:
+    make_cli(argv)

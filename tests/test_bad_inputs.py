@@ -1,0 +1,271 @@
+"""Bad input and odd uses through the command line: each ends in one line that names the problem.
+
+Every case runs `imdb-lightning ...` (in-process, as the console script does) and asserts a
+non-zero exit, exactly one line of error naming the file / column / row / value / option at
+fault, no traceback anywhere in the output, and no partial output file left behind.
+"""
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import EXPERIMENTS, QUICKSTART
+from imdb_lightning.cli import cli_main
+from imdb_lightning.data.synthetic import synthetic_reviews
+
+FIT = ["fit", "--config", str(QUICKSTART), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+       "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false", "--data.synthetic_size", "200"]
+# the same from an experiment that names no data source: files given on the command line choose it
+FILES = ["fit", "--config", str(EXPERIMENTS / "lstm.yaml"), *FIT[3:-2]]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Files good and bad, and a sentiment and a forecast checkpoint, in one folder."""
+    root = tmp_path_factory.mktemp("inputs")
+    texts, labels = synthetic_reviews(200, seed=0)
+    films = [f"tt{i // 4:07d}" for i in range(200)]
+    pq.write_table(pa.table({"text": texts, "label": labels, "movie": films}), root / "good.parquet")
+    pq.write_table(pa.table({"text": texts[:50], "label": labels[:50]}), root / "nofilms.parquet")
+    files = {
+        "cols.csv": "review,sentiment\ngood,1\n",
+        "labels.csv": "text,label\ngood,pos\nbad,meh\n",
+        "numbers.csv": "text,label\ngood,1\nbad,7\n",
+        "onlypos.csv": "text,label\ngood,1\ngreat,positive\n",
+        "notes.txt": "hello",
+        "empty.csv": "",
+        "bad.jsonl": '{"text": "good", "label": 1}\n{"text": "bad", "label": \n',
+        "array.json": "[1, 2, 3]",
+        "malformed.yaml": "trainer:\n  max_epochs: [1, 2\n",
+        "list.yaml": "- a\n- b\n",
+        "missing_base.yaml": "base: nowhere.yaml\n",
+        "cycle.yaml": "base: cycle.yaml\n",
+        "reviews.txt": "a fine film\nthe plot was not good .\n",
+        "nocol.csv": "review\nhello\n",
+        "badline.jsonl": '{"text": "fine"}\nnot json\n',
+        "notext.jsonl": '{"review": "fine"}\n',
+    }
+    for name, content in files.items():
+        (root / name).write_text(content)
+    (root / "bad.csv").write_bytes(b"text,label\n\xff\xfe broken,1\nok,0\n")
+    (root / "corrupt.parquet").write_bytes(os.urandom(3000))
+    (root / "junk.ckpt").write_bytes(os.urandom(3000))
+    (root / "folder.csv").mkdir()
+    (root / "afile").write_text("not a folder")
+    pq.write_table(pa.table({"text": [1, 2], "label": [0, 1]}), root / "inttext.parquet")
+    pq.write_table(pa.table({"text": ["a", "b"], "label": [1, None]}), root / "nulllabel.parquet")
+    pq.write_table(pa.table({"text": pa.array([1, 2, 3])}), root / "ints.parquet")
+    few = {"text": [f"good {i}" if i % 2 else f"bad {i}" for i in range(10)], "label": [i % 2 for i in range(10)]}
+    pq.write_table(pa.table(few), root / "few.parquet")
+
+    # a sentiment and a forecast checkpoint
+    cwd = Path.cwd()
+    os.chdir(root)
+    try:
+        cli_main([*FIT, "--data.cache_dir", str(root / "cache")])
+        cli_main(["forecast", "fit", "--config", str(EXPERIMENTS / "airline_lstm.yaml"), "--trainer.max_epochs", "1",
+                  "--trainer.enable_progress_bar", "false"])
+    finally:
+        os.chdir(cwd)
+    sentiment = next((root / "lightning_logs/quickstart/version_0/checkpoints").glob("best*.ckpt"))
+    forecast = next((root / "lightning_logs/airline_lstm/version_0/checkpoints").glob("best*.ckpt"))
+    (root / "sentiment.ckpt").write_bytes(sentiment.read_bytes())
+    (root / "forecast.ckpt").write_bytes(forecast.read_bytes())
+    (root / "truncated.ckpt").write_bytes(sentiment.read_bytes()[:2000])
+    return root
+
+
+D = "{dir}"  # replaced by the inputs folder
+CASES = [
+    # --- training data ------------------------------------------------------------------------------
+    ("missing file", [*FILES, "--data.train_files", "nope.parquet"], r"nope\.parquet: no such file"),
+    ("a folder as a file", [*FILES, "--data.train_files", f"{D}/folder.csv"], r"folder\.csv: not a file"),
+    ("empty file", [*FILES, "--data.train_files", f"{D}/empty.csv"], r"empty\.csv: the file is empty"),
+    ("wrong columns", [*FILES, "--data.train_files", f"{D}/cols.csv"],
+     r"cols\.csv: missing column\(s\) label, text; columns found: review, sentiment"),
+    ("label word", [*FILES, "--data.train_files", f"{D}/labels.csv"], r"labels\.csv: label 'meh' in row 1"),
+    ("label number", [*FILES, "--data.train_files", f"{D}/numbers.csv"], r"numbers\.csv: label 7 in row 1"),
+    ("null label", [*FILES, "--data.train_files", f"{D}/nulllabel.parquet"], r"nulllabel\.parquet: label None in row 1"),
+    ("one class", [*FILES, "--data.train_files", f"{D}/onlypos.csv"], r"only label 1; it needs both classes"),
+    ("unknown type", [*FILES, "--data.train_files", f"{D}/notes.txt"], r"notes\.txt: unknown file type '\.txt'"),
+    ("bad bytes", [*FILES, "--data.train_files", f"{D}/bad.csv"], r"bad\.csv: cannot read it as csv"),
+    ("corrupt parquet", [*FILES, "--data.train_files", f"{D}/corrupt.parquet"], r"corrupt\.parquet: cannot read it as parquet"),
+    ("broken jsonl", [*FILES, "--data.train_files", f"{D}/bad.jsonl"], r"bad\.jsonl: cannot read it as jsonl"),
+    ("json of numbers", [*FILES, "--data.train_files", f"{D}/array.json"], r"array\.json: cannot read it as json"),
+    ("numbers as text", [*FILES, "--data.train_files", f"{D}/inttext.parquet"], r"inttext\.parquet: text in row 0 is int 1"),
+    ("missing group column", [*FILES, "--data.train_files", f"{D}/good.parquet", "--data.group_column", "film"],
+     r"good\.parquet: missing column\(s\) film"),
+    ("grouped without films", [*FILES, "--data.train_files", f"{D}/nofilms.parquet", "--data.val_split", "grouped"],
+     r"val_split grouped needs the film of each review"),
+    ("empty validation", [*FILES, "--data.train_files", f"{D}/few.parquet", "--data.val_fraction", "0.01"],
+     r"val_fraction 0\.01 leaves the validation split empty"),
+    ("empty training", [*FILES, "--data.train_files", f"{D}/few.parquet", "--data.val_fraction", "0.95"],
+     r"val_fraction 0\.95 leaves the training split empty"),
+    ("test without test data", ["test", "--config", str(EXPERIMENTS / "lstm.yaml"), "--data.train_files", f"{D}/good.parquet",
+                                "--ckpt_path", f"{D}/sentiment.ckpt"], r"no test data: pass --data\.test_files"),
+    ("aclImdb without neg", [*FILES, "--data.aclimdb_dir", f"{D}/folder.csv"], r"train/neg: missing"),
+    # --- options ------------------------------------------------------------------------------------
+    ("max_length 0", [*FIT, "--data.max_length", "0"], r"data\.max_length must be at least 1, got 0"),
+    ("negative batch", [*FIT, "--data.batch_size", "-1"], r"data\.batch_size must be at least 1, got -1"),
+    ("val_fraction 1.5", [*FIT, "--data.val_fraction", "1.5"], r"data\.val_fraction must be between 0 and 1, got 1\.5"),
+    ("tiny vocabulary", [*FIT, "--data.vocab_size", "2"], r"data\.vocab_size must leave room"),
+    ("negative workers", [*FIT, "--data.num_workers", "-1"], r"data\.num_workers must be 0 or more"),
+    ("head dropout below 0", [*FIT, "--model.dropout", "-0.1"], r"model\.dropout must be in \[0, 1\), got -0\.1"),
+    ("head dropout 1", [*FIT, "--model.dropout", "1.0"], r"model\.dropout must be in \[0, 1\), got 1\.0"),
+    ("unknown cell", [*FIT, "--model.encoder.init_args.cell", "transformer"], r"transformer"),
+    ("hidden size 0", [*FIT, "--model.encoder.init_args.hidden_size", "0"], r"hidden_size must be at least 1, got 0"),
+    ("unknown pooling", [*FIT, "--model.encoder.init_args.pooling", "first"], r"first"),
+    ("embedding dropout 1.5", [*FIT, "--model.encoder.init_args.embed_dropout", "1.5"], r"embed_dropout must be in \[0, 1\)"),
+    ("negative adversarial", [*FIT, "--model.adversarial", "-1"], r"model\.adversarial must be 0 \(off\) or positive"),
+    ("unknown monitor", [*FIT, "--model.monitor", "val/accuracy"], r"monitor 'val/accuracy' is never logged.*val/loss"),
+    ("early stopping monitor", [*FIT, "--trainer.callbacks.monitor", "val/accurate"], r"'val/accurate'|val/accurate"),
+    ("epochs not a number", [*FIT, "--trainer.max_epochs", "abc"], r"max_epochs"),
+    ("unknown option", [*FIT, "--data.windoww", "3"], r"data\.windoww|windoww"),
+    ("files without files", [*FIT, "--data.source", "files"], r"data\.source is 'files' but neither"),
+    ("files with synthetic", [*FIT, "--data.train_files", "x.csv"],
+     r"train_files/test_files are given but data\.source is 'synthetic'"),
+    ("unknown truncation", [*FIT, "--data.truncation", "middle"], r"middle"),
+    ("group column of no files", [*FIT, "--data.group_column", "film"], r"data\.group_column names a column of data files"),
+    ("unknown encoder class", [*FIT, "--model.encoder", "nowhere.Encoder"], r"nowhere\.Encoder"),
+    ("seed not a number", [*FIT, "--seed_everything", "lots"], r"seed_everything|lots"),
+    # --- config files -------------------------------------------------------------------------------
+    ("missing config", ["fit", "--config", "missing.yaml"], r"missing\.yaml: no such config file"),
+    ("malformed YAML", ["fit", "--config", f"{D}/malformed.yaml"], r"malformed\.yaml: not valid YAML \(line 3"),
+    ("YAML list", ["fit", "--config", f"{D}/list.yaml"], r"list\.yaml: a config holds keys"),
+    ("forecast config to fit", ["fit", "--config", str(EXPERIMENTS / "airline_lstm.yaml")],
+     r"airline_lstm\.yaml: data\.\w+ is not an option of IMDBDataModule.*forecast fit"),
+    ("sentiment config to forecast", ["forecast", "fit", "--config", str(EXPERIMENTS / "gru.yaml")],
+     r"data\.\w+ is not an option of SeriesDataModule.*imdb-lightning fit"),
+    ("missing base", ["fit", "--config", f"{D}/missing_base.yaml"], r"nowhere\.yaml: no such config file"),
+    ("base cycle", ["fit", "--config", f"{D}/cycle.yaml"], r"cycle\.yaml: its base: files include itself"),
+    # --- checkpoints --------------------------------------------------------------------------------
+    ("test missing checkpoint", ["test", *FIT[1:], "--ckpt_path", "nope.ckpt"], r"nope\.ckpt: no such checkpoint file"),
+    ("test folder checkpoint", ["test", *FIT[1:], "--ckpt_path", D], r"is a directory, not a checkpoint file"),
+    ("test random bytes", ["test", *FIT[1:], "--ckpt_path", f"{D}/junk.ckpt"], r"junk\.ckpt: not a readable checkpoint"),
+    ("test truncated", ["test", *FIT[1:], "--ckpt_path", f"{D}/truncated.ckpt"], r"truncated\.ckpt: not a readable checkpoint"),
+    ("test forecast checkpoint", ["test", *FIT[1:], "--ckpt_path", f"{D}/forecast.ckpt"],
+     r"forecast\.ckpt: holds a forecaster.*imdb-lightning test"),
+    ("forecast test sentiment checkpoint",
+     ["forecast", "test", "--config", str(EXPERIMENTS / "airline_lstm.yaml"), "--ckpt_path", f"{D}/sentiment.ckpt"],
+     r"sentiment\.ckpt: holds a sentiment classifier"),
+    ("resume without runs", [*FIT, "--ckpt_path", "last", "--trainer.logger.init_args.save_dir", f"{D}/nologs"],
+     r"--ckpt_path last: no last checkpoint under"),
+    ("fit from random bytes", [*FIT, "--ckpt_path", f"{D}/junk.ckpt"], r"junk\.ckpt: not a readable checkpoint"),
+    # --- predict ------------------------------------------------------------------------------------
+    ("predict nothing", ["predict", "--ckpt_path", f"{D}/sentiment.ckpt"], r"pass reviews as arguments or with --file"),
+    ("predict both", ["predict", "--ckpt_path", f"{D}/sentiment.ckpt", "--file", f"{D}/reviews.txt", "x"],
+     r"pass reviews as arguments or with --file"),
+    ("predict no checkpoint", ["predict", "a review"], r"give --ckpt_path, or --config"),
+    ("predict missing file", ["predict", "--ckpt_path", f"{D}/sentiment.ckpt", "--file", "nope.txt"], r"nope\.txt: no such file"),
+    ("predict file type", ["predict", "--ckpt_path", f"{D}/sentiment.ckpt", "--file", f"{D}/afile"],
+     r"afile: unknown file type ''"),
+    ("predict no text column", ["predict", "--ckpt_path", f"{D}/sentiment.ckpt", "--file", f"{D}/nocol.csv"],
+     r"nocol\.csv: no 'text' column; columns found: review"),
+    ("predict numbers", ["predict", "--ckpt_path", f"{D}/sentiment.ckpt", "--file", f"{D}/ints.parquet"],
+     r"ints\.parquet: text in row 0 is int 1, not a string"),
+    ("predict numbers to a file", ["predict", "--ckpt_path", f"{D}/sentiment.ckpt", "--file", f"{D}/ints.parquet",
+                                   "--output", f"{D}/out/numbers.parquet"], r"ints\.parquet: text in row 0 is int 1"),
+    ("predict bad jsonl", ["predict", "--ckpt_path", f"{D}/sentiment.ckpt", "--file", f"{D}/badline.jsonl",
+                           "--output", f"{D}/out/bad.csv"], r"badline\.jsonl: line 2 is not JSON"),
+    ("predict jsonl without text", ["predict", "--ckpt_path", f"{D}/sentiment.ckpt", "--file", f"{D}/notext.jsonl"],
+     r"notext\.jsonl: line 1 has no 'text' field"),
+    ("predict corrupt parquet", ["predict", "--ckpt_path", f"{D}/sentiment.ckpt", "--file", f"{D}/corrupt.parquet"],
+     r"corrupt\.parquet: cannot read it as parquet"),
+    ("predict output type", ["predict", "--ckpt_path", f"{D}/sentiment.ckpt", "x", "--output", f"{D}/out/o.xlsx"],
+     r"o\.xlsx: cannot write '\.xlsx'"),
+    ("predict output under a file", ["predict", "--ckpt_path", f"{D}/sentiment.ckpt", "x", "--output", f"{D}/afile/o.csv"],
+     r"afile/o\.csv: cannot write there"),
+    ("predict output unwritable", ["predict", "--ckpt_path", f"{D}/sentiment.ckpt", "x", "--output", "/proc/o.csv"],
+     r"/proc/o\.csv: cannot write there"),
+    ("predict output a folder", ["predict", "--ckpt_path", f"{D}/sentiment.ckpt", "x", "--output", f"{D}/folder.csv"],
+     r"folder\.csv: is a folder"),
+    ("predict batch 0", ["predict", "--ckpt_path", f"{D}/sentiment.ckpt", "x", "--batch_size", "0"],
+     r"--batch_size must be at least 1"),
+    ("predict threshold 2", ["predict", "--ckpt_path", f"{D}/sentiment.ckpt", "x", "--threshold", "2"],
+     r"--threshold is a probability"),
+    ("predict batch not a number", ["predict", "--ckpt_path", f"{D}/sentiment.ckpt", "x", "--batch_size", "many"],
+     r"--batch_size.*many"),
+    ("predict malformed config", ["predict", "--config", f"{D}/malformed.yaml", "x"], r"malformed\.yaml: not valid YAML"),
+    ("predict config without runs", ["predict", "--config", str(QUICKSTART), "--config", f"{D}/nologs.yaml", "x"],
+     r"no checkpoint found under"),
+    ("predict random bytes", ["predict", "--ckpt_path", f"{D}/junk.ckpt", "x", "--output", f"{D}/out/junk.csv"],
+     r"junk\.ckpt: not a readable checkpoint"),
+    ("predict forecast checkpoint", ["predict", "--ckpt_path", f"{D}/forecast.ckpt", "x"], r"forecast\.ckpt: holds a forecaster"),
+    ("predict on a missing GPU", ["predict", "--ckpt_path", f"{D}/sentiment.ckpt", "x", "--device", "cuda"],
+     r"device 'cuda': no CUDA GPU is available here"),
+    ("predict on a banana", ["predict", "--ckpt_path", f"{D}/sentiment.ckpt", "x", "--device", "banana"],
+     r"device 'banana' is not a torch device"),
+    ("predict with_text to the screen", ["predict", "--ckpt_path", f"{D}/sentiment.ckpt", "x", "--with_text"],
+     r"--with_text goes with --output"),
+    # --- export -------------------------------------------------------------------------------------
+    ("export to a file", ["export", "--ckpt_path", f"{D}/sentiment.ckpt", "--out", f"{D}/afile"], r"afile: is a file"),
+    ("export format", ["export", "--ckpt_path", f"{D}/sentiment.ckpt", "--out", f"{D}/out/e", "--format", "pdf"],
+     r"--format.*'pdf'"),
+    ("export missing checkpoint", ["export", "--ckpt_path", "nope.ckpt", "--out", f"{D}/out/e"],
+     r"nope\.ckpt: no such checkpoint"),
+    ("export forecast", ["export", "--ckpt_path", f"{D}/forecast.ckpt", "--out", f"{D}/out/e"], r"holds a forecaster"),
+    ("export under a file", ["export", "--ckpt_path", f"{D}/sentiment.ckpt", "--out", f"{D}/afile/e"], r"cannot write there"),
+    # --- tools --------------------------------------------------------------------------------------
+    ("sweep unknown encoder", ["sweep", "--encoders", "transformer", "--config", str(QUICKSTART)],
+     r"unknown encoder\(s\) transformer"),
+    ("sweep seeds", ["sweep", "--seeds", "a,b"], r"--seeds.*'a,b'"),
+    ("sweep set", ["sweep", "--encoders", "gru", "--config", str(QUICKSTART), "--set", "max_epochs"],
+     r"--set 'max_epochs': write KEY=VALUE"),
+    ("sweep missing config", ["sweep", "--encoders", "gru", "--config", "nope.yaml"], r"nope\.yaml: no such config file"),
+    ("compare missing folder", ["compare", "nowhere"], r"nowhere: no such log folder"),
+    ("compare empty folder", ["compare", f"{D}/folder.csv"], r"no runs found"),
+    ("bench encoder", ["bench", "--encoders", "nbow"], r"unknown encoder\(s\) nbow"),
+    ("memory size", ["memory", "--size", "0"], r"--size must be at least 1"),
+    ("linear model", ["linear", "--models", "svm"], r"--models: unknown svm"),
+    ("linear C", ["linear", "--C", "-1"], r"--C must be positive"),
+    ("linear option", ["linear", "--trainer.max_epochs", "3"], r"unrecognized arguments: --trainer\.max_epochs"),
+    ("linear bad data", ["linear", "--data.train_files", f"{D}/cols.csv"], r"cols\.csv: missing column\(s\) label, text"),
+    ("forecast report seeds", ["forecast", "report", "--seeds", "x"], r"--seeds.*'x'"),
+    ("unknown command", ["trian"], r"unknown command 'trian'"),
+]
+
+
+@pytest.mark.parametrize("name, args, expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_naming_it(inputs, tmp_path, monkeypatch, capsys, name, args, expected):
+    monkeypatch.chdir(tmp_path)
+    (inputs / "nologs.yaml").write_text(f"trainer: {{logger: {{init_args: {{save_dir: {inputs / 'nologs'}}}}}}}\n")
+    args = [a.replace(D, str(inputs)) for a in args]
+    if args[0] in ("fit", "test", "validate") and "--data.cache_dir" not in args:
+        args += ["--data.cache_dir", str(inputs / "cache")]
+    before = set((inputs / "out").rglob("*")) if (inputs / "out").exists() else set()
+    with pytest.raises(SystemExit) as exit:
+        cli_main(args)
+    out, err = capsys.readouterr()
+    message = exit.value.code
+    assert isinstance(message, str), f"exit status {message!r}, not an error message; stderr: {err[-2000:]}"
+    assert "\n" not in message and message.startswith("imdb-lightning"), message
+    assert re.search(expected, message), message
+    assert "Traceback" not in out + err, err[-3000:]
+    # nothing half-written: no output file, no temporary file, no run folder for a fit that never started
+    after = set((inputs / "out").rglob("*")) if (inputs / "out").exists() else set()
+    assert after == before, after - before
+    assert not list(tmp_path.glob("lightning_logs/*/version_*/events*")), "a run folder was left behind"
+
+
+def test_the_table_is_long(inputs):
+    assert len(CASES) >= 60
+
+
+def test_a_null_review_is_an_empty_one_everywhere(inputs, tmp_path, capsys):
+    """Training reads a null text as an empty review; predict does the same, to the screen and to files."""
+    pq.write_table(pa.table({"text": pa.array(["a fine film", None], type=pa.string())}), tmp_path / "nulls.parquet")
+    cli_main(["predict", "--ckpt_path", str(inputs / "sentiment.ckpt"), "--file", str(tmp_path / "nulls.parquet")])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line]
+    empty = [line for line in lines if line.split("\t")[2] == ""]
+    cli_main(["predict", "--ckpt_path", str(inputs / "sentiment.ckpt"), ""])
+    alone = [line for line in capsys.readouterr().out.splitlines() if line]
+    assert len(lines) == 2 and len(empty) == 1 and empty[0].split("\t")[1] == alone[0].split("\t")[1]
+    cli_main(["predict", "--ckpt_path", str(inputs / "sentiment.ckpt"), "--file", str(tmp_path / "nulls.parquet"),
+              "--output", str(tmp_path / "out.jsonl"), "--with_text"])
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert rows[1]["text"] == "" and rows[1]["probability"] == pytest.approx(float(alone[0].split("\t")[1]), abs=1e-4)

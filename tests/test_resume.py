@@ -1,0 +1,240 @@
+"""last.ckpt is the newest state, and a resumed run is the run that was never stopped.
+
+Each test stops a fit in another way (Ctrl-C between steps or in the middle of one, a kill after
+an every-N-steps checkpoint, a kill at an epoch's end, a real SIGKILL of the command), resumes it
+with `--ckpt_path last`, and compares every logged value at every step with an uninterrupted run.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from conftest import QUICKSTART
+from imdb_lightning.cli import cli_main
+from imdb_lightning.runs import last_checkpoint
+
+CONFIG = """
+trainer:
+  max_epochs: 3
+  log_every_n_steps: 1
+  enable_progress_bar: false
+  logger: {init_args: {save_dir: LOGS, name: resume}}
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {monitor: val/acc, mode: max, filename: best}
+    - class_path: imdb_lightning.callbacks.LastCheckpoint
+      init_args: {every_n_train_steps: 5}
+    - class_path: imdb_lightning.callbacks.RunRecord
+    - class_path: lightning.pytorch.callbacks.EarlyStopping
+      init_args: {monitor: val/loss, patience: 2, strict: false}
+    - class_path: lightning.pytorch.callbacks.LearningRateMonitor
+      init_args: {logging_interval: epoch}
+model:
+  dropout: 0.3
+  encoder: {init_args: {embed_dropout: 0.2}}
+  # halves the learning rate after every epoch (the loss never improves by 10): a missed step shows
+  scheduler:
+    class_path: torch.optim.lr_scheduler.ReduceLROnPlateau
+    init_args: {mode: min, factor: 0.5, patience: 0, threshold: 10.0, threshold_mode: abs}
+data: {synthetic_size: 500, batch_size: 32, cache_dir: CACHE}
+"""
+# adversarial training, a schedule stepped every batch and dropout everywhere: every random draw matters
+TUNED = """
+model:
+  adversarial: 0.05
+  scheduler:
+    class_path: torch.optim.lr_scheduler.OneCycleLR
+    init_args: {max_lr: 0.01}
+"""
+STEPS_PER_EPOCH = 15  # 450 training reviews in batches of 32
+
+
+class Stop(L.Callback):
+    """Stops the fit at a chosen moment: Ctrl-C (a real SIGINT to this process) or a kill."""
+
+    def __init__(self, hook: str, step: int, error: type[BaseException]):
+        self.hook, self.step, self.error = hook, step, error
+
+    def _maybe(self, trainer, hook):
+        if hook == self.hook and trainer.global_step == self.step:
+            if self.error is KeyboardInterrupt:
+                os.kill(os.getpid(), signal.SIGINT)
+            else:
+                raise self.error()
+
+    def on_train_batch_start(self, trainer, *args):
+        self._maybe(trainer, "batch_start")
+
+    def on_train_batch_end(self, trainer, *args):
+        self._maybe(trainer, "batch_end")
+
+    def on_before_backward(self, trainer, *args):
+        self._maybe(trainer, "mid_step")
+
+    def on_train_epoch_start(self, trainer, *args):
+        self._maybe(trainer, "epoch_start")
+
+
+class Killed(BaseException):
+    """Like a SIGKILL, as far as the run is concerned: no handler writes anything."""
+
+
+def configs(tmp_path: Path, recipe: str) -> list[str]:
+    """--config arguments of a recipe: the quickstart, CONFIG, and TUNED on top for "tuned"."""
+    args = ["--config", str(QUICKSTART)]
+    for i, text in enumerate([CONFIG] + ([TUNED] if recipe == "tuned" else [])):
+        path = tmp_path / f"resume{i}.yaml"
+        path.write_text(text.replace("CACHE", str(tmp_path.parent / "cache")).replace("LOGS", str(tmp_path / "logs")))
+        args += ["--config", str(path)]
+    return args
+
+
+def fit(tmp_path: Path, recipe: str, *extra: str, stop: Stop | None = None) -> None:
+    args = ["fit", *configs(tmp_path, recipe), *extra]
+    if stop is None:
+        cli_main(args)
+        return
+    from imdb_lightning.training import make_cli
+
+    cli = make_cli(args[1:], run=False)
+    cli.trainer.callbacks.append(stop)
+    try:
+        with pytest.raises((SystemExit, Killed)):  # Lightning turns Ctrl-C into exit status 1
+            cli.trainer.fit(cli.model, cli.datamodule)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores further Ctrl-C
+
+
+def logged(run: Path) -> dict:
+    """{(tag, step): value} over every event file of a run; a value logged twice must agree with itself."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    values = {}
+    for file in sorted(run.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(file)).Load():
+            for value in event.summary.value:
+                if value.HasField("simple_value") or value.metadata.plugin_data.plugin_name == "scalars":
+                    number = value.simple_value if value.HasField("simple_value") else float(
+                        torch.tensor(list(value.tensor.float_val)).item())
+                    key = (value.tag, event.step)
+                    if key in values:
+                        assert values[key] == pytest.approx(number, abs=1e-6), f"{key} logged twice, differently"
+                    values[key] = number
+    return values
+
+
+def assert_same_run(reference: Path, resumed: Path) -> None:
+    expected, got = logged(reference), logged(resumed)
+    assert sorted(got) == sorted(expected)  # the same tags at the same steps
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, abs=1e-6, rel=0), key
+    ref, res = (torch.load(last_checkpoint(r), weights_only=True) for r in (reference, resumed))
+    assert res["global_step"] == ref["global_step"] and res["epoch"] == ref["epoch"]
+    for name, tensor in ref["state_dict"].items():
+        torch.testing.assert_close(res["state_dict"][name], tensor, atol=1e-6, rtol=0, msg=name)
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory):
+    """The uninterrupted runs, plain and tuned."""
+    out = {}
+    for name in ("plain", "tuned"):
+        folder = tmp_path_factory.mktemp(name)
+        fit(folder, name)
+        out[name] = folder / "logs/resume/version_0"
+    return out
+
+
+@pytest.mark.parametrize(
+    "recipe, hook, step, error, saved",
+    [
+        ("plain", "batch_start", 22, KeyboardInterrupt, 23),  # Ctrl-C as step 23 starts, mid-epoch
+        ("tuned", "mid_step", 22, KeyboardInterrupt, 23),  # Ctrl-C inside step 23: it finishes, then stops
+        ("tuned", "batch_end", 23, Killed, 20),  # killed 3 steps after the every-5-steps checkpoint
+        # killed as epoch 2 starts: last.ckpt holds epoch 1's next-to-last step
+        ("plain", "epoch_start", STEPS_PER_EPOCH, Killed, STEPS_PER_EPOCH - 1),
+        ("tuned", "batch_end", 2 * STEPS_PER_EPOCH, Killed, 2 * STEPS_PER_EPOCH - 1),  # killed before an epoch's validation
+        # killed early in epoch 3: the resume replays epoch 2's end, validation and plateau step
+        ("plain", "batch_end", 2 * STEPS_PER_EPOCH + 3, Killed, 2 * STEPS_PER_EPOCH - 1),
+    ],
+    ids=["ctrl-c", "ctrl-c-mid-step", "kill-after-step-checkpoint", "kill-at-epoch-end", "kill-before-validation",
+         "kill-after-epoch-end"],
+)
+def test_resume_reproduces_the_uninterrupted_run(references, tmp_path, recipe, hook, step, error, saved):
+    fit(tmp_path, recipe, stop=Stop(hook, step, error))
+    run = tmp_path / "logs/resume/version_0"
+    assert torch.load(last_checkpoint(run), weights_only=True)["global_step"] == saved
+    fit(tmp_path, recipe, "--ckpt_path", "last")
+    assert not (tmp_path / "logs/resume/version_1").exists()  # resumed in its own folder
+    assert_same_run(references[recipe], run)
+
+
+def test_last_checkpoint_is_the_final_model(references):
+    for run in references.values():
+        ckpt = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+        assert sorted(p.name for p in (run / "checkpoints").glob("last*")) == ["last.ckpt"]
+        assert ckpt["global_step"] == 3 * STEPS_PER_EPOCH and ckpt["epoch"] == 3  # three epochs done
+        record = __import__("json").loads((run / "run.json").read_text())
+        assert record["global_step"] == ckpt["global_step"] and record["status"] == "finished"
+
+
+def test_the_final_weights_are_the_trained_models(tmp_path):
+    from imdb_lightning.training import make_cli
+
+    cli = make_cli([*configs(tmp_path, "plain"), "--trainer.max_epochs", "1", "--trainer.max_steps", "12"], run=False)
+    cli.trainer.fit(cli.model, cli.datamodule)  # stops mid-epoch, at step 12, between two checkpoints
+    ckpt = torch.load(tmp_path / "logs/resume/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == cli.trainer.global_step == 12
+    weights = {k: v for k, v in cli.model.state_dict().items() if k.startswith(("encoder.", "head."))}
+    assert weights
+    for name, tensor in weights.items():
+        assert torch.equal(ckpt["state_dict"][name], tensor), name
+
+
+def test_run_record_after_a_mid_epoch_resume(references, tmp_path):
+    import json
+
+    fit(tmp_path, "plain", stop=Stop("batch_start", 22, KeyboardInterrupt))
+    record_file = tmp_path / "logs/resume/version_0/run.json"
+    interrupted = json.loads(record_file.read_text())
+    assert interrupted["status"] == "interrupted" and "KeyboardInterrupt" in interrupted["error"]
+    fit(tmp_path, "plain", "--ckpt_path", "last")
+    record = json.loads(record_file.read_text())
+    reference = json.loads((references["plain"] / "run.json").read_text())
+    assert record["status"] == "finished" and "error" not in record
+    assert record["train_samples"] == reference["train_samples"]  # every training review counted once... or twice
+    # training time: both parts of the run, not the machine's uptime
+    assert 0 < record["train_s"] < 10 * reference["train_s"] + 60
+    assert record["train_samples_per_s"] > reference["train_samples_per_s"] / 10
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill -9", "ctrl-c"])
+def test_the_command_survives_a_real_signal(references, tmp_path, sig):
+    cmd = [sys.executable, "-m", "imdb_lightning", "fit", *configs(tmp_path, "plain")]
+    run = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    last = tmp_path / "logs/resume/version_0/checkpoints/last.ckpt"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and run.poll() is None:
+        try:
+            if torch.load(last, weights_only=True)["global_step"] >= 20:
+                break
+        except Exception:  # not there yet, or caught between write and rename
+            pass
+        time.sleep(0.1)
+    run.send_signal(sig)
+    output = run.communicate(timeout=120)[0]
+    if sig == signal.SIGINT:
+        assert "Interrupted at step" in output and "--ckpt_path last" in output
+    torch.load(last, weights_only=True)  # never a broken file
+    resumed = subprocess.run([*cmd, "--ckpt_path", "last"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert "version_0/checkpoints/last.ckpt" in resumed.stderr
+    assert_same_run(references["plain"], tmp_path / "logs/resume/version_0")
