@@ -21,10 +21,13 @@ def test_quick_bench_reports_every_figure(tmp_path, capsys):
     for top in ("tokenize_cold_s", "tokenize_warm_s", "matmul_gflops"):
         assert math.isfinite(report[top]) and report[top] > 0
     assert set(report["encoders"]) == {"lstm", "bilstm"}
+    assert report["machine"]["device"] == "cpu" and isinstance(report["machine"]["cpu_flags"], list)
     for figures in report["encoders"].values():
         assert KEYS <= set(figures)
         for key in KEYS:
             assert math.isfinite(figures[key]) and figures[key] > 0, (key, figures[key])
+        low, high = figures["ratio_iqr"]
+        assert len(figures["ratio_rounds"]) == 1 and low <= figures["ratio_vs_loop"] <= high
         by_batch = figures["predict_reviews_per_s_by_batch_size"]
         assert set(by_batch) == {"16", "64", "256"} and all(v > 0 for v in by_batch.values())
 
@@ -45,3 +48,12 @@ def test_flop_count_of_a_bidirectional_lstm():
     encoder = RecurrentEncoder(vocab_size=10, cell="lstm", bidirectional=True, embed_dim=128, hidden_size=128, num_layers=2)
     # per direction: 4 gates x 128 outputs x (inputs + 128) multiply-adds; layer 2 reads both directions (256)
     assert recurrent_flops_per_token(encoder) == 2 * 2 * 4 * 128 * (128 + 128) + 2 * 2 * 4 * 128 * (256 + 128)
+
+
+def test_ratio_spread_over_rounds():
+    from imdb_lightning.tools.bench import ratio_figures
+
+    figures = ratio_figures([0.9, 1.0, 1.1, 1.0, 0.95])
+    assert figures["ratio_vs_loop"] == 1.0
+    low, high = figures["ratio_iqr"]
+    assert 0.9 < low < 1.0 < high < 1.1

@@ -22,16 +22,19 @@ class Predictor:
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_length, self.truncation = max_length, truncation
 
-    @torch.inference_mode()
     def predict(self, texts: list[str], batch_size: int = BATCH_SIZE) -> list[float]:
+        return (1 / (1 + np.exp(-self.logits(texts, batch_size)))).tolist()
+
+    @torch.inference_mode()
+    def logits(self, texts: list[str], batch_size: int = BATCH_SIZE) -> np.ndarray:
+        """The classifier's logit per text, in input order: (texts,)."""
         if isinstance(texts, str):
             raise TypeError("predict takes a list of texts; wrap a single review as [text]")
-        probs = np.empty(len(texts), dtype=np.float64)
+        out = np.empty(len(texts), dtype=np.float64)
         device = next(self.model.parameters()).device
         for rows, ids, lengths in padded_batches(self.tokenizer, texts, self.max_length, self.truncation, batch_size):
-            logits = self.model(torch.from_numpy(ids).to(device), torch.from_numpy(lengths).to(device))
-            probs[rows] = logits.float().sigmoid().cpu().numpy()
-        return probs.tolist()
+            out[rows] = self.model(torch.from_numpy(ids).to(device), torch.from_numpy(lengths).to(device)).float().cpu().numpy()
+        return out
 
 
 def load(path: str | Path, device: str = "cpu") -> Predictor:

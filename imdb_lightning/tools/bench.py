@@ -3,11 +3,13 @@
 Every speed is measured in this process on the same batches, so ratios compare like with like:
 the framework (`SentimentClassifier` through the Lightning `Trainer`) against the minimal PyTorch
 loop below, length-bucketed padding against packed sequences and against fixed-length padding.
+On a GPU (`--accelerator gpu`) both run on it and the clocks are read after synchronising it.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import platform
@@ -57,21 +59,31 @@ def matmul_gflops(m: int, k: int, n: int, seconds: float = 1.0) -> float:
     return 2 * m * k * n * count / (time.perf_counter() - start) / 1e9
 
 
-def reference_loop(model, batches: list[dict], warmup: int, bf16: bool = False) -> float:
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":  # kernels run asynchronously: wait for them before reading a clock
+        torch.cuda.synchronize(device)
+
+
+def reference_loop(model, batches: list[dict], warmup: int, bf16: bool = False, device: str = "cpu") -> float:
     """The hand-written baseline: forward, loss, backward, Adam step. Returns samples/s after warm-up."""
+    device = torch.device(device)
+    model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
     samples = 0
     for i, batch in enumerate(batches):
         if i == warmup:
+            synchronize(device)
             start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}  # as Lightning moves them
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(batch["input_ids"], batch["lengths"]).float()
         loss = F.binary_cross_entropy_with_logits(logits, batch["labels"].float())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         samples += len(batch["labels"]) if i >= warmup else 0
+    synchronize(device)
     return samples / (time.perf_counter() - start)
 
 
@@ -81,20 +93,34 @@ class _Clock(L.Callback):
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         if batch_idx == self.warmup:
+            synchronize(module.device)
             self.start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         if batch_idx >= self.warmup:
             self.samples += len(batch["labels"])
-            self.end = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, module):
+        synchronize(module.device)
+        self.end = time.perf_counter()
 
 
-def lightning_speed(model: SentimentClassifier, batches: list[dict], warmup: int) -> float:
+def ratio_figures(ratios: list[float]) -> dict:
+    """The framework/loop ratio of each round, its median and spread: a 3% difference is only
+    visible when the rounds' interquartile range is narrower than that."""
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return {"ratio_vs_loop": statistics.median(ratios), "ratio_iqr": [quartiles[0], quartiles[2]],
+            "ratio_rounds": ratios}
+
+
+def lightning_speed(model: SentimentClassifier, batches: list[dict], warmup: int, accelerator: str = "cpu",
+                    deterministic: bool = True) -> float:
     """Samples/s of the same batches through the Trainer, with the default run's per-step logging and metrics."""
     clock = _Clock(warmup)
     trainer = L.Trainer(
         max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, deterministic=True, callbacks=[clock],
+        enable_progress_bar=False, enable_model_summary=False, deterministic=deterministic, callbacks=[clock],
+        accelerator=accelerator, devices=1,
     )
     trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
     return clock.samples / (clock.end - clock.start)
@@ -143,6 +169,24 @@ def _vm_hwm_kb(pid: int) -> int:
     return 0
 
 
+def cpu_flags() -> list[str]:
+    """The vector-arithmetic flags that decide CPU speed here (AVX2, AVX-512, its BF16 and VNNI, AMX)."""
+    try:
+        line = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_tile")
+    return [f for f in line.split(":", 1)[1].split() if f in wanted]
+
+
+def machine(device: str) -> dict:
+    out = {"cpu": platform.processor() or platform.machine(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(),
+           "threads": torch.get_num_threads(), "torch": torch.__version__, "lightning": L.__version__, "device": device}
+    if device.startswith("cuda"):
+        out["gpu"], out["cuda"] = torch.cuda.get_device_name(device), torch.version.cuda
+    return out
+
+
 def run(args) -> dict:
     torch.manual_seed(0)
     if args.quick:
@@ -157,8 +201,7 @@ def run(args) -> dict:
         data_name = "synthetic reviews with IMDB's length profile"
     report: dict = {
         "date": date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads",
+        "machine": machine(args.device),
         "data": data_name,
         "settings": {k: getattr(args, k) for k in SETTINGS},
     }
@@ -191,30 +234,30 @@ def bench_encoder(name: str, dm: IMDBDataModule, batches, val_texts, train_file,
     spec = dict(embed_dim=args.embed_dim, hidden_size=args.hidden_size)
     # No LR schedule: the timed runs have no validation, and the reference loop has none either.
     model = SentimentClassifier(named_encoder(name, vocab_size=dm.hparams.vocab_size, **spec), scheduler=None)
-    print(f"[{name}] training speed: Lightning vs the hand-written loop, {args.rounds} rounds", file=sys.stderr)
+    print(f"[{name}] training speed on {args.device}: Lightning vs the hand-written loop, {args.rounds} rounds", file=sys.stderr)
     framework, loop = [], []
     for _ in range(args.rounds):  # alternate, so drifts of the machine hit both alike
-        framework.append(lightning_speed(copy.deepcopy(model), batches, args.warmup))
-        loop.append(reference_loop(copy.deepcopy(model), batches, args.warmup))
+        framework.append(lightning_speed(copy.deepcopy(model), batches, args.warmup, args.accelerator, args.deterministic))
+        loop.append(reference_loop(copy.deepcopy(model), batches, args.warmup, device=args.device))
     out = {
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_samples_per_s": statistics.median(framework),
         "loop_samples_per_s": statistics.median(loop),
-        "ratio_vs_loop": statistics.median(f / r for f, r in zip(framework, loop)),
+        **ratio_figures([f / r for f, r in zip(framework, loop)]),
     }
     print(f"[{name}] packed and fixed-length batches", file=sys.stderr)
     few = batches[: args.warmup + max(1, args.steps // 4)]  # packed sequences are slow: fewer steps
     packed = SentimentClassifier(named_encoder(name, vocab_size=dm.hparams.vocab_size, packed=True, **spec), scheduler=None)
     packed.load_state_dict(model.state_dict())
-    bucketed_few = reference_loop(copy.deepcopy(model), few, args.warmup)
-    out["packed_samples_per_s"] = reference_loop(packed, few, args.warmup)
+    bucketed_few = reference_loop(copy.deepcopy(model), few, args.warmup, device=args.device)
+    out["packed_samples_per_s"] = reference_loop(packed, few, args.warmup, device=args.device)
     out["bucketed_vs_packed"] = bucketed_few / out["packed_samples_per_s"]
     fixed = [fixed_length(b, args.max_length) for b in few]
-    out["fixed_samples_per_s"] = reference_loop(copy.deepcopy(model), fixed, args.warmup)
+    out["fixed_samples_per_s"] = reference_loop(copy.deepcopy(model), fixed, args.warmup, device=args.device)
     out["bucketed_vs_fixed"] = bucketed_few / out["fixed_samples_per_s"]
 
-    print(f"[{name}] inference: PyTorch, TorchScript, ONNX Runtime", file=sys.stderr)
-    predictor = Predictor(copy.deepcopy(model), dm.get_tokenizer(), args.max_length)
+    print(f"[{name}] inference: PyTorch (on {args.device}), TorchScript, ONNX Runtime (CPU)", file=sys.stderr)
+    predictor = Predictor(copy.deepcopy(model), dm.get_tokenizer(), args.max_length)  # CPU: what export traces
     sample = val_texts[: 200 if args.quick else 2500]
     engines = {"": predictor}
     for fmt in ("torchscript", "onnx"):
@@ -231,8 +274,14 @@ def bench_encoder(name: str, dm: IMDBDataModule, batches, val_texts, train_file,
             latencies.append((time.perf_counter() - start) * 1000)
         p50, p95 = np.percentile(latencies, [50, 95]).tolist()
         out[f"{prefix}predict_latency_ms_p50"], out[f"{prefix}predict_latency_ms_p95"] = p50, p95
-    by_batch = {}  # the predict batch size: the default (64) was the fastest here
-    for size in (16, 64, 256):
+    if args.device != "cpu":  # PyTorch's figures on the accelerator (tokenization included), replacing the CPU ones
+        predictor = Predictor(copy.deepcopy(model).to(args.device), dm.get_tokenizer(), args.max_length)
+        predictor.predict(sample[:50])
+        start = time.perf_counter()
+        predictor.predict(sample, batch_size=512)
+        out["predict_reviews_per_s"] = len(sample) / (time.perf_counter() - start)
+    by_batch = {}  # the predict batch size: the default (64) was the fastest on a 2-core CPU
+    for size in (16, 64, 256) if args.device == "cpu" else (64, 512, 2048):
         start = time.perf_counter()
         predictor.predict(sample, batch_size=size)
         by_batch[str(size)] = len(sample) / (time.perf_counter() - start)
@@ -261,18 +310,19 @@ def bench_encoder(name: str, dm: IMDBDataModule, batches, val_texts, train_file,
 def levers(model: SentimentClassifier, batches: list[dict], args) -> dict:
     """Speed of the reference loop under other settings, relative to the default (>1: faster)."""
     print("  levers: threads, bf16 autocast, torch.compile", file=sys.stderr)
-    base = reference_loop(copy.deepcopy(model), batches, args.warmup)
+    loop = functools.partial(reference_loop, batches=batches, warmup=args.warmup, device=args.device)
+    base = loop(copy.deepcopy(model))
     out = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    out["one_thread_vs_default"] = reference_loop(copy.deepcopy(model), batches, args.warmup) / base
+    out["one_thread_vs_default"] = loop(copy.deepcopy(model)) / base
     torch.set_num_threads(threads)
     try:
-        out["bf16_autocast_vs_fp32"] = reference_loop(copy.deepcopy(model), batches, args.warmup, bf16=True) / base
+        out["bf16_autocast_vs_fp32"] = loop(copy.deepcopy(model), bf16=True) / base
     except RuntimeError as err:  # oneDNN has no bf16 LSTM primitive on CPUs without native bf16
         out["bf16_autocast_vs_fp32"] = f"failed: {str(err).splitlines()[0][:120]}"
-    compiled = torch.compile(copy.deepcopy(model), dynamic=True)
-    out["torch_compile_vs_eager"] = reference_loop(compiled, batches, args.warmup) / base
+    compiled = torch.compile(copy.deepcopy(model).to(args.device), dynamic=True)
+    out["torch_compile_vs_eager"] = loop(compiled) / base
     return out
 
 
@@ -308,6 +358,15 @@ def table(report: dict) -> str:
         f"\ntokenize {report['tokenize_reviews']} reviews: {report['tokenize_cold_s']:.1f} s cold, "
         f"{report['tokenize_warm_s']:.2f} s warm (cached); fp32 matmul 1024^3: {report['matmul_gflops']:.0f} GFLOP/s"
     )
+    for n in names:
+        figures = report["encoders"][n]
+        rounds = ", ".join(f"{r:.3f}" for r in figures["ratio_rounds"])
+        lines.append(f"{n}: ratio vs loop per round {rounds}; median {figures['ratio_vs_loop']:.3f}, "
+                     f"interquartile {figures['ratio_iqr'][0]:.3f}-{figures['ratio_iqr'][1]:.3f}")
+    m = report["machine"]
+    lines.append(f"machine: {m['cpu']} ({' '.join(m['cpu_flags']) or 'flags unknown'}), {m['cores']} cores, "
+                 f"{m['threads']} threads, torch {m['torch']}, lightning {m['lightning']}, device {m['device']}"
+                 + (f" ({m['gpu']}, CUDA {m['cuda']})" if "gpu" in m else ""))
     return "\n".join(lines)
 
 
@@ -321,12 +380,18 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=24, help="timed training steps per round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    parser.add_argument("--rounds", type=int, default=3, help="Lightning/loop alternations; the median is reported")
+    parser.add_argument("--rounds", type=int, default=7, help="Lightning/loop alternations; median and spread are reported")
+    parser.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu", help="where training and PyTorch predict run")
+    parser.add_argument("--nondeterministic", dest="deterministic", action="store_false",
+                        help="time Lightning with deterministic=False (the shipped default is True)")
     parser.add_argument("--tokenize_reviews", type=int, default=50000)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds: checks that the bench runs")
     parser.add_argument("--levers", action="store_true", help="also time 1 thread, bf16 autocast and torch.compile")
     parser.add_argument("--out", default="bench.json", help="where the JSON is written")
     args = parser.parse_args(argv)
+    if args.accelerator == "gpu" and not torch.cuda.is_available():
+        parser.error("--accelerator gpu: no CUDA GPU is available here")
+    args.device = "cuda" if args.accelerator == "gpu" else "cpu"
     unknown = set(args.encoders) - set(RECURRENT)
     if unknown:
         parser.error(f"unknown encoder(s) {', '.join(sorted(unknown))}; choose from {', '.join(RECURRENT)}")

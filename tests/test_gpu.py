@@ -1,0 +1,53 @@
+"""The same behaviour on a CUDA GPU: fit, test, predict, export parity and padding invariance.
+
+Skipped where no GPU is present (CI has none); on a GPU machine run `pytest -m gpu`.
+"""
+
+import pytest
+import torch
+
+from conftest import QUICKSTART, RECURRENT_PRESETS, SMALL
+from imdb_lightning.cli import cli_main
+from imdb_lightning.models.encoders import RecurrentEncoder
+from imdb_lightning.runs import last_checkpoint, run_folders
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")]
+GPU = ["--trainer.accelerator", "gpu", "--trainer.devices", "1"]
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("name", RECURRENT_PRESETS)
+def test_padding_invariance_on_the_gpu(name, packed):
+    torch.manual_seed(0)
+    encoder = RecurrentEncoder(vocab_size=50, embed_dim=8, hidden_size=8, num_layers=2, pooling="max_mean", packed=packed,
+                               **RECURRENT_PRESETS[name]).cuda().eval()
+    ids = torch.randint(2, 50, (3, 12), device="cuda")  # (batch, time)
+    lengths = torch.tensor([12, 7, 3], device="cuda")
+    ids[1, 7:] = ids[2, 3:] = 0
+    with torch.no_grad():
+        together = encoder(ids, lengths)  # (batch, output_dim)
+        alone = torch.cat([encoder(ids[i : i + 1, : int(n)], lengths[i : i + 1]) for i, n in enumerate(lengths)])
+    torch.testing.assert_close(together, alone, atol=1e-4, rtol=1e-4)
+
+
+def test_fit_test_predict_and_export_on_the_gpu(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cli_main(["fit", "--config", str(QUICKSTART), *SMALL, *GPU])
+    ckpt = last_checkpoint(run_folders(tmp_path / "lightning_logs" / "quickstart")[-1])
+    cli_main(["test", "--config", str(QUICKSTART), *SMALL, *GPU, "--ckpt_path", str(ckpt)])
+
+    import imdb_lightning
+
+    texts = ["a wonderful film .", "the plot was not good .", ""]
+    on_gpu = imdb_lightning.load(ckpt, device="cuda").predict(texts)
+    on_cpu = imdb_lightning.load(ckpt).predict(texts)
+    assert on_gpu == pytest.approx(on_cpu, abs=1e-4)
+    capsys.readouterr()
+    cli_main(["predict", "--ckpt_path", str(ckpt), "--device", "cuda", *texts])
+    printed = capsys.readouterr().out
+    assert printed.count("\n") >= len(texts)
+
+    cli_main(["export", "--ckpt_path", str(ckpt), "--format", "torchscript", "--out", str(tmp_path / "exported")])
+    from imdb_lightning.serve.runtime import ExportedClassifier
+
+    assert ExportedClassifier(tmp_path / "exported").predict(texts) == pytest.approx(on_gpu, abs=1e-4)

@@ -1,0 +1,95 @@
+"""The linear references: they learn, run on the fit's own split, and combine with a recurrent run."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import EXPERIMENTS, write_reviews
+from imdb_lightning.cli import cli_main
+from imdb_lightning.data.datamodule import IMDBDataModule
+from imdb_lightning.data.synthetic import synthetic_reviews
+from imdb_lightning.errors import UserError
+from imdb_lightning.models.linear import LinearReference
+from imdb_lightning.tools.compare import compare
+from imdb_lightning.tools.linear import Combined
+from imdb_lightning.tools.linear import main as linear
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Synthetic reviews of 150 'films' (4 reviews each) as train, and a test file."""
+    root = tmp_path_factory.mktemp("linear")
+    texts, labels = synthetic_reviews(600, seed=0)
+    films = [f"tt{i // 4:07d}" for i in range(600)]
+    test_texts, test_labels = synthetic_reviews(200, seed=1)
+    return {"train": write_reviews(root / "train.parquet", texts, labels, films),
+            "test": write_reviews(root / "test.parquet", test_texts, test_labels)}
+
+
+@pytest.mark.parametrize("kind", ["nbsvm", "tfidf"])
+def test_linear_references_learn_word_pairs(kind):
+    texts, labels = synthetic_reviews(800, seed=0)
+    held_texts, held_labels = synthetic_reviews(300, seed=1)
+    model = LinearReference(kind).fit(texts, np.array(labels))
+    accuracy = ((model.logits(held_texts) >= 0) == np.array(held_labels)).mean()
+    assert accuracy > 0.8  # chance is 0.5; "not good" / "not bad" need the word pairs
+    assert model.parameters > 0
+
+
+def test_linear_command_uses_the_fits_split_and_tests(files, tmp_path, cache_dir):
+    data = ["--data.train_files", files["train"], "--data.test_files", files["test"], "--data.cache_dir", cache_dir]
+    records = linear(["--config", str(EXPERIMENTS / "lstm.yaml"), *data, "--logdir", str(tmp_path)])
+    assert [r["model"] for r in records] == ["nbsvm", "tfidf"]
+    # the very split `fit` with these data settings would use: films held out, same reviews
+    dm = IMDBDataModule(train_files=files["train"], cache_dir=cache_dir)
+    dm.reviews("val")
+    for record in records:
+        saved = json.loads((Path(record["folder"]) / "run.json").read_text())
+        assert saved["validation"] == dm.validation and saved["validation"]["kind"] == "grouped"
+        assert 0.5 < saved["val"]["val/acc"] <= 1 and saved["val"]["val/acc_se"] >= 0
+        assert 0.5 < saved["test"]["test/acc"] <= 1
+    result = compare(str(tmp_path), tmp_path / "out")
+    assert result["finished"] == 2
+    board = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "linear_nbsvm" in board and "grouped" in board
+
+
+def test_stacking_weighs_the_two_logits_and_cross_fits_by_film():
+    class Fixed:
+        def __init__(self, values):
+            self.values = np.array(values, dtype=float)
+
+        def logits(self, texts):
+            return self.values[: len(texts)]
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    good = np.where(labels == 1, 1.0, -1.0) + rng.normal(0, 0.5, 400)  # informative
+    noise = rng.normal(0, 3, 400)  # useless and loud
+    combined = Combined(Fixed(good), Fixed(noise))
+    held_out = combined.fit(["x"] * 400, labels, np.arange(400) // 4)
+    assert abs(combined.weights[0]) > 5 * abs(combined.weights[1])  # the informative model weighs more
+    assert ((held_out >= 0) == labels).mean() > 0.9
+    assert combined.logits(["x"] * 2) == pytest.approx(good[:2] * combined.weights[0] + noise[:2] * combined.weights[1]
+                                                        + combined.weights[2])
+
+
+def test_combine_with_a_recurrent_run(files, tmp_path, cache_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli_main(["fit", "--config", str(EXPERIMENTS / "gru.yaml"), "--data.train_files", files["train"],
+              "--data.cache_dir", cache_dir, "--data.vocab_size", "300", "--model.encoder.init_args.hidden_size", "8",
+              "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.enable_progress_bar", "false"])
+    run_dir = Path("lightning_logs/gru/version_0")
+    fit = json.loads((run_dir / "run.json").read_text())
+    [record] = linear(["--combine", str(run_dir), "--data.test_files", files["test"], "--logdir", "combined"])
+    assert record["model"] == "nbsvm+gru" and record["seed"] == fit["seed"] and len(record["weights"]) == 3
+    assert record["validation"] == fit["validation"]  # the checkpoint's own split
+    assert 0.5 < record["val"]["val/acc"] <= 1 and "test/acc" in record["test"]
+    assert Path(record["checkpoint"]).name.startswith("best")
+
+    with pytest.raises(UserError, match=r"--data\.split_seed would change them"):
+        linear(["--combine", str(run_dir), "--data.split_seed", "3"])
+    with pytest.raises(UserError, match=r"not a fit's run folder"):
+        linear(["--combine", str(tmp_path)])
