@@ -100,3 +100,26 @@ def test_weight_averaging_from_the_command_line(tmp_path, cache_dir, monkeypatch
     cli_main(["predict", "--ckpt_path", str(best), "a great film"])
     label, prob, _ = capsys.readouterr().out.strip().split("\t")
     assert label in {"positive", "negative"} and 0 <= float(prob) <= 1
+
+
+def test_default_root_dir_moves_runs_and_test_reads_only_test_files(tmp_path, cache_dir, monkeypatch):
+    import json
+
+    from conftest import EXPERIMENTS, write_reviews
+    from imdb_lightning.data.synthetic import synthetic_reviews
+
+    monkeypatch.chdir(tmp_path)
+    texts, labels = synthetic_reviews(300, seed=0)
+    train = write_reviews(tmp_path / "train.parquet", texts, labels)
+    test = write_reviews(tmp_path / "test.parquet", texts[:60], labels[:60])
+    small = ["--data.cache_dir", cache_dir, "--data.vocab_size", "300", "--trainer.max_epochs", "1",
+             "--trainer.limit_train_batches", "2", "--trainer.enable_progress_bar", "false"]
+    cli_main(["fit", "--config", str(EXPERIMENTS / "lstm.yaml"), "--data.train_files", train, *small,
+              "--trainer.default_root_dir", "elsewhere"])
+    run = tmp_path / "elsewhere" / "lightning_logs" / "lstm" / "version_0"
+    assert (run / "checkpoints" / "last.ckpt").is_file() and not (tmp_path / "lightning_logs").exists()
+    # test needs the test files and the checkpoint, never the training files it does not read
+    cli_main(["test", "--config", str(EXPERIMENTS / "lstm.yaml"), "--data.test_files", test, *small,
+              "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    tested = json.loads(next((tmp_path / "lightning_logs" / "lstm").glob("version_*/run.json")).read_text())
+    assert tested["kind"] == "test" and 0 <= tested["test"]["test/acc"] <= 1
