@@ -189,10 +189,13 @@ class RunRecord(L.Callback):
         }
 
     def on_fit_end(self, trainer, module) -> None:
-        best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+        saver = trainer.checkpoint_callback
+        best = saver.best_model_score if saver else None
+        name = "best_val_acc" if saver and saver.monitor == "val/acc" else "best"  # a language model's: its val/loss
+        best = {name: float(best) if best is not None else None} if saver else {}
         figures = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         self._write(trainer, status="finished", epochs=trainer.current_epoch, global_step=trainer.global_step,
-                    best_val_acc=float(best) if best is not None else None, val=figures, **self._speed())
+                    **best, val=figures, **self._speed())
 
     def on_validation_start(self, trainer, module) -> None:
         if trainer.state.fn == "validate" and not self.record:

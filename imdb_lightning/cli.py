@@ -8,11 +8,13 @@ from typing import Optional
 
 from .errors import UserError
 
-# name: (module with main(argv), one line for the overview)
+# name: (module with main(argv), or module:function, one line for the overview)
 COMMANDS = {
     "fit": ("imdb_lightning.training", "train a model (LightningCLI: --config experiments/NAME.yaml)"),
     "validate": ("imdb_lightning.training", "evaluate a checkpoint on the validation split"),
     "test": ("imdb_lightning.training", "evaluate a checkpoint on the test split (hub, aclImdb test or --data.test_files)"),
+    "pretrain": ("imdb_lightning.training:pretrain_main",
+                 "train a recurrent encoder as a language model on unlabelled reviews (then fit --model.pretrained)"),
     "predict": ("imdb_lightning.serve.predict", "classify raw reviews with a checkpoint: arguments or a file"),
     "export": ("imdb_lightning.serve.export", "a checkpoint as ONNX or TorchScript, with a loader needing no Lightning"),
     "linear": ("imdb_lightning.tools.linear", "the linear references (TF-IDF and NBSVM logistic regression) as runs"),
@@ -46,7 +48,8 @@ def cli_main(args: Optional[list[str]] = None) -> None:
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     try:
-        main = importlib.import_module(COMMANDS[command][0]).main
+        module, _, function = COMMANDS[command][0].partition(":")
+        main = getattr(importlib.import_module(module), function or "main")
         main(argv if command in LIGHTNING else argv[1:])
     except (UserError, MisconfigurationException) as err:
         sys.exit(f"imdb-lightning: error: {one_line(str(err))}")

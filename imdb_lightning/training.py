@@ -16,15 +16,18 @@ from typing import Optional
 import yaml
 from lightning.pytorch.cli import LightningCLI
 
+from .data.corpus import CorpusDataModule
 from .data.datamodule import IMDBDataModule
 from .errors import UserError
 from .models.base import sized_by_steps
 from .models.checkpoints import expect_kind, read_checkpoint
 from .models.classifier import SentimentClassifier
+from .models.language_model import LanguageModel, read_language_model
 from .runs import best_checkpoint, last_checkpoint, run_folders, run_version
 
 CONFIG_DIR = Path(__file__).with_name("config")
 DEFAULTS = str(CONFIG_DIR / "defaults.yaml")
+PRETRAIN_DEFAULTS = str(CONFIG_DIR / "pretrain_defaults.yaml")
 
 
 def load_yaml(path: str) -> dict:
@@ -181,6 +184,32 @@ class SentimentCLI(ExperimentCLI):
         # The vocabulary cap is known when the config is parsed, so the embedding can be sized then.
         parser.link_arguments("data.vocab_size", "model.encoder.init_args.vocab_size", apply_on="parse")
 
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        config = self.config.get(self.config.get("subcommand") or "", None)
+        pretrained = config.model.get("pretrained") if config is not None else None
+        if pretrained:  # the language model's vocabulary, and an embedding of its size
+            lm = read_language_model(pretrained)
+            vocab = lm["hyper_parameters"]["encoder"]["init_args"]["vocab_size"]
+            config.data.tokenizer_from, config.data.vocab_size = pretrained, vocab
+            config.model.encoder.init_args.vocab_size = vocab
+
+
+class PretrainCLI(ExperimentCLI):
+    """`imdb-lightning pretrain`: the language model over the corpus, with fit's checkpoints and resume."""
+
+    task = "language_model"
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {"fit": LightningCLI.subcommands()["fit"]}
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.vocab_size", "model.encoder.init_args.vocab_size", apply_on="parse")
+
+    def _check_data(self, stage: str) -> None:
+        self.datamodule.stream("train")  # read and tokenize before a run folder exists: a bad file fails here
+
 
 def make_cli(args: Optional[list[str]] = None, run: bool = True, cli_class: type[ExperimentCLI] = SentimentCLI,
              model_class: type = SentimentClassifier, datamodule_class: type = IMDBDataModule,
@@ -214,3 +243,9 @@ def read_config(configs: list[str], overrides: list[str] = ()) -> object:
 
 def main(argv: list[str]) -> None:
     make_cli(argv)
+
+
+def pretrain_main(argv: list[str]) -> None:
+    """`imdb-lightning pretrain --config experiments/pretrain/NAME.yaml`: fit's options, for a language model."""
+    make_cli(["fit", *argv], cli_class=PretrainCLI, model_class=LanguageModel, datamodule_class=CorpusDataModule,
+             defaults=PRETRAIN_DEFAULTS, other_command="fit")

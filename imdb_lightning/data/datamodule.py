@@ -190,6 +190,8 @@ class IMDBDataModule(L.LightningDataModule):
         split_seed: seed of that split, of the training batch order and of the synthetic corpus
             (the run's own seed sets initialisation and dropout, so seeds compare models on the same batches).
         vocab_size: vocabulary cap including `<pad>` and `<unk>`; also the model's embedding rows.
+        tokenizer_from: a checkpoint whose vocabulary to use instead of building one (set for you by
+            `--model.pretrained`: the language model's).
         min_frequency: words seen fewer times in train become `<unk>`.
         lowercase: lowercase before tokenizing.
         max_length: tokens kept per review.
@@ -215,6 +217,7 @@ class IMDBDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         split_seed: int = 0,
         vocab_size: int = 20000,
+        tokenizer_from: Optional[str] = None,
         min_frequency: int = 2,
         lowercase: bool = True,
         max_length: int = 400,
@@ -316,6 +319,11 @@ class IMDBDataModule(L.LightningDataModule):
         return _digest(self._split_key(), hp.vocab_size, hp.min_frequency, hp.lowercase)
 
     def get_tokenizer(self) -> Tokenizer:
+        if self.tokenizer is None and self.hparams.tokenizer_from:
+            # (the command line has checked the file: models/checkpoints.read_checkpoint)
+            ckpt = torch.load(self.hparams.tokenizer_from, map_location="cpu", weights_only=True, mmap=True)
+            state = next(v for v in ckpt.values() if isinstance(v, dict) and "tokenizer" in v)
+            self.tokenizer = Tokenizer.from_str(state["tokenizer"])
         if self.tokenizer is None:
             path = self.cache_dir / f"tokenizer-{self._tokenizer_key()}.json"
             if path.is_file():

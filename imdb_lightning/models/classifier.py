@@ -13,8 +13,9 @@ from torchmetrics import CatMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryConfusionMatrix, BinaryF1Score, BinaryROC
 
 from ..data.split import clustered_standard_error
-from ..errors import ConfigError
+from ..errors import ConfigError, UserError
 from .base import EncoderModule, NonFiniteLossError, plateau  # noqa: F401  (NonFiniteLossError: part of this API)
+from .language_model import load_pretrained
 
 HP_METRICS = {"hp/val_acc": "best validation accuracy so far", "hp/test_acc": "test accuracy"}
 
@@ -31,6 +32,9 @@ class SentimentClassifier(EncoderModule):
         adversarial: > 0 adds adversarial training on the word embeddings (Miyato et al. 2017): each
             training review is also scored with its embeddings pushed along the loss gradient by this
             fraction of their own L2 norm, and that loss is added. Needs an encoder with `embed` and `encode`.
+        pretrained: a language model checkpoint (`imdb-lightning pretrain`): the encoder starts from its
+            embedding and recurrent weights, and the data module uses its vocabulary. A fine-tuning run
+            whose validation predictions all fall on one side (from its second epoch on) stops, saying so.
     """
 
     def __init__(
@@ -41,8 +45,11 @@ class SentimentClassifier(EncoderModule):
         scheduler: Optional[LRSchedulerCallable] = plateau,
         monitor: str = "val/loss",
         adversarial: float = 0.0,
+        pretrained: Optional[str] = None,
     ):
         super().__init__(encoder, dropout, optimizer, scheduler, monitor)
+        if pretrained:  # the weights of `imdb-lightning pretrain`; a resumed fit's checkpoint replaces them after
+            load_pretrained(encoder, pretrained)
         if adversarial < 0:
             raise ConfigError(f"model.adversarial must be 0 (off) or positive, got {adversarial}")
         if adversarial and not (hasattr(encoder, "embed") and hasattr(encoder, "encode")):
@@ -56,6 +63,7 @@ class SentimentClassifier(EncoderModule):
         self.val_outcomes, self.test_outcomes = CatMetric(), CatMetric()
         # Test-time pictures for TensorBoard; 200 ROC thresholds keep the state small.
         self.test_curves = MetricCollection({"confusion_matrix": BinaryConfusionMatrix(), "roc": BinaryROC(thresholds=200)})
+        self.val_positive = MeanMetric()  # share of validation reviews predicted positive: a collapse shows there
         self.register_buffer("best_val_acc", torch.tensor(0.0))  # in checkpoints: hp/val_acc survives a resume
 
     def metrics(self) -> MetricCollection:
@@ -100,6 +108,8 @@ class SentimentClassifier(EncoderModule):
             # Evaluation figures are averaged over all processes in multi-device runs; the torchmetrics
             # objects sync their states on compute by themselves.
             self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
+            if stage == "val":
+                self.val_positive.update((probs >= 0.5).float())
             if "groups" in batch:
                 correct = ((probs >= 0.5).long() == labels).float()
                 getattr(self, f"{stage}_outcomes").update(torch.stack([correct, batch["groups"].float()], dim=-1))
@@ -132,6 +142,14 @@ class SentimentClassifier(EncoderModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_clustered_error("val")
+        positive = float(self.val_positive.compute()) if self.val_positive.update_count else 0.5
+        self.val_positive.reset()
+        # From the second epoch on: one epoch of a small run may not have moved off one side yet.
+        if self.hparams.pretrained and not self.trainer.sanity_checking and positive in (0.0, 1.0) and self.current_epoch >= 1:
+            side = "positive" if positive else "negative"
+            raise FineTuningCollapsed(
+                f"fine-tuning collapsed: after epoch {self.current_epoch} every validation review is predicted {side}; "
+                "lower the learning rate (or unfreeze more gradually) and start again; the checkpoints written so far are kept")
         if not self.trainer.sanity_checking:
             self.best_val_acc.fill_(max(float(self.best_val_acc), float(self.val_metrics["acc"].compute())))
             self.log("hp/val_acc", self.best_val_acc, sync_dist=True)
@@ -145,6 +163,10 @@ class SentimentClassifier(EncoderModule):
                 if self.trainer.is_global_zero:
                     self.logger.experiment.add_figure(f"test/{name}", fig, self.global_step)
         self.test_curves.reset()
+
+
+class FineTuningCollapsed(UserError):
+    pass
 
 
 def validation_kind(trainer) -> str:
