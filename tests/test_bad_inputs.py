@@ -20,6 +20,7 @@ from imdb_lightning.data.synthetic import synthetic_reviews
 
 FIT = ["fit", "--config", str(QUICKSTART), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
        "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false", "--data.synthetic_size", "200"]
+PRETRAIN = ["pretrain", "--config", str(EXPERIMENTS / "pretrain" / "cpu_lstm.yaml"), "--trainer.enable_progress_bar", "false"]
 # the same from an experiment that names no data source: files given on the command line choose it
 FILES = ["fit", "--config", str(EXPERIMENTS / "lstm.yaml"), *FIT[3:-2]]
 
@@ -109,6 +110,13 @@ CASES = [
     ("test without test data", ["test", "--config", str(EXPERIMENTS / "lstm.yaml"), "--data.train_files", f"{D}/good.parquet",
                                 "--ckpt_path", f"{D}/sentiment.ckpt"], r"no test data: pass --data\.test_files"),
     ("aclImdb without neg", [*FILES, "--data.aclimdb_dir", f"{D}/folder.csv"], r"train/neg: missing"),
+    ("pretrained missing", [*FIT, "--model.pretrained", f"{D}/nowhere.ckpt"], r"nowhere\.ckpt: no such checkpoint file"),
+    ("pretrained classifier", [*FIT, "--model.pretrained", f"{D}/sentiment.ckpt"],
+     r"sentiment\.ckpt: holds a sentiment classifier .*, not a language model"),
+    ("pretrain without text", [*PRETRAIN, "--data.unlabelled_files", f"{D}/cols.csv"], r"cols\.csv: missing column\(s\) text"),
+    ("pretrain bptt 0", [*PRETRAIN, "--data.bptt", "0"], r"data\.bptt must be at least 1, got 0"),
+    ("pretrain bidirectional", [*PRETRAIN, "--data.unlabelled_files", f"{D}/good.parquet",
+                                "--model.encoder.init_args.bidirectional", "true"], r"a language model reads left to right"),
     # --- options ------------------------------------------------------------------------------------
     ("max_length 0", [*FIT, "--data.max_length", "0"], r"data\.max_length must be at least 1, got 0"),
     ("negative batch", [*FIT, "--data.batch_size", "-1"], r"data\.batch_size must be at least 1, got -1"),
