@@ -117,6 +117,9 @@ CASES = [
     ("pretrain bptt 0", [*PRETRAIN, "--data.bptt", "0"], r"data\.bptt must be at least 1, got 0"),
     ("pretrain bidirectional", [*PRETRAIN, "--data.unlabelled_files", f"{D}/good.parquet",
                                 "--model.encoder.init_args.bidirectional", "true"], r"a language model reads left to right"),
+    ("pretrain cutoffs past the vocabulary", [*PRETRAIN, "--data.unlabelled_files", f"{D}/good.parquet",
+                                              "--model.adaptive_cutoffs", "[2000, 50000]"],
+     r"model\.adaptive_cutoffs must rise strictly between 2 and the vocabulary size \(30000\), got \[2000, 50000\]"),
     # --- options ------------------------------------------------------------------------------------
     ("max_length 0", [*FIT, "--data.max_length", "0"], r"data\.max_length must be at least 1, got 0"),
     ("negative batch", [*FIT, "--data.batch_size", "-1"], r"data\.batch_size must be at least 1, got -1"),
@@ -130,6 +133,7 @@ CASES = [
     ("unknown pooling", [*FIT, "--model.encoder.init_args.pooling", "first"], r"first"),
     ("embedding dropout 1.5", [*FIT, "--model.encoder.init_args.embed_dropout", "1.5"], r"embed_dropout must be in \[0, 1\)"),
     ("negative adversarial", [*FIT, "--model.adversarial", "-1"], r"model\.adversarial must be 0 \(off\) or positive"),
+    ("lr_decay below 1", [*FIT, "--model.lr_decay", "0.5"], r"model\.lr_decay .* must be at least 1, got 0\.5"),
     ("unknown monitor", [*FIT, "--model.monitor", "val/accuracy"], r"monitor 'val/accuracy' is never logged.*val/loss"),
     ("early stopping monitor", [*FIT, "--trainer.callbacks.monitor", "val/accurate"], r"'val/accurate'|val/accurate"),
     ("epochs not a number", [*FIT, "--trainer.max_epochs", "abc"], r"max_epochs"),

@@ -86,3 +86,54 @@ def test_adversarial_training_needs_word_embeddings():
         SentimentClassifier(Recurrence(input_size=1, hidden_size=4), adversarial=0.1)
     with pytest.raises(ConfigError, match="model.adversarial must be 0"):
         SentimentClassifier(RecurrentEncoder(vocab_size=10), adversarial=-1)
+
+
+def test_lr_decay_gives_each_layer_below_the_head_a_smaller_rate_under_one_cycle(synthetic, tmp_path):
+    import functools
+
+    import torch
+
+    L.seed_everything(0, verbose=False)
+    encoder = RecurrentEncoder(vocab_size=500, embed_dim=16, hidden_size=16, num_layers=2, bigram_buckets=64)
+    schedule = functools.partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.01)
+    model = SentimentClassifier(encoder, scheduler=schedule, lr_decay=2.0)
+    peaks = {}
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            for index, group in enumerate(trainer.optimizers[0].param_groups):
+                peaks[index] = max(peaks.get(index, 0.0), group["lr"])
+
+    trainer = quick_trainer(tmp_path, max_epochs=1, limit_train_batches=6, limit_val_batches=1, callbacks=[Record()])
+    trainer.fit(model, synthetic(synthetic_size=600))
+    groups = trainer.optimizers[0].param_groups
+    # head, layer 1, layer 0, embedding + bigram tables: every parameter in exactly one group
+    assert [len(g["params"]) for g in groups] == [2, 4, 4, 2]
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert [g["max_lr"] for g in groups] == pytest.approx([0.01, 0.005, 0.0025, 0.00125])
+    ratios = [peaks[i] / peaks[0] for i in range(4)]
+    assert ratios == pytest.approx([1, 0.5, 0.25, 0.125])  # the whole schedule scaled, not only its peak
+
+
+def test_gradual_unfreezing_trains_the_head_first_then_one_layer_more_each_epoch(synthetic, tmp_path):
+    import torch
+
+    dm = synthetic(synthetic_size=600)
+    changed = []
+    for epochs in (1, 2, 3):
+        L.seed_everything(0, verbose=False)
+        encoder = RecurrentEncoder(vocab_size=500, embed_dim=16, hidden_size=16, cell="lstm")
+        model = SentimentClassifier(encoder, gradual_unfreezing=True, adversarial=0.01)
+        before = [[p.detach().clone() for p in group] for group in model.layer_groups()]
+        quick_trainer(tmp_path, max_epochs=epochs, limit_train_batches=3, limit_val_batches=1).fit(model, dm)
+        after = model.layer_groups()
+        changed.append([any(not torch.equal(b, a) for b, a in zip(old, new)) for old, new in zip(before, after)])
+    # groups: head, LSTM layer, embedding
+    assert changed == [[True, False, False], [True, True, False], [True, True, True]]
+
+
+def test_lr_decay_below_one_is_refused():
+    from imdb_lightning.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.lr_decay"):
+        SentimentClassifier(RecurrentEncoder(vocab_size=50), lr_decay=0.5)

@@ -1,22 +1,26 @@
 """Language-model pretraining and fine-tuning, on generated text."""
 
+import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
+from test_resume import Killed, Stop
 
 from conftest import EXPERIMENTS, quick_trainer, write_reviews
 from imdb_lightning.cli import cli_main
 from imdb_lightning.data.corpus import CorpusDataModule
 from imdb_lightning.data.datamodule import IMDBDataModule
 from imdb_lightning.data.synthetic import synthetic_reviews
-from imdb_lightning.errors import UserError
+from imdb_lightning.errors import ConfigError, UserError
 from imdb_lightning.models.checkpoints import checkpoint_kind, data_state, read_checkpoint
 from imdb_lightning.models.classifier import FineTuningCollapsed, SentimentClassifier
-from imdb_lightning.models.encoders import RecurrentEncoder
+from imdb_lightning.models.encoders import RecurrentEncoder, build_encoder
 from imdb_lightning.models.language_model import LanguageModel
 from imdb_lightning.runs import last_checkpoint, run_folders
 
 SIZES = ["--data.vocab_size", "300", "--model.encoder.init_args.embed_dim", "16",
          "--model.encoder.init_args.hidden_size", "16", "--trainer.enable_progress_bar", "false"]
+LM_SIZES = [*SIZES, "--model.adaptive_cutoffs", "[50, 150]"]  # the recipes' cutoffs lie past 300 words
 
 
 @pytest.fixture(scope="module")
@@ -50,39 +54,48 @@ def test_pretraining_lowers_perplexity(texts, tmp_path, cache_dir):
     assert torch.exp(torch.tensor(after)) < 0.5 * torch.exp(torch.tensor(before))  # perplexity at least halved
 
 
-def test_pretrain_then_fine_tune_through_the_command_line(texts, tmp_path, cache_dir, monkeypatch):
+# every recipe pair in experiments/pretrain/: (language model, its fine-tuning)
+RECIPES = [("cpu_lstm", "finetune_lstm"), ("gpu_lstm", "gpu_finetune_lstm")]
+
+
+@pytest.mark.parametrize("lm_recipe, fit_recipe", RECIPES)
+def test_every_recipe_pretrains_then_fine_tunes_through_the_command_line(texts, tmp_path, cache_dir, monkeypatch,
+                                                                          lm_recipe, fit_recipe):
     monkeypatch.chdir(tmp_path)
-    data = ["--data.train_files", texts["train"], "--data.cache_dir", cache_dir]
-    cli_main(["pretrain", "--config", str(EXPERIMENTS / "pretrain" / "cpu_lstm.yaml"), "--data.unlabelled_files",
-              texts["unlabelled"], *data, *SIZES, "--data.batch_size", "4", "--data.bptt", "20",
+    # (bf16 autocast of an LSTM needs a GPU, or a CPU with bf16 instructions, which CI's may lack)
+    data = ["--data.train_files", texts["train"], "--data.cache_dir", cache_dir, "--trainer.precision", "32-true"]
+    cli_main(["pretrain", "--config", str(EXPERIMENTS / "pretrain" / f"{lm_recipe}.yaml"), "--data.unlabelled_files",
+              texts["unlabelled"], *data, *LM_SIZES, "--data.batch_size", "4", "--data.bptt", "20",
               "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2"])
-    lm_path = last_checkpoint(run_folders(tmp_path / "lightning_logs" / "pretrain_cpu_lstm")[-1])
+    lm_path = last_checkpoint(run_folders(tmp_path / "lightning_logs" / f"pretrain_{lm_recipe}")[-1])
     lm = read_checkpoint(lm_path)  # weights_only
     assert checkpoint_kind(lm) == "language_model"
 
-    cli_main(["fit", "--config", str(EXPERIMENTS / "pretrain" / "finetune_lstm.yaml"), *data, *SIZES,
+    cli_main(["fit", "--config", str(EXPERIMENTS / "pretrain" / f"{fit_recipe}.yaml"), *data, *SIZES,
               "--model.pretrained", str(lm_path), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"])
-    fitted = read_checkpoint(last_checkpoint(run_folders(tmp_path / "lightning_logs" / "finetune_lstm")[-1]))
+    fitted = read_checkpoint(last_checkpoint(run_folders(tmp_path / "lightning_logs" / fit_recipe)[-1]))
     assert checkpoint_kind(fitted) == "sentiment"
     assert data_state(fitted)["tokenizer"] == data_state(lm)["tokenizer"]  # the LM's vocabulary, reused
 
     # the classifier starts from exactly the language model's embedding and recurrent weights
-    encoder = RecurrentEncoder(vocab_size=300, cell="lstm", embed_dim=16, hidden_size=16, pooling="max_mean")
+    spec = lm["hyper_parameters"]["encoder"]
+    encoder = build_encoder({**spec, "init_args": {**spec["init_args"], "pooling": "max_mean"}})
     SentimentClassifier(encoder, pretrained=str(lm_path))
     for name, tensor in encoder.state_dict().items():
         assert torch.equal(tensor, lm["state_dict"][f"encoder.{name}"]), name
 
+    smaller = {**spec["init_args"], "hidden_size": 8}
     with pytest.raises(UserError, match=r"encoder weight .* is \(.*\) there, \(.*\) here"):
-        SentimentClassifier(RecurrentEncoder(vocab_size=300, cell="lstm", embed_dim=16, hidden_size=8), pretrained=str(lm_path))
+        SentimentClassifier(RecurrentEncoder(**smaller), pretrained=str(lm_path))
     with pytest.raises(UserError, match=r"holds a sentiment classifier .*, not a language model"):
         SentimentClassifier(RecurrentEncoder(vocab_size=300), pretrained=str(last_checkpoint(
-            run_folders(tmp_path / "lightning_logs" / "finetune_lstm")[-1])))
+            run_folders(tmp_path / "lightning_logs" / fit_recipe)[-1])))
 
 
 def test_a_collapsed_fine_tuning_stops_saying_so(texts, tmp_path, cache_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli_main(["pretrain", "--config", str(EXPERIMENTS / "pretrain" / "cpu_lstm.yaml"), "--data.unlabelled_files",
-              texts["unlabelled"], "--data.cache_dir", cache_dir, *SIZES, "--data.batch_size", "4",
+              texts["unlabelled"], "--data.cache_dir", cache_dir, *LM_SIZES, "--data.batch_size", "4",
               "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1", "--data.use_train_texts", "false"])
     lm_path = last_checkpoint(run_folders(tmp_path / "lightning_logs" / "pretrain_cpu_lstm")[-1])
     encoder = RecurrentEncoder(vocab_size=300, cell="lstm", embed_dim=16, hidden_size=16)
@@ -94,3 +107,59 @@ def test_a_collapsed_fine_tuning_stops_saying_so(texts, tmp_path, cache_dir, mon
     dm = IMDBDataModule(train_files=[texts["train"]], cache_dir=cache_dir, tokenizer_from=str(lm_path), vocab_size=300)
     with pytest.raises(FineTuningCollapsed, match=r"after epoch 1 every validation review is predicted positive"):
         quick_trainer(tmp_path, max_epochs=3, limit_train_batches=1).fit(model, dm)
+
+
+@pytest.mark.parametrize("cutoffs", [[], [10], [5, 40, 200]])
+def test_the_adaptive_softmax_is_a_distribution_and_its_loss_is_its_cross_entropy(cutoffs):
+    torch.manual_seed(0)
+    model = LanguageModel(RecurrentEncoder(vocab_size=300, embed_dim=8, hidden_size=12), adaptive_cutoffs=cutoffs).eval()
+    with torch.no_grad():
+        model.output_bias.normal_()
+        model.cluster_vectors.normal_()
+    ids = torch.randint(2, 300, (3, 7))  # (batch, time)
+    targets = torch.randint(0, 300, (3, 7))
+    log_probs, _ = model(ids)  # (time, batch, vocab)
+    assert log_probs.shape == (7, 3, 300)
+    torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(7, 3))
+    features, _ = model.hidden(ids)
+    loss = model.loss(features.reshape(-1, 8), targets.t().reshape(-1))
+    torch.testing.assert_close(loss, F.nll_loss(log_probs.reshape(-1, 300), targets.t().reshape(-1)))
+
+
+def test_adaptive_cutoffs_that_do_not_rise_within_the_vocabulary_are_refused():
+    for bad in ([300], [50, 20], [1]):
+        with pytest.raises(ConfigError, match="adaptive_cutoffs"):
+            LanguageModel(RecurrentEncoder(vocab_size=300, embed_dim=8, hidden_size=8), adaptive_cutoffs=bad)
+
+
+def _pretrain(tmp_path, corpus, stop=None, resume=False):
+    from imdb_lightning.callbacks import LastCheckpoint
+
+    L.seed_everything(0, verbose=False)
+    model = LanguageModel(RecurrentEncoder(vocab_size=300, cell="lstm", embed_dim=16, hidden_size=16, embed_dropout=0.2,
+                                           dropout=0.2), optimizer=lambda p: torch.optim.Adam(p, lr=3e-3), adaptive_cutoffs=[50])
+    dm = CorpusDataModule(unlabelled_files=[corpus], vocab_size=300, batch_size=16, bptt=20, cache_dir=str(tmp_path / "cache"))
+    trainer = quick_trainer(tmp_path, max_epochs=2, limit_val_batches=3, enable_checkpointing=True,
+                            callbacks=[LastCheckpoint(every_n_train_steps=5), *([stop] if stop else [])])
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    if stop is None:
+        trainer.fit(model, dm, ckpt_path=str(last) if resume else None)
+    else:
+        with pytest.raises(Killed):
+            trainer.fit(model, dm)
+    return trainer, model
+
+
+def test_a_resumed_pretraining_is_the_run_never_stopped(texts, tmp_path):
+    reference, reference_model = _pretrain(tmp_path / "reference", texts["unlabelled"])
+    steps = reference.global_step
+    kill = steps * 3 // 4 // 5 * 5 + 3  # in the second epoch, 3 steps after a step checkpoint
+    _pretrain(tmp_path / "resumed", texts["unlabelled"], stop=Stop("batch_end", kill, Killed))
+    saved = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == kill - 3 and saved["epoch"] == 1 and "carried_state" in saved
+    resumed, resumed_model = _pretrain(tmp_path / "resumed", texts["unlabelled"], resume=True)
+    assert resumed.global_step == steps
+    for name, tensor in reference_model.state_dict().items():
+        torch.testing.assert_close(resumed_model.state_dict()[name], tensor, atol=1e-6, rtol=0, msg=name)
+    for name in ("train/loss_epoch", "train/ppl", "val/loss", "val/ppl"):
+        torch.testing.assert_close(resumed.callback_metrics[name], reference.callback_metrics[name], atol=1e-6, rtol=0)

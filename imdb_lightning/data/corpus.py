@@ -20,11 +20,11 @@ import lightning as L
 import numpy as np
 import torch
 from tokenizers import Tokenizer
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import ConfigError, DataError
 from ..runs import atomic_write
-from .datamodule import IMDBDataModule, _digest, default_cache_dir
+from .datamodule import IMDBDataModule, _digest, default_cache_dir, training_progress
 from .sources import AclImdbSource, FileSource, HubSource, SyntheticSource
 from .tokenizer import build_tokenizer, encode
 
@@ -49,6 +49,20 @@ class Windows(Dataset):
     def __getitem__(self, i: int) -> dict:
         window = slice(i * self.bptt, (i + 1) * self.bptt)
         return {"input_ids": self.inputs[:, window], "targets": self.targets[:, window]}  # (streams, <= bptt)
+
+
+class InOrder(Sampler[int]):
+    """Windows 0, 1, 2, ... every epoch; `skip` of them are left out of the next pass only (a resumed epoch)."""
+
+    def __init__(self, count: int, skip: int = 0):
+        self.count, self.skip = count, skip
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        start, self.skip = self.skip, 0
+        return iter(range(start, self.count))
 
 
 class CorpusDataModule(L.LightningDataModule):
@@ -122,6 +136,7 @@ class CorpusDataModule(L.LightningDataModule):
         self.cache_dir = Path(cache_dir or default_cache_dir())
         self.tokenizer: Optional[Tokenizer] = None
         self._streams: dict[str, np.ndarray] = {}
+        self._resume_at: Optional[dict] = None  # where a resumed pretraining's windows continue
 
     def texts(self) -> list[str]:
         """The corpus: unlabelled reviews, then the classifier's training-split reviews."""
@@ -170,8 +185,11 @@ class CorpusDataModule(L.LightningDataModule):
         return self.tokenizer
 
     def _loader(self, split: str) -> DataLoader:
-        return DataLoader(Windows(self.stream(split), self.hparams.batch_size, self.hparams.bptt), batch_size=None,
-                          shuffle=False)
+        windows = Windows(self.stream(split), self.hparams.batch_size, self.hparams.bptt)
+        skip = 0
+        if split == "train" and self._resume_at is not None:  # the first training loader of a resumed run
+            skip, self._resume_at = self._resume_at["batches_done"], None
+        return DataLoader(windows, batch_size=None, sampler=InOrder(len(windows), skip))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
@@ -181,7 +199,14 @@ class CorpusDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict:
         # What the classifier reuses: the vocabulary. (`kind` lets a reader tell it from a classifier's.)
-        return {"tokenizer": self.get_tokenizer().to_str(), "corpus": json.dumps({"tokens": int(len(self.stream("train")))})}
+        # And, as for `fit`, how many windows of the current epoch were trained (see IMDBDataModule.state_dict).
+        state = {"tokenizer": self.get_tokenizer().to_str(), "corpus": json.dumps({"tokens": int(len(self.stream("train")))})}
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.state.fn == "fit":
+            epoch, done = training_progress(trainer)
+            state["train_position"] = {"epoch": epoch, "batches_done": done}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.tokenizer = Tokenizer.from_str(state["tokenizer"])
+        self._resume_at = state.get("train_position")

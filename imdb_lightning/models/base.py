@@ -28,6 +28,22 @@ def plateau(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.Reduce
     return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=1)
 
 
+def scale_learning_rates(optimizer: torch.optim.Optimizer) -> None:
+    """Multiply each group's learning rate by its `lr_scale` (the optimizer's lr as set in YAML for scale 1)."""
+    for group in optimizer.param_groups:
+        group["lr"] *= group.get("lr_scale", 1.0)
+
+
+def scale_one_cycle(scheduler) -> None:
+    # OneCycleLR sets every group's bounds from its one max_lr, whatever the group's lr was: scale them too.
+    if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR):
+        for index, group in enumerate(scheduler.optimizer.param_groups):
+            scale = group.get("lr_scale", 1.0)
+            for key in ("initial_lr", "max_lr", "min_lr", "lr"):
+                group[key] *= scale
+            scheduler.base_lrs[index] *= scale
+
+
 def sized_by_steps(factory) -> bool:
     """Whether a scheduler factory takes `total_steps` (torch's OneCycleLR)."""
     # LightningCLI hands over partial(instantiate, SchedulerClass, **init_args); Python code may pass the class.
@@ -39,14 +55,46 @@ def sized_by_steps(factory) -> bool:
         return False
 
 
-class EncoderModule(L.LightningModule):
+class RandomStateResume:
+    """Exact resume of dropout's random draws, for any LightningModule (put it first among the bases).
+
+    Lightning's checkpoints hold no random state. The CPU generator's state once a step has drawn all
+    it draws (forward and backward done, before the optimizer's update) goes into the checkpoint and
+    comes back before the first step of a resumed run; a Ctrl-C in the middle of a step thus resumes
+    from the step before. (On a GPU the CUDA generator's state is taken when the checkpoint is written.)
+    """
+
+    _rng_after_step: Optional[torch.Tensor] = None
+    _rng_to_restore: Optional[dict] = None
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self._rng_after_step = torch.get_rng_state()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self._rng_after_step is not None:
+            checkpoint["rng_state"] = {"torch": self._rng_after_step}
+            if torch.cuda.is_available():
+                checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_to_restore = checkpoint.get("rng_state")
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        if self._rng_to_restore is not None:
+            torch.set_rng_state(self._rng_to_restore["torch"])
+            if "cuda" in self._rng_to_restore and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(self._rng_to_restore["cuda"])
+            self._rng_to_restore = None
+
+
+class EncoderModule(RandomStateResume, L.LightningModule):
     """encoder -> dropout -> linear head, with `{train,val,test}_metrics` from `metrics()`.
 
     Subclasses define `metrics()` and `_step(batch, stage)`; the rest is shared: the head,
     plain-data hyperparameters (the encoder as class path + arguments, no pickled objects), the
     optimizer and schedule from YAML, the non-finite-loss stop, and what an exact resume needs
-    beyond Lightning's own checkpoint (the random state after the last finished step, and the
-    training metrics accumulated so far in the epoch).
+    beyond Lightning's own checkpoint (the random state after the last finished step, through
+    `RandomStateResume`, and the training metrics accumulated so far in the epoch).
     """
 
     def __init__(self, encoder: nn.Module, dropout: float = 0.0, optimizer: OptimizerCallable = torch.optim.Adam,
@@ -64,8 +112,6 @@ class EncoderModule(L.LightningModule):
         # Training metrics run across a whole epoch; persistent states put them in checkpoints, so a
         # run resumed mid-epoch reports the same epoch figures as one never stopped.
         self.train_metrics.persistent(True)
-        self._rng_after_step: Optional[torch.Tensor] = None
-        self._rng_to_restore: Optional[torch.Tensor] = None
 
     def save_encoder_hyperparameters(self, ignore: tuple[str, ...] = ()) -> None:
         """Save every constructor argument as plain data; call at the end of a subclass's __init__."""
@@ -102,8 +148,13 @@ class EncoderModule(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._step(batch, "test")
 
+    def parameter_groups(self):
+        """What the optimizer gets: the parameters, or groups of them, each with an optional `lr_scale`."""
+        return self.parameters()
+
     def configure_optimizers(self):
-        optimizer = self.optimizer(self.parameters())
+        optimizer = self.optimizer(self.parameter_groups())
+        scale_learning_rates(optimizer)
         if self.scheduler is None:
             return optimizer
         # A schedule that takes `total_steps` (torch's OneCycleLR) is sized to this run and stepped every
@@ -111,6 +162,7 @@ class EncoderModule(L.LightningModule):
         # needs no step count in the YAML; any other schedule is stepped once per epoch.
         if sized_by_steps(self.scheduler):
             scheduler = self.scheduler(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+            scale_one_cycle(scheduler)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         scheduler = self.scheduler(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.monitor}}
@@ -126,27 +178,3 @@ class EncoderModule(L.LightningModule):
             on_time = (self.current_epoch + 1) % config.frequency == 0
             if config.reduce_on_plateau and config.interval == "epoch" and metric is not None and on_time:
                 self.lr_scheduler_step(config.scheduler, metric)
-
-    # --- exact resume: dropout's random state --------------------------------------------------------
-    # Lightning's checkpoints hold no random state. The CPU generator's state once a step has drawn all
-    # it draws (forward and backward done, before the optimizer's update) goes into the checkpoint and
-    # comes back before the first step of a resumed run; a Ctrl-C in the middle of a step thus resumes
-    # from the step before. (On a GPU the CUDA generator's state is taken when the checkpoint is written.)
-    def on_before_optimizer_step(self, optimizer) -> None:
-        self._rng_after_step = torch.get_rng_state()
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self._rng_after_step is not None:
-            checkpoint["rng_state"] = {"torch": self._rng_after_step}
-            if torch.cuda.is_available():
-                checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._rng_to_restore = checkpoint.get("rng_state")
-
-    def on_train_batch_start(self, batch, batch_idx) -> None:
-        if self._rng_to_restore is not None:
-            torch.set_rng_state(self._rng_to_restore["torch"])
-            if "cuda" in self._rng_to_restore and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(self._rng_to_restore["cuda"])
-            self._rng_to_restore = None

@@ -15,6 +15,7 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryConfu
 from ..data.split import clustered_standard_error
 from ..errors import ConfigError, UserError
 from .base import EncoderModule, NonFiniteLossError, plateau  # noqa: F401  (NonFiniteLossError: part of this API)
+from .encoders import layer_groups
 from .language_model import load_pretrained
 
 HP_METRICS = {"hp/val_acc": "best validation accuracy so far", "hp/test_acc": "test accuracy"}
@@ -35,6 +36,11 @@ class SentimentClassifier(EncoderModule):
         pretrained: a language model checkpoint (`imdb-lightning pretrain`): the encoder starts from its
             embedding and recurrent weights, and the data module uses its vocabulary. A fine-tuning run
             whose validation predictions all fall on one side (from its second epoch on) stops, saying so.
+        lr_decay: per-layer learning rates (ULMFiT's discriminative fine-tuning): the head learns at the
+            optimizer's rate, each layer group below it (recurrent layers top down, then the embedding)
+            at the rate of the one above divided by this (ULMFiT: 2.6). 1: one rate for all.
+        gradual_unfreezing: train only the head in the first epoch, and one more layer group, top down,
+            in each epoch after (ULMFiT); the embedding last.
     """
 
     def __init__(
@@ -46,6 +52,8 @@ class SentimentClassifier(EncoderModule):
         monitor: str = "val/loss",
         adversarial: float = 0.0,
         pretrained: Optional[str] = None,
+        lr_decay: float = 1.0,
+        gradual_unfreezing: bool = False,
     ):
         super().__init__(encoder, dropout, optimizer, scheduler, monitor)
         if pretrained:  # the weights of `imdb-lightning pretrain`; a resumed fit's checkpoint replaces them after
@@ -54,6 +62,8 @@ class SentimentClassifier(EncoderModule):
             raise ConfigError(f"model.adversarial must be 0 (off) or positive, got {adversarial}")
         if adversarial and not (hasattr(encoder, "embed") and hasattr(encoder, "encode")):
             raise ConfigError(f"model.adversarial perturbs word embeddings; {type(encoder).__name__} has no embed/encode")
+        if lr_decay < 1:
+            raise ConfigError(f"model.lr_decay divides the learning rate layer by layer; it must be at least 1, got {lr_decay}")
         self.save_encoder_hyperparameters()
         # Epoch means of the training losses, persistent like the training metrics (see EncoderModule).
         self.train_loss, self.train_adversarial_loss = MeanMetric(), MeanMetric()
@@ -65,6 +75,26 @@ class SentimentClassifier(EncoderModule):
         self.test_curves = MetricCollection({"confusion_matrix": BinaryConfusionMatrix(), "roc": BinaryROC(thresholds=200)})
         self.val_positive = MeanMetric()  # share of validation reviews predicted positive: a collapse shows there
         self.register_buffer("best_val_acc", torch.tensor(0.0))  # in checkpoints: hp/val_acc survives a resume
+        self._unfrozen_in: Optional[int] = None  # the epoch gradual unfreezing last set the layers for
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """The parameters from the head down: head, recurrent layers top down, embedding tables."""
+        return [list(self.head.parameters()), *reversed(layer_groups(self.encoder))]
+
+    def parameter_groups(self):
+        if self.hparams.lr_decay == 1:
+            return self.parameters()
+        return [{"params": group, "lr_scale": self.hparams.lr_decay ** -depth} for depth, group in enumerate(self.layer_groups())]
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        super().on_train_batch_start(batch, batch_idx)
+        # From the epoch number alone, so a run resumed mid-epoch (Lightning calls no epoch-start hook
+        # then) freezes the same layers.
+        if self.hparams.gradual_unfreezing and self._unfrozen_in != self.current_epoch:
+            for depth, group in enumerate(self.layer_groups()):
+                for param in group:
+                    param.requires_grad_(depth <= self.current_epoch)
+            self._unfrozen_in = self.current_epoch
 
     def metrics(self) -> MetricCollection:
         return MetricCollection({"acc": BinaryAccuracy(), "f1": BinaryF1Score(), "auroc": BinaryAUROC()})
@@ -76,6 +106,8 @@ class SentimentClassifier(EncoderModule):
         """Logits (batch,), and the word embeddings (time, batch, embed) they were computed from."""
         ids, lengths = batch["input_ids"], batch["lengths"]
         embedded = self.encoder.embed(ids)
+        if perturbation is None and self.training and self.hparams.adversarial and not embedded.requires_grad:
+            embedded.requires_grad_()  # a frozen embedding (gradual unfreezing): the adversary still needs its gradient
         inputs = embedded if perturbation is None else embedded + perturbation
         return self.head(self.encoder.encode(inputs, lengths, ids)).squeeze(-1), embedded
 

@@ -252,6 +252,19 @@ class RecurrentEncoder(Recurrence):
         return self.encode(self.embed(input_ids), lengths, input_ids)
 
 
+def layer_groups(encoder: nn.Module) -> list[list[nn.Parameter]]:
+    """The encoder's parameters from the input up, one group per layer (embedding tables first), for
+    per-layer learning rates and gradual unfreezing; one group for encoders without layers."""
+    if not isinstance(encoder, Recurrence):
+        return [list(encoder.parameters())]
+    groups = [list(layer.parameters()) for layer in encoder.layers]
+    if isinstance(encoder, RecurrentEncoder):
+        groups.insert(0, [table.weight for table in filter(None, (encoder.embedding, encoder.bigrams))])
+    grouped = {id(p) for group in groups for p in group}
+    groups[-1] += [p for p in encoder.parameters() if id(p) not in grouped]  # anything a subclass adds
+    return groups
+
+
 def encoder_spec(encoder: nn.Module) -> dict:
     """The encoder as plain data: {"class_path": ..., "init_args": {...}}."""
     cls = type(encoder)

@@ -3,7 +3,8 @@
 The embedding and recurrent layers are a `RecurrentEncoder`'s, so `fit --model.pretrained`
 copies them into the classifier one to one. The output layer reuses the embedding matrix (tied
 weights, Press & Wolf 2017): a 30k-word softmax then adds no parameters, only a projection from
-the hidden size to the embedding size when the two differ.
+the hidden size to the embedding size when the two differ. On a CPU that softmax is most of the
+cost; `adaptive_cutoffs` splits it (Grave et al. 2017) so rare words cost only when they occur.
 """
 
 from __future__ import annotations
@@ -16,25 +17,36 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
+from torchmetrics import MeanMetric
 
+from ..data.datamodule import training_progress
 from ..errors import ConfigError, UserError
-from .base import NonFiniteLossError, sized_by_steps
+from .base import NonFiniteLossError, RandomStateResume, sized_by_steps
 from .checkpoints import expect_kind, read_checkpoint
 from .encoders import RecurrentEncoder, encoder_spec
 
 
-class LanguageModel(L.LightningModule):
+class LanguageModel(RandomStateResume, L.LightningModule):
     """Next-word prediction over a unidirectional `RecurrentEncoder`'s embedding and layers.
 
     Args:
         encoder: the recurrent encoder to pretrain (its pooling is unused here).
         optimizer: optimizer factory (default Adam, lr 1e-3).
         scheduler: LR scheduler factory; one with `total_steps` (OneCycleLR) is sized to the run.
+        adaptive_cutoffs: token ids where the softmax's clusters begin, e.g. [2000, 10000]; empty: one
+            full softmax. Token ids run from frequent to rare, so the first cluster (the head) holds the
+            frequent words and one entry per rarer cluster, whose own softmax is computed only for
+            the positions whose next word lies in it. The probabilities stay exact.
     """
 
     def __init__(self, encoder: nn.Module, optimizer: OptimizerCallable = torch.optim.Adam,
-                 scheduler: Optional[LRSchedulerCallable] = None):
+                 scheduler: Optional[LRSchedulerCallable] = None, adaptive_cutoffs: list[int] = ()):
         super().__init__()
+        adaptive_cutoffs = list(adaptive_cutoffs)
+        if adaptive_cutoffs and (adaptive_cutoffs != sorted(set(adaptive_cutoffs)) or adaptive_cutoffs[0] < 2
+                                 or adaptive_cutoffs[-1] >= encoder.vocab_size):
+            raise ConfigError(f"model.adaptive_cutoffs must rise strictly between 2 and the vocabulary size "
+                              f"({encoder.vocab_size}), got {adaptive_cutoffs}")
         if not isinstance(encoder, RecurrentEncoder):
             raise ConfigError(f"model.encoder: a language model needs a RecurrentEncoder, got {type(encoder).__name__}")
         if encoder.bidirectional:
@@ -44,12 +56,20 @@ class LanguageModel(L.LightningModule):
         self.project = nn.Linear(encoder.hidden_size, encoder.embed_dim) if encoder.hidden_size != encoder.embed_dim \
             else nn.Identity()
         self.output_bias = nn.Parameter(torch.zeros(encoder.vocab_size))
+        self.cutoffs = [*adaptive_cutoffs, encoder.vocab_size]
+        # one vector (and bias) per tail cluster: the head's entry for "the next word is in that cluster"
+        self.cluster_vectors = nn.Parameter(torch.zeros(len(adaptive_cutoffs), encoder.embed_dim))
+        self.cluster_bias = nn.Parameter(torch.zeros(len(adaptive_cutoffs)))
         self.save_hyperparameters(ignore=["encoder", "optimizer", "scheduler"])
         self.hparams["encoder"], self.hparams["task"] = encoder_spec(encoder), "language_model"
         self._state: dict[str, Optional[list]] = {"train": None, "val": None}  # carried between windows
+        # Token-weighted mean losses over an epoch; the training one goes into checkpoints, so a run
+        # resumed mid-epoch reports the same epoch figure as one never stopped.
+        self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
+        self.train_loss.persistent(True)
 
-    def forward(self, input_ids: torch.Tensor, state: Optional[list] = None) -> tuple[torch.Tensor, list]:
-        """input_ids (batch, time) -> next-word logits (time, batch, vocab), and each layer's final state."""
+    def hidden(self, input_ids: torch.Tensor, state: Optional[list] = None) -> tuple[torch.Tensor, list]:
+        """input_ids (batch, time) -> output features (time, batch, embed), and each layer's final state."""
         enc = self.encoder
         x = enc.embedding_dropout(enc.embed(input_ids))  # (time, batch, embed)
         state = state or [None] * enc.num_layers
@@ -59,27 +79,88 @@ class LanguageModel(L.LightningModule):
                 x = enc.layer_dropout(x)
             x, layer_state = rnn(x, state[index])  # (time, batch, hidden)
             new_state.append(layer_state)
-        x = enc.layer_dropout(x)
-        logits = F.linear(self.project(x), enc.embedding.weight, self.output_bias)  # (time, batch, vocab)
-        return logits, new_state
+        return self.project(enc.layer_dropout(x)), new_state
+
+    def forward(self, input_ids: torch.Tensor, state: Optional[list] = None) -> tuple[torch.Tensor, list]:
+        """input_ids (batch, time) -> next-word log-probabilities (time, batch, vocab), and the final states."""
+        features, state = self.hidden(input_ids, state)
+        head = self._head_log_probs(features)  # (time, batch, head + clusters)
+        parts = [head[..., : self.cutoffs[0]]]
+        for cluster, (start, end) in enumerate(zip(self.cutoffs, self.cutoffs[1:])):
+            tail = F.linear(features, self.encoder.embedding.weight[start:end], self.output_bias[start:end])
+            parts.append(head[..., self.cutoffs[0] + cluster, None] + tail.log_softmax(-1))
+        return torch.cat(parts, dim=-1), state
+
+    def _head_log_probs(self, features: torch.Tensor) -> torch.Tensor:
+        head = self.cutoffs[0]
+        weight = torch.cat([self.encoder.embedding.weight[:head], self.cluster_vectors])  # (head + clusters, embed)
+        return F.linear(features, weight, torch.cat([self.output_bias[:head], self.cluster_bias])).log_softmax(-1)
+
+    def loss(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean next-word cross-entropy of features (n, embed) against targets (n,)."""
+        head = self._head_log_probs(features)  # (n, head + clusters)
+        in_head = targets < self.cutoffs[0]
+        # a tail word's log-probability: its cluster's, from the head, plus its own within the cluster
+        nll = -head.gather(1, targets.clamp(max=self.cutoffs[0] - 1)[:, None]).squeeze(1) * in_head
+        for cluster, (start, end) in enumerate(zip(self.cutoffs, self.cutoffs[1:])):
+            rows = ((targets >= start) & (targets < end)).nonzero().squeeze(1)  # positions whose word is here
+            if len(rows):
+                tail = F.linear(features[rows], self.encoder.embedding.weight[start:end], self.output_bias[start:end])
+                word = tail.log_softmax(-1).gather(1, (targets[rows] - start)[:, None]).squeeze(1)
+                nll = nll.index_add(0, rows, -(head[rows, self.cutoffs[0] + cluster] + word))
+        return nll.mean()
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
         state = self._state[stage]
         if state is not None and _batch_of(state) != batch["input_ids"].shape[0]:
             state = None
-        logits, state = self(batch["input_ids"], state)
+        if state is not None and _first(state).device != batch["input_ids"].device:  # restored from a checkpoint
+            state = [tuple(s.to(batch["input_ids"].device) for s in st) if isinstance(st, tuple) else
+                     st.to(batch["input_ids"].device) for st in state]
+        features, state = self.hidden(batch["input_ids"], state)  # (time, batch, embed)
         # Truncated BPTT: the next window starts from this state, without a gradient path into this one.
         self._state[stage] = [tuple(s.detach() for s in st) if isinstance(st, tuple) else st.detach() for st in state]
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["targets"].t().reshape(-1))
-        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True)
-        self.log(f"{stage}/ppl", torch.exp(loss.detach()), on_step=False, on_epoch=True)
+        loss = self.loss(features.reshape(-1, features.shape[-1]), batch["targets"].t().reshape(-1))
+        getattr(self, f"{stage}_loss").update(loss.detach(), batch["targets"].numel())
+        if stage == "train":
+            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
 
-    def on_train_epoch_start(self) -> None:
+    def on_train_epoch_start(self) -> None:  # (not called for the epoch a run resumes in the middle of)
         self._state["train"] = None
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
 
     def on_validation_epoch_start(self) -> None:
         self._state["val"] = None
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self._log_epoch("val")
+        if loss is not None and not self.trainer.sanity_checking:
+            print(f"epoch {self.current_epoch}: validation perplexity {math.exp(loss):.1f}")
+
+    def _log_epoch(self, stage: str) -> Optional[float]:
+        metric = getattr(self, f"{stage}_loss")
+        if not metric.update_count:
+            return None
+        loss = metric.compute()
+        with torch.inference_mode(False):  # fresh states a later fit (outside inference mode) can update in place
+            metric.reset()
+        self.log(f"{stage}/loss_epoch" if stage == "train" else "val/loss", loss, prog_bar=stage == "val")
+        self.log(f"{stage}/ppl", torch.exp(loss))
+        return float(loss)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        epoch, done = training_progress(self.trainer) if self.trainer.state.fn == "fit" else (0, 0)
+        if done and self._state["train"] is not None:  # mid-epoch: the state the next window starts from
+            checkpoint["carried_state"] = {"epoch": epoch, "state": self._state["train"]}  # (epoch: for readers)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        # Saved only in the middle of an epoch, where a resumed run goes on from the state its last window left.
+        self._state["train"] = checkpoint.get("carried_state", {}).get("state")
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self._step(batch, "train")
@@ -92,14 +173,8 @@ class LanguageModel(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._step(batch, "val")
 
-    def on_validation_epoch_end(self) -> None:
-        loss = self.trainer.callback_metrics.get("val/loss")
-        if loss is not None and not self.trainer.sanity_checking:
-            print(f"epoch {self.current_epoch}: validation perplexity {math.exp(float(loss)):.1f}")
-
     def metric_names(self) -> set[str]:
-        names = {f"{stage}/{name}" for stage in ("train", "val") for name in ("loss", "ppl")}
-        return names | {"train/loss_step", "train/loss_epoch"}
+        return {"train/loss", "train/loss_epoch", "train/ppl", "val/loss", "val/ppl"}
 
     def configure_optimizers(self):
         optimizer = self.optimizer(self.parameters())
@@ -111,9 +186,12 @@ class LanguageModel(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer), "monitor": "val/loss"}}
 
 
+def _first(state: list) -> torch.Tensor:
+    return state[0][0] if isinstance(state[0], tuple) else state[0]
+
+
 def _batch_of(state: list) -> int:
-    first = state[0][0] if isinstance(state[0], tuple) else state[0]
-    return first.shape[1]  # (layers, batch, hidden)
+    return _first(state).shape[1]  # (layers, batch, hidden)
 
 
 def pretrained_weights(ckpt: dict) -> dict[str, torch.Tensor]:
