@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import ConfigError, DataError
 from ..runs import atomic_write
-from .datamodule import IMDBDataModule, _digest, default_cache_dir, training_progress
+from .datamodule import IMDBDataModule, _digest, default_cache_dir, train_position
 from .sources import AclImdbSource, FileSource, HubSource, SyntheticSource
 from .tokenizer import build_tokenizer, encode
 
@@ -200,12 +200,8 @@ class CorpusDataModule(L.LightningDataModule):
     def state_dict(self) -> dict:
         # What the classifier reuses: the vocabulary. (`kind` lets a reader tell it from a classifier's.)
         # And, as for `fit`, how many windows of the current epoch were trained (see IMDBDataModule.state_dict).
-        state = {"tokenizer": self.get_tokenizer().to_str(), "corpus": json.dumps({"tokens": int(len(self.stream("train")))})}
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None and trainer.state.fn == "fit":
-            epoch, done = training_progress(trainer)
-            state["train_position"] = {"epoch": epoch, "batches_done": done}
-        return state
+        return {"tokenizer": self.get_tokenizer().to_str(), "corpus": json.dumps({"tokens": int(len(self.stream("train")))}),
+                **train_position(self)}
 
     def load_state_dict(self, state: dict) -> None:
         self.tokenizer = Tokenizer.from_str(state["tokenizer"])

@@ -156,6 +156,15 @@ def training_progress(trainer: L.Trainer) -> tuple[int, int]:
     return epochs.processed, trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
 
+def train_position(datamodule: L.LightningDataModule) -> dict:
+    """{"train_position": {epoch, batches_done}} while its trainer fits, for the data module's state_dict; else {}."""
+    trainer = getattr(datamodule, "trainer", None)
+    if trainer is None or trainer.state.fn != "fit":
+        return {}
+    epoch, done = training_progress(trainer)
+    return {"train_position": {"epoch": epoch, "batches_done": done}}
+
+
 def _digest(*parts) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -396,12 +405,8 @@ class IMDBDataModule(L.LightningDataModule):
     # sized to the run made Lightning load the data early).
     def state_dict(self) -> dict:
         hp = self.hparams
-        state = {"tokenizer": self.get_tokenizer().to_str(), "max_length": hp.max_length, "truncation": hp.truncation}
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None and trainer.state.fn == "fit":
-            epoch, done = training_progress(trainer)
-            state["train_position"] = {"epoch": epoch, "batches_done": done}
-        return state
+        return {"tokenizer": self.get_tokenizer().to_str(), "max_length": hp.max_length, "truncation": hp.truncation,
+                **train_position(self)}
 
     def load_state_dict(self, state: dict) -> None:
         restored = Tokenizer.from_str(state["tokenizer"])
