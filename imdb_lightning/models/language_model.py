@@ -87,7 +87,7 @@ class LanguageModel(RandomStateResume, L.LightningModule):
         head = self._head_log_probs(features)  # (time, batch, head + clusters)
         parts = [head[..., : self.cutoffs[0]]]
         for cluster, (start, end) in enumerate(zip(self.cutoffs, self.cutoffs[1:])):
-            tail = F.linear(features, self.encoder.embedding.weight[start:end], self.output_bias[start:end])
+            tail = self._tail_logits(features, start, end)
             parts.append(head[..., self.cutoffs[0] + cluster, None] + tail.log_softmax(-1))
         return torch.cat(parts, dim=-1), state
 
@@ -95,6 +95,10 @@ class LanguageModel(RandomStateResume, L.LightningModule):
         head = self.cutoffs[0]
         weight = torch.cat([self.encoder.embedding.weight[:head], self.cluster_vectors])  # (head + clusters, embed)
         return F.linear(features, weight, torch.cat([self.output_bias[:head], self.cluster_bias])).log_softmax(-1)
+
+    def _tail_logits(self, features: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """Logits of words start..end-1 (a tail cluster), from the tied embedding rows: (..., end - start)."""
+        return F.linear(features, self.encoder.embedding.weight[start:end], self.output_bias[start:end])
 
     def loss(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean next-word cross-entropy of features (n, embed) against targets (n,)."""
@@ -105,7 +109,7 @@ class LanguageModel(RandomStateResume, L.LightningModule):
         for cluster, (start, end) in enumerate(zip(self.cutoffs, self.cutoffs[1:])):
             rows = ((targets >= start) & (targets < end)).nonzero().squeeze(1)  # positions whose word is here
             if len(rows):
-                tail = F.linear(features[rows], self.encoder.embedding.weight[start:end], self.output_bias[start:end])
+                tail = self._tail_logits(features[rows], start, end)
                 word = tail.log_softmax(-1).gather(1, (targets[rows] - start)[:, None]).squeeze(1)
                 nll = nll.index_add(0, rows, -(head[rows, self.cutoffs[0] + cluster] + word))
         return nll.mean()
@@ -115,11 +119,10 @@ class LanguageModel(RandomStateResume, L.LightningModule):
         if state is not None and _batch_of(state) != batch["input_ids"].shape[0]:
             state = None
         if state is not None and _first(state).device != batch["input_ids"].device:  # restored from a checkpoint
-            state = [tuple(s.to(batch["input_ids"].device) for s in st) if isinstance(st, tuple) else
-                     st.to(batch["input_ids"].device) for st in state]
+            state = _map_state(state, lambda s: s.to(batch["input_ids"].device))
         features, state = self.hidden(batch["input_ids"], state)  # (time, batch, embed)
         # Truncated BPTT: the next window starts from this state, without a gradient path into this one.
-        self._state[stage] = [tuple(s.detach() for s in st) if isinstance(st, tuple) else st.detach() for st in state]
+        self._state[stage] = _map_state(state, torch.Tensor.detach)
         loss = self.loss(features.reshape(-1, features.shape[-1]), batch["targets"].t().reshape(-1))
         getattr(self, f"{stage}_loss").update(loss.detach(), batch["targets"].numel())
         if stage == "train":
@@ -184,6 +187,11 @@ class LanguageModel(RandomStateResume, L.LightningModule):
             scheduler = self.scheduler(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer), "monitor": "val/loss"}}
+
+
+def _map_state(state: list, fn) -> list:
+    """fn applied to every tensor of per-layer states (an LSTM's (h, c) tuples or a GRU's / RNN's h)."""
+    return [tuple(map(fn, st)) if isinstance(st, tuple) else fn(st) for st in state]
 
 
 def _first(state: list) -> torch.Tensor:
