@@ -1,4 +1,4 @@
-"""The linear references: they learn, run on the fit's own split, and combine with a recurrent run."""
+"""The linear references: they learn, run on the fit's own split, and stack with recurrent runs."""
 
 import json
 from pathlib import Path
@@ -68,7 +68,7 @@ def test_stacking_weighs_the_two_logits_and_cross_fits_by_film():
     labels = rng.integers(0, 2, 400)
     good = np.where(labels == 1, 1.0, -1.0) + rng.normal(0, 0.5, 400)  # informative
     noise = rng.normal(0, 3, 400)  # useless and loud
-    combined = Combined(Fixed(good), Fixed(noise))
+    combined = Combined(Fixed(good), [Fixed(noise)])
     held_out = combined.fit(["x"] * 400, labels, np.arange(400) // 4)
     assert abs(combined.weights[0]) > 5 * abs(combined.weights[1])  # the informative model weighs more
     assert ((held_out >= 0) == labels).mean() > 0.9
@@ -76,19 +76,40 @@ def test_stacking_weighs_the_two_logits_and_cross_fits_by_film():
                                                         + combined.weights[2])
 
 
-def test_combine_with_a_recurrent_run(files, tmp_path, cache_dir, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def fit_tiny(files, cache_dir, name, *extra):
     cli_main(["fit", "--config", str(EXPERIMENTS / "gru.yaml"), "--data.train_files", files["train"],
               "--data.cache_dir", cache_dir, "--data.vocab_size", "300", "--model.encoder.init_args.hidden_size", "8",
-              "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.enable_progress_bar", "false"])
-    run_dir = Path("lightning_logs/gru/version_0")
+              "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.enable_progress_bar", "false",
+              "--trainer.logger.init_args.name", name, *extra])
+    return Path(f"lightning_logs/{name}/version_0")
+
+
+def test_combine_with_recurrent_runs(files, tmp_path, cache_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_dir = fit_tiny(files, cache_dir, "gru")
     fit = json.loads((run_dir / "run.json").read_text())
     [record] = linear(["--combine", str(run_dir), "--data.test_files", files["test"], "--logdir", "combined"])
     assert record["model"] == "nbsvm+gru" and record["seed"] == fit["seed"] and len(record["weights"]) == 3
     assert record["validation"] == fit["validation"]  # the checkpoint's own split
     assert 0.5 < record["val"]["val/acc"] <= 1 and "test/acc" in record["test"]
-    assert Path(record["checkpoint"]).name.startswith("best")
+    assert Path(record["checkpoints"][0]).name.startswith("best")
 
+    # two runs of one split (the same seed, so the stack is that seed's) stack into one weight each
+    other = fit_tiny(files, cache_dir, "gru_wide", "--model.encoder.init_args.hidden_size", "12")
+    [both] = linear(["--combine", str(run_dir), str(other), "--data.test_files", files["test"], "--logdir", "combined"])
+    assert both["model"] == "nbsvm+gru+gru_wide" and both["seed"] == fit["seed"] and len(both["weights"]) == 4
+    assert both["parameters"] == record["parameters"] + json.loads((other / "run.json").read_text())["parameters"]
+    config = (Path(both["folder"]) / "config.yaml").read_text()
+    assert "combined_with: gru+gru_wide" in config and "weights" not in config  # fitted, not a setting
+
+    result = compare("combined", tmp_path / "out")
+    assert result["finished"] == 2
+
+    moved = fit_tiny(files, cache_dir, "gru_split3", "--data.split_seed", "3")
+    with pytest.raises(UserError, match=r"gru_split3/version_0 validated on other reviews"):
+        linear(["--combine", str(run_dir), str(moved)])
+    with pytest.raises(UserError, match=r"a run is given twice"):
+        linear(["--combine", str(run_dir), str(run_dir)])
     with pytest.raises(UserError, match=r"--data\.split_seed would change them"):
         linear(["--combine", str(run_dir), "--data.split_seed", "3"])
     with pytest.raises(UserError, match=r"not a fit's run folder"):

@@ -4,9 +4,10 @@ Trained on exactly the train/validation split a `fit` with the same data setting
 `--config` files and `--data.*` flags), tested when the data has a test split, and written as a
 run folder (`config.yaml`, `run.json`, TensorBoard scalars) that `compare` ranks with the rest.
 
-`--combine RUN` pairs a linear model with a trained recurrent run instead: fitted on that run's
-own split (its `config.yaml`), its logit and the run's best checkpoint's logit are weighed by a
-logistic regression fitted on the validation reviews, whose figure is therefore cross-fitted by film.
+`--combine RUN [RUN ...]` stacks a linear model with trained recurrent runs instead: fitted on
+their own split (their `config.yaml`; all of them must have validated on the same reviews), its
+logit and each run's best checkpoint's logit are weighed by a logistic regression fitted on the
+validation reviews, whose figure is therefore cross-fitted by film.
 """
 
 from __future__ import annotations
@@ -54,15 +55,15 @@ def new_run_folder(root: Path) -> Path:
 
 
 class Combined:
-    """A linear reference and a recurrent classifier voting together: a logistic regression on their
-    two logits (stacking). Its three numbers are fitted on the validation reviews, so the validation
-    figure comes from cross-fitting: each review scored by a stacker fitted without its film."""
+    """A linear reference and recurrent classifiers voting together: a logistic regression on their
+    logits (stacking). Its weights are fitted on the validation reviews, so the validation figure
+    comes from cross-fitting: each review scored by a stacker fitted without its film."""
 
-    def __init__(self, linear: LinearReference, predictor, weights: Optional[list[float]] = None):
-        self.linear, self.predictor, self.weights = linear, predictor, weights  # [linear, recurrent, bias]
+    def __init__(self, linear: LinearReference, predictors: list, weights: Optional[list[float]] = None):
+        self.linear, self.predictors, self.weights = linear, predictors, weights  # [linear, *recurrent, bias]
 
     def features(self, texts: list[str]) -> np.ndarray:
-        return np.stack([self.linear.logits(texts), self.predictor.logits(texts)], axis=1)  # (texts, 2)
+        return np.stack([self.linear.logits(texts), *(p.logits(texts) for p in self.predictors)], axis=1)  # (texts, 1 + runs)
 
     def fit(self, texts: list[str], labels: np.ndarray, films: np.ndarray, folds: int = 5) -> np.ndarray:
         """Fit the weights on these (validation) reviews; return their cross-fitted logits (texts,)."""
@@ -78,12 +79,12 @@ class Combined:
         return out
 
     def logits(self, texts: list[str]) -> np.ndarray:
-        return self.features(texts) @ np.array(self.weights[:2]) + self.weights[2]
+        return self.features(texts) @ np.array(self.weights[:-1]) + self.weights[-1]
 
 
-def run(kind: str, C: float, data: dict, logdir: str, name: str, partner: Optional[dict] = None) -> dict:
-    """Fit one linear reference on the data module's training split (with `partner`, a recurrent
-    run's checkpoint to add to it); validate, test when possible; record."""
+def run(kind: str, C: float, data: dict, logdir: str, name: str, partners: Optional[list[dict]] = None) -> dict:
+    """Fit one linear reference on the data module's training split (with `partners`, recurrent
+    runs' checkpoints to stack with it); validate, test when possible; record."""
     from torch.utils.tensorboard import SummaryWriter
 
     start = time.monotonic()
@@ -93,11 +94,13 @@ def run(kind: str, C: float, data: dict, logdir: str, name: str, partner: Option
     fit_s = time.monotonic() - start
     record = {"kind": "linear", "status": "finished", "model": kind, "C": model.C, "parameters": model.parameters,
               "validation": dm.validation, "train_samples": len(train), "seed": None}
-    if partner:
-        model = Combined(model, partner["predictor"])
+    if partners:
+        model = Combined(model, [p["predictor"] for p in partners])
         val_logits = model.fit(val.texts, val.labels, film_numbers(val))
-        record.update(model=f"{kind}+{partner['name']}", seed=partner["seed"], checkpoint=partner["checkpoint"],
-                      parameters=record["parameters"] + partner["parameters"], weights=model.weights)
+        seeds = sorted({str(p["seed"]) for p in partners})  # runs of one seed stack as that seed
+        record.update(model=name, seed=partners[0]["seed"] if len(seeds) == 1 else "+".join(seeds),
+                      checkpoints=[p["checkpoint"] for p in partners], weights=model.weights,
+                      parameters=record["parameters"] + sum(p["parameters"] for p in partners))
     else:
         val_logits = model.logits(val.texts)
     record["val"] = figures(val_logits, val.labels, film_numbers(val), "val")
@@ -110,9 +113,10 @@ def run(kind: str, C: float, data: dict, logdir: str, name: str, partner: Option
     record.update(wall_s=time.monotonic() - start, train_s=fit_s, train_samples_per_s=len(train) / fit_s, epochs=1)
 
     folder = new_run_folder(Path(logdir) / name)
-    linear = model.linear if partner else model
+    linear = model.linear if partners else model
+    # the stacker's weights are fitted, not set: they stay in run.json, so `compare` groups seeds
     config = {"data": data, "model": {"kind": kind, "C": linear.C, "ngrams": linear.ngrams,
-                                      **({"combined_with": partner["name"], "weights": model.weights} if partner else {})}}
+                                      **({"combined_with": "+".join(p["name"] for p in partners)} if partners else {})}}
     atomic_write(folder / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(config, sort_keys=False)))
     atomic_write(folder / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
     with SummaryWriter(log_dir=str(folder)) as writer:
@@ -127,23 +131,36 @@ def run(kind: str, C: float, data: dict, logdir: str, name: str, partner: Option
 SAFE_WITH_COMBINE = ("--data.test_files", "--data.cache_dir", "--data.num_workers")
 
 
-def partner_run(folder: str, scratch: Path) -> tuple[dict, list[str]]:
-    """A recurrent fit's best checkpoint, loaded, and its data settings (the split it trained on)."""
+def partner_runs(folders: list[str], scratch: Path, overrides: list[str]) -> tuple[list[dict], dict]:
+    """Recurrent fits' best checkpoints, loaded, and the data settings of the split they trained on."""
     from ..serve.predictor import load
 
-    run_dir = Path(folder)
-    config = run_dir / "config.yaml"
-    ckpt = best_checkpoint(run_dir) or last_checkpoint(run_dir)
-    if not config.is_file() or ckpt is None:
-        raise UserError(f"--combine {folder}: not a fit's run folder (it needs config.yaml and checkpoints/)")
-    record_file = run_dir / "run.json"
-    record = json.loads(record_file.read_text()) if record_file.is_file() else {}
-    predictor = load(ckpt)
-    name = run_dir.parent.name  # the experiment: runs of one recipe with other seeds group together in compare
-    data_only = scratch / "data.yaml"  # the saved config also holds fit-only keys (ckpt_path, ...)
-    data_only.write_text(yaml.safe_dump({"data": yaml.safe_load(config.read_text()).get("data") or {}}))
-    return {"predictor": predictor, "name": name, "seed": record.get("seed"), "checkpoint": str(ckpt),
-            "parameters": sum(p.numel() for p in predictor.model.parameters())}, [str(data_only)]
+    partners, data, first_val = [], None, None
+    if len({Path(f).resolve() for f in folders}) < len(folders):
+        raise UserError(f"--combine: a run is given twice ({' '.join(folders)})")
+    for i, folder in enumerate(folders):
+        run_dir = Path(folder)
+        config = run_dir / "config.yaml"
+        ckpt = best_checkpoint(run_dir) or last_checkpoint(run_dir)
+        if not config.is_file() or ckpt is None:
+            raise UserError(f"--combine {folder}: not a fit's run folder (it needs config.yaml and checkpoints/)")
+        record_file = run_dir / "run.json"
+        record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+        data_only = scratch / f"data{i}.yaml"  # the saved config also holds fit-only keys (ckpt_path, ...)
+        data_only.write_text(yaml.safe_dump({"data": yaml.safe_load(config.read_text()).get("data") or {}}))
+        run_data = {k: v for k, v in vars(read_config([str(data_only)], overrides).data).items() if not k.startswith("__")}
+        # the stacker is fitted on validation: a run that trained on those reviews would win it unfairly
+        val = IMDBDataModule(**run_data).reviews("val").texts if len(folders) > 1 else None
+        if data is None:
+            data, first_val = run_data, val
+        elif val != first_val:
+            raise UserError(f"--combine: {folder} validated on other reviews than {folders[0]} "
+                            "(another data file, val_split, val_fraction or split_seed); stack runs of one split")
+        partners.append({"predictor": load(ckpt), "checkpoint": str(ckpt), "seed": record.get("seed"),
+                         # the experiment: runs of one recipe with other seeds group together in compare
+                         "name": run_dir.parent.name})
+        partners[-1]["parameters"] = sum(p.numel() for p in partners[-1]["predictor"].model.parameters())
+    return partners, data
 
 
 def main(argv: list[str]) -> list[dict]:
@@ -156,10 +173,11 @@ def main(argv: list[str]) -> list[dict]:
     parser.add_argument("--models", type=comma_list(), default=None,
                         help=f"from {','.join(DEFAULT_C)} (default: both; nbsvm with --combine)")
     parser.add_argument("--C", type=float, default=0.0, help=f"inverse regularisation (default per model: {DEFAULT_C})")
-    parser.add_argument("--combine", metavar="RUN", help="a recurrent fit's run folder (lightning_logs/NAME/version_N): "
-                        "add its best checkpoint's logit to the linear model's, on that run's own split")
+    parser.add_argument("--combine", metavar="RUN", nargs="+",
+                        help="recurrent fits' run folders (lightning_logs/NAME/version_N), all of one split: stack their "
+                        "best checkpoints' logits with the linear model's, on that split")
     parser.add_argument("--logdir", default="lightning_logs",
-                        help="runs land in LOGDIR/linear_<model>/version_N (with --combine: LOGDIR/<model>+<experiment>/)")
+                        help="runs land in LOGDIR/linear_<model>/version_N (with --combine: LOGDIR/<model>+<experiment>[+...]/)")
     opts, rest = parser.parse_known_args(argv)
     unknown = [a for a in rest if a.startswith("--") and not a.startswith("--data.")]
     if unknown:
@@ -176,14 +194,16 @@ def main(argv: list[str]) -> list[dict]:
     if opts.combine and changed:  # another split would validate on reviews the checkpoint was trained on
         parser.error(f"--combine keeps the run's own data settings; {changed[0]} would change them "
                      f"(allowed: {', '.join(SAFE_WITH_COMBINE)})")
-    with tempfile.TemporaryDirectory() as scratch:
-        partner, configs = partner_run(opts.combine, Path(scratch)) if opts.combine else (None, opts.config)
-        data = read_config(configs, rest).data
-    data = {k: v for k, v in vars(data).items() if not k.startswith("__")}
+    if opts.combine:
+        with tempfile.TemporaryDirectory() as scratch:
+            partners, data = partner_runs(opts.combine, Path(scratch), rest)
+    else:
+        partners = None
+        data = {k: v for k, v in vars(read_config(opts.config, rest).data).items() if not k.startswith("__")}
     results = []
     for kind in models:
-        name = f"{kind}+{partner['name']}" if partner else f"linear_{kind}"
-        record = run(kind, opts.C, data, opts.logdir, name, partner)
+        name = "+".join([kind, *(p["name"] for p in partners)]) if partners else f"linear_{kind}"
+        record = run(kind, opts.C, data, opts.logdir, name, partners)
         val, test = record["val"], record.get("test", {})
         split = (record["validation"] or {}).get("kind", "?")
         line = (f"[linear] {record['model']}: val acc ({split} split) {val['val/acc']:.4f} ± {Z95 * val['val/acc_se']:.4f}"
