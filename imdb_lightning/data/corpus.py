@@ -154,7 +154,7 @@ class CorpusDataModule(L.LightningDataModule):
         hp = self.hparams
         parts = [self.source.fingerprint("unlabelled") if self._has_unlabelled() else None]
         if self.labelled is not None:
-            parts.append(self.labelled._split_key())
+            parts.append(self.labelled.split_key())
         return _digest("corpus", parts, hp.vocab_size, hp.min_frequency, hp.lowercase, hp.heldout_fraction, hp.split_seed)
 
     def stream(self, split: Literal["train", "val"]) -> np.ndarray:

@@ -319,13 +319,13 @@ class IMDBDataModule(L.LightningDataModule):
         self.validation = {"kind": kind, "fraction": hp.val_fraction, "reviews": int(len(val)), "films": films}
 
     # --- tokenizer and cached token ids -----------------------------------------------------
-    def _split_key(self) -> list:
+    def split_key(self) -> list:
         hp = self.hparams
         return [self.source.fingerprint("train"), hp.val_split, hp.val_fraction, hp.split_seed]
 
     def _tokenizer_key(self) -> str:
         hp = self.hparams
-        return _digest(self._split_key(), hp.vocab_size, hp.min_frequency, hp.lowercase)
+        return _digest(self.split_key(), hp.vocab_size, hp.min_frequency, hp.lowercase)
 
     def get_tokenizer(self) -> Tokenizer:
         if self.tokenizer is None and self.hparams.tokenizer_from:
@@ -346,7 +346,7 @@ class IMDBDataModule(L.LightningDataModule):
     def dataset(self, split: Literal["train", "val", "test"]) -> TokenizedReviews:
         if split not in self._datasets:
             tokenizer = self.get_tokenizer()
-            key = _digest(split, self.source.fingerprint("test") if split == "test" else self._split_key(), tokenizer.to_str())
+            key = _digest(split, self.source.fingerprint("test") if split == "test" else self.split_key(), tokenizer.to_str())
             path = self.cache_dir / f"{split}-{key}.npz"
             if path.is_file():
                 with np.load(path, allow_pickle=False) as z:

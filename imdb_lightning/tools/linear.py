@@ -131,13 +131,17 @@ def run(kind: str, C: float, data: dict, logdir: str, name: str, partners: Optio
 SAFE_WITH_COMBINE = ("--data.test_files", "--data.cache_dir", "--data.num_workers")
 
 
+def data_settings(configs: list[str], overrides: list[str]) -> dict:
+    return {k: v for k, v in vars(read_config(configs, overrides).data).items() if not k.startswith("__")}
+
+
 def partner_runs(folders: list[str], scratch: Path, overrides: list[str]) -> tuple[list[dict], dict]:
     """Recurrent fits' best checkpoints, loaded, and the data settings of the split they trained on."""
     from ..serve.predictor import load
 
-    partners, data, first_val = [], None, None
     if len({Path(f).resolve() for f in folders}) < len(folders):
         raise UserError(f"--combine: a run is given twice ({' '.join(folders)})")
+    partners, settings = [], []
     for i, folder in enumerate(folders):
         run_dir = Path(folder)
         config = run_dir / "config.yaml"
@@ -148,19 +152,17 @@ def partner_runs(folders: list[str], scratch: Path, overrides: list[str]) -> tup
         record = json.loads(record_file.read_text()) if record_file.is_file() else {}
         data_only = scratch / f"data{i}.yaml"  # the saved config also holds fit-only keys (ckpt_path, ...)
         data_only.write_text(yaml.safe_dump({"data": yaml.safe_load(config.read_text()).get("data") or {}}))
-        run_data = {k: v for k, v in vars(read_config([str(data_only)], overrides).data).items() if not k.startswith("__")}
+        settings.append(data_settings([str(data_only)], overrides))
         # the stacker is fitted on validation: a run that trained on those reviews would win it unfairly
-        val = IMDBDataModule(**run_data).reviews("val").texts if len(folders) > 1 else None
-        if data is None:
-            data, first_val = run_data, val
-        elif val != first_val:
+        if IMDBDataModule(**settings[-1]).split_key() != IMDBDataModule(**settings[0]).split_key():
             raise UserError(f"--combine: {folder} validated on other reviews than {folders[0]} "
                             "(another data file, val_split, val_fraction or split_seed); stack runs of one split")
-        partners.append({"predictor": load(ckpt), "checkpoint": str(ckpt), "seed": record.get("seed"),
+        predictor = load(ckpt)
+        partners.append({"predictor": predictor, "checkpoint": str(ckpt), "seed": record.get("seed"),
+                         "parameters": sum(p.numel() for p in predictor.model.parameters()),
                          # the experiment: runs of one recipe with other seeds group together in compare
                          "name": run_dir.parent.name})
-        partners[-1]["parameters"] = sum(p.numel() for p in partners[-1]["predictor"].model.parameters())
-    return partners, data
+    return partners, settings[0]
 
 
 def main(argv: list[str]) -> list[dict]:
@@ -199,7 +201,7 @@ def main(argv: list[str]) -> list[dict]:
             partners, data = partner_runs(opts.combine, Path(scratch), rest)
     else:
         partners = None
-        data = {k: v for k, v in vars(read_config(opts.config, rest).data).items() if not k.startswith("__")}
+        data = data_settings(opts.config, rest)
     results = []
     for kind in models:
         name = "+".join([kind, *(p["name"] for p in partners)]) if partners else f"linear_{kind}"
