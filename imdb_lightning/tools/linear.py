@@ -141,7 +141,7 @@ def partner_runs(folders: list[str], scratch: Path, overrides: list[str]) -> tup
 
     if len({Path(f).resolve() for f in folders}) < len(folders):
         raise UserError(f"--combine: a run is given twice ({' '.join(folders)})")
-    partners, settings = [], []
+    partners, settings, first_key = [], [], None
     for i, folder in enumerate(folders):
         run_dir = Path(folder)
         config = run_dir / "config.yaml"
@@ -153,8 +153,10 @@ def partner_runs(folders: list[str], scratch: Path, overrides: list[str]) -> tup
         data_only = scratch / f"data{i}.yaml"  # the saved config also holds fit-only keys (ckpt_path, ...)
         data_only.write_text(yaml.safe_dump({"data": yaml.safe_load(config.read_text()).get("data") or {}}))
         settings.append(data_settings([str(data_only)], overrides))
+        key = IMDBDataModule(**settings[-1]).split_key()
+        first_key = first_key or key
         # the stacker is fitted on validation: a run that trained on those reviews would win it unfairly
-        if IMDBDataModule(**settings[-1]).split_key() != IMDBDataModule(**settings[0]).split_key():
+        if key != first_key:
             raise UserError(f"--combine: {folder} validated on other reviews than {folders[0]} "
                             "(another data file, val_split, val_fraction or split_seed); stack runs of one split")
         predictor = load(ckpt)
