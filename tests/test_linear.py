@@ -54,6 +54,17 @@ def test_linear_command_uses_the_fits_split_and_tests(files, tmp_path, cache_dir
     assert result["finished"] == 2
     board = (tmp_path / "out" / "leaderboard.md").read_text()
     assert "linear_nbsvm" in board and "grouped" in board
+    # runs without epochs: a cost plot, no empty per-epoch ones
+    assert (tmp_path / "out" / "acc_vs_time.png").is_file() and not (tmp_path / "out" / "val_acc.png").exists()
+
+    # word triples are another recipe: named apart, so compare does not pool them with the pairs
+    [tri] = linear(["--config", str(EXPERIMENTS / "lstm.yaml"), *data, "--models", "nbsvm", "--ngrams", "3",
+                    "--logdir", str(tmp_path)])
+    assert tri["model"] == "nbsvm_3gram" and Path(tri["folder"]).parent.name == "linear_nbsvm_3gram"
+    assert tri["parameters"] > records[0]["parameters"]  # more features: one weight per n-gram
+    assert "ngrams: 3" in (Path(tri["folder"]) / "config.yaml").read_text()
+    with pytest.raises(UserError, match="--ngrams must be 1 to 5, got 0"):
+        linear(["--config", str(EXPERIMENTS / "lstm.yaml"), *data, "--ngrams", "0"])
 
 
 def test_stacking_weighs_the_two_logits_and_cross_fits_by_film():
@@ -104,6 +115,8 @@ def test_combine_with_recurrent_runs(files, tmp_path, cache_dir, monkeypatch):
 
     result = compare("combined", tmp_path / "out")
     assert result["finished"] == 2
+    [tri] = linear(["--combine", str(run_dir), "--ngrams", "3", "--logdir", "combined"])
+    assert tri["model"] == "nbsvm_3gram+gru" and Path(tri["folder"]).parent.name == "nbsvm_3gram+gru"
 
     moved = fit_tiny(files, cache_dir, "gru_split3", "--data.split_seed", "3")
     with pytest.raises(UserError, match=r"gru_split3/version_0 validated on other reviews"):

@@ -198,10 +198,11 @@ def plot(runs: list[Run], out: Path) -> list[Path]:
     from matplotlib.ticker import MaxNLocator
 
     plt = pyplot()
-    finished = [r for r in runs if r.finished and r.curves]
+    # linear runs are fitted once, not per epoch: they are points in the cost plot only
+    finished = [r for r in runs if r.finished and r.curves and r.kind != "linear"]
     _, groups = group(finished)
     written = []
-    for tag, file in (("val/acc", "val_acc.png"), ("val/loss", "val_loss.png")):
+    for tag, file in (("val/acc", "val_acc.png"), ("val/loss", "val_loss.png")) if finished else ():
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for key, members in groups.items():
             curves = [dict(r.curves.get(tag, [])) for r in distinct_seeds(members)]

@@ -82,7 +82,13 @@ class Combined:
         return self.features(texts) @ np.array(self.weights[:-1]) + self.weights[-1]
 
 
-def run(kind: str, C: float, data: dict, logdir: str, name: str, partners: Optional[list[dict]] = None) -> dict:
+def model_label(kind: str, ngrams: int) -> str:
+    # word pairs are the references' default; other n-gram ranges are other recipes, named apart in compare
+    return kind if ngrams == 2 else f"{kind}_{ngrams}gram"
+
+
+def run(kind: str, C: float, data: dict, logdir: str, name: str, partners: Optional[list[dict]] = None,
+        ngrams: int = 2) -> dict:
     """Fit one linear reference on the data module's training split (with `partners`, recurrent
     runs' checkpoints to stack with it); validate, test when possible; record."""
     from torch.utils.tensorboard import SummaryWriter
@@ -90,10 +96,10 @@ def run(kind: str, C: float, data: dict, logdir: str, name: str, partners: Optio
     start = time.monotonic()
     dm = IMDBDataModule(**data)
     train, val = dm.reviews("train"), dm.reviews("val")
-    model = LinearReference(kind, C).fit(train.texts, train.labels)
+    model = LinearReference(kind, C, ngrams).fit(train.texts, train.labels)
     fit_s = time.monotonic() - start
-    record = {"kind": "linear", "status": "finished", "model": kind, "C": model.C, "parameters": model.parameters,
-              "validation": dm.validation, "train_samples": len(train), "seed": None}
+    record = {"kind": "linear", "status": "finished", "model": model_label(kind, ngrams), "C": model.C,
+              "parameters": model.parameters, "validation": dm.validation, "train_samples": len(train), "seed": None}
     if partners:
         model = Combined(model, [p["predictor"] for p in partners])
         val_logits = model.fit(val.texts, val.labels, film_numbers(val))
@@ -177,6 +183,8 @@ def main(argv: list[str]) -> list[dict]:
     parser.add_argument("--models", type=comma_list(), default=None,
                         help=f"from {','.join(DEFAULT_C)} (default: both; nbsvm with --combine)")
     parser.add_argument("--C", type=float, default=0.0, help=f"inverse regularisation (default per model: {DEFAULT_C})")
+    parser.add_argument("--ngrams", type=int, default=2,
+                        help="word n-grams up to this length (default 2: uni+bigrams, as Wang & Manning; 3 adds trigrams)")
     parser.add_argument("--combine", metavar="RUN", nargs="+",
                         help="recurrent fits' run folders (lightning_logs/NAME/version_N), all of one split: stack their "
                         "best checkpoints' logits with the linear model's, on that split")
@@ -192,6 +200,8 @@ def main(argv: list[str]) -> list[dict]:
         parser.error(f"--models: unknown {', '.join(sorted(bad))}; choose from {', '.join(DEFAULT_C)}")
     if opts.C < 0:
         parser.error(f"--C must be positive (or 0 for the default), got {opts.C}")
+    if not 1 <= opts.ngrams <= 5:
+        parser.error(f"--ngrams must be 1 to 5, got {opts.ngrams}")
     if opts.combine and opts.config:
         parser.error("--combine reads the run's own config.yaml (its split); leave out --config")
     changed = [a.split("=")[0] for a in rest if a.startswith("--data.") and a.split("=")[0] not in SAFE_WITH_COMBINE]
@@ -206,8 +216,9 @@ def main(argv: list[str]) -> list[dict]:
         data = data_settings(opts.config, rest)
     results = []
     for kind in models:
-        name = "+".join([kind, *(p["name"] for p in partners)]) if partners else f"linear_{kind}"
-        record = run(kind, opts.C, data, opts.logdir, name, partners)
+        label = model_label(kind, opts.ngrams)
+        name = "+".join([label, *(p["name"] for p in partners)]) if partners else f"linear_{label}"
+        record = run(kind, opts.C, data, opts.logdir, name, partners, opts.ngrams)
         val, test = record["val"], record.get("test", {})
         split = (record["validation"] or {}).get("kind", "?")
         line = (f"[linear] {record['model']}: val acc ({split} split) {val['val/acc']:.4f} ± {Z95 * val['val/acc_se']:.4f}"
