@@ -88,7 +88,7 @@ def test_predict_needs_a_checkpoint(tmp_path, monkeypatch):
 
 
 def test_weight_averaging_from_the_command_line(tmp_path, cache_dir, monkeypatch, capsys):
-    # README "What mattered": Lightning's EMA callback appended on the command line, no code
+    # docs/results.md "What mattered": Lightning's EMA callback appended on the command line, no code
     monkeypatch.chdir(tmp_path)
     config = EXPERIMENTS_DIR / "tuned" / "gru.yaml"
     ema = ["--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging", "--trainer.callbacks.decay", "0.5"]

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import QUICKSTART
 from imdb_lightning.cli import cli_main
-from imdb_lightning.tools.compare import Run, compare, group, leaderboard, mean_std
+from imdb_lightning.tools.compare import Run, compare, find_runs, group, leaderboard, mean_std
 
 SMALL = ["data.synthetic_size=400", "data.max_length=60", "trainer.max_epochs=2", "trainer.limit_train_batches=3",
          "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "trainer.enable_progress_bar=false",
@@ -149,3 +149,43 @@ def test_sweep_runs_the_bag_of_words_reference_from_a_per_encoder_config(tmp_pat
     run = next((tmp_path / "logs" / "nbow").glob("version_*"))
     assert "class_path: imdb_lightning.models.encoders.NBoWEncoder" in (run / "config.yaml").read_text()
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
+
+
+def write_run(root, folder, seed, split_seed, acc):
+    run = root / folder
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(f"seed_everything: {seed}\ndata:\n  split_seed: {split_seed}\nmodel:\n  dropout: 0.5\n")
+    (run / "run.json").write_text(json.dumps({"status": "finished", "best_val_acc": acc, "seed": seed, "epochs": 2,
+                                              "validation": {"kind": "grouped"}, "wall_s": 1.0}))
+
+
+def test_over_splits_pools_split_seeds_and_pairs_differences(tmp_path, capsys):
+    logs = tmp_path / "logs"
+    # gru on splits 0-2 (two model seeds on split 0: one sample of that split); rnn on splits 0-2; nbow on split 1 only
+    for i, (name, seed, split, acc) in enumerate([
+            ("gru", 0, 0, 0.88), ("gru", 1, 0, 0.90), ("gru", 0, 1, 0.91), ("gru", 0, 2, 0.90),
+            ("rnn", 0, 0, 0.87), ("rnn", 0, 1, 0.90), ("rnn", 0, 2, 0.91), ("nbow", 0, 1, 0.80)]):
+        write_run(logs, f"{name}/version_{i}", seed, split, acc)
+
+    header, rows = leaderboard(find_runs(logs))  # by default each split is its own row
+    assert "split_seed" in header and len(rows) == 7
+
+    cli_main(["compare", str(logs), "--over_splits"])
+    assert "ahead on" in capsys.readouterr().out
+    header, rows = leaderboard(find_runs(logs), over_splits=True)
+    col = {h: i for i, h in enumerate(header)}
+    assert "split_seed" not in header and [r[0] for r in rows] == ["gru", "rnn", "nbow"]
+    gru, rnn, nbow = rows
+    assert gru[col["splits"]] == 3 and gru[col["seeds"]] == 2
+    assert gru[col["val acc"]] == pytest.approx(mean_std([0.89, 0.91, 0.90]))  # split 0: mean of its two seeds
+    assert gru[col["val acc − best"]][:2] == (0.0, 0.0)
+    diffs = [0.87 - 0.89, 0.90 - 0.91, 0.91 - 0.90]  # paired, split by split
+    mean, se, ahead, shared = rnn[col["val acc − best"]]
+    assert mean == pytest.approx(sum(diffs) / 3) and se == pytest.approx(mean_std(diffs)[1] / 3 ** 0.5)
+    assert (ahead, shared) == (1, 3)
+    assert nbow[col["val acc − best"]][0] == pytest.approx(-0.11) and nbow[col["val acc − best"]][3] == 1
+
+    csv_rows = (logs / "leaderboard.csv").read_text().splitlines()
+    assert len({len(r.split(",")) for r in csv_rows}) == 1  # the paired column's four parts have four headers
+    assert "val acc − best se" in csv_rows[0]
+    assert "Over splits: each split seed is one sample" in (logs / "leaderboard.md").read_text()

@@ -1,6 +1,8 @@
 """`imdb-lightning compare [LOGDIR]`: a leaderboard and plots from finished runs.
 
-Runs that differ only by seed form one group (mean ± std over distinct seeds, and how many).
+Runs that differ only by seed form one group (mean ± std over distinct seeds, and how many); with
+`--over_splits`, runs that differ only by seed and `data.split_seed` do (mean ± std over split seeds,
+and each group's paired difference to the best one on the splits they share).
 Every accuracy names its split: validation (grouped by film, or random) or test. `test` and
 `validate` runs add their figures to the fit whose checkpoint they read. Runs that crashed or
 did not finish are listed apart, never averaged in.
@@ -26,6 +28,8 @@ IGNORED = ("seed_everything", "trainer.logger", "trainer.callbacks", "trainer.en
            "ckpt_path", "trainer.default_root_dir", "data.num_workers", "trainer.enable_model_summary", "config",
            "data.test_files", "model.pretrained")
 STATS = ("val acc", "val ±95%", "test acc", "test f1", "test auroc")  # mean ± std over seeds in the csv
+PAIRED = "val acc − best"  # (mean, standard error, splits ahead of the best, splits shared) in the csv
+SPLIT_SEED = "data.split_seed"
 Z95 = 1.96
 
 
@@ -57,6 +61,10 @@ class Run:
     @property
     def seed(self):
         return self.record.get("seed", self.settings.get("seed_everything"))
+
+    @property
+    def split_seed(self):
+        return self.settings.get(SPLIT_SEED)
 
     def val_interval(self) -> Optional[float]:
         """Half-width of the 95% interval of the best validation accuracy (film-clustered error)."""
@@ -135,10 +143,11 @@ def mean_std(values: list) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def group(runs: list[Run]) -> tuple[list[str], dict[tuple, list[Run]]]:
-    """Group finished runs by name and every setting that varies among runs of one name (the seed aside);
-    settings that come with the name (cell, bidirectional) are not repeated as columns."""
-    keys = sorted({k for r in runs for k in r.settings})
+def group(runs: list[Run], over_splits: bool = False) -> tuple[list[str], dict[tuple, list[Run]]]:
+    """Group finished runs by name and every setting that varies among runs of one name (the seed aside,
+    and the split seed with `over_splits`); settings that come with the name (cell, bidirectional) are
+    not repeated as columns."""
+    keys = sorted({k for r in runs for k in r.settings} - ({SPLIT_SEED} if over_splits else set()))
     names = {r.name for r in runs}
     varying = [
         k for k in keys
@@ -151,38 +160,74 @@ def group(runs: list[Run]) -> tuple[list[str], dict[tuple, list[Run]]]:
 
 
 def distinct_seeds(members: list[Run]) -> list[Run]:
-    """One run per seed, the newest: a repeated run of one seed is the same measurement, not another sample."""
+    """One run per seed (and split seed), the newest: a repeated run of one seed is the same measurement,
+    not another sample."""
     newest: dict = {}
     for run in sorted(members, key=lambda r: (r.folder.parent.name, run_version(r.folder) or 0)):
-        newest[run.seed if run.seed is not None else id(run)] = run
+        newest[(run.split_seed, run.seed) if run.seed is not None else id(run)] = run
     return list(newest.values())
 
 
-def leaderboard(runs: list[Run]) -> tuple[list[str], list[list]]:
+def per_split(members: list[Run]) -> dict:
+    """Best val acc per split seed, the mean over that split's model seeds: a split is one sample."""
+    accs: dict = {}
+    for run in members:
+        if run.record.get("best_val_acc") is not None:
+            accs.setdefault(run.split_seed, []).append(run.record["best_val_acc"])
+    return {split: statistics.fmean(values) for split, values in accs.items()}
+
+
+def paired(accs: dict, best: dict) -> tuple:
+    """Mean difference to the best group on the splits both were run on, its standard error over
+    those splits, on how many of them this group was ahead, and how many there were."""
+    shared = sorted(set(accs) & set(best), key=str)
+    diffs = [accs[s] - best[s] for s in shared]
+    if not diffs:
+        return float("nan"), float("nan"), 0, 0
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+    return statistics.fmean(diffs), se, sum(d > 0 for d in diffs), len(diffs)
+
+
+def leaderboard(runs: list[Run], over_splits: bool = False) -> tuple[list[str], list[list]]:
     finished = [r for r in runs if r.finished]
-    varying, groups = group(finished)
-    header = ["model", *[k.split(".")[-1] if k.count(".") else k for k in varying], "val split", "seeds", "parameters",
+    varying, groups = group(finished, over_splits)
+    header = ["model", *[k.split(".")[-1] if k.count(".") else k for k in varying], "val split",
+              *(["splits"] if over_splits else []), "seeds", "parameters",
               "val acc", "val ±95%", "test acc", "test f1", "test auroc", "epochs", "wall s", "train samples/s"]
-    rows = []
+    rows, split_accs = [], []
     for key, members in groups.items():
         members = distinct_seeds(members)
         stat = lambda get, members=members: mean_std([get(r) for r in members])
         tests = [r.test_figures() for r in members]
         splits = sorted({r.val_split for r in members})
+        split_accs.append(per_split(members))
+        # over splits, a split is the unit: the spread of one split's figure, not of model seeds within it
+        val_acc = mean_std(list(split_accs[-1].values())) if over_splits else stat(lambda r: r.record.get("best_val_acc"))
         rows.append([
-            *key, "/".join(splits), len(members), members[0].record.get("parameters"),
-            stat(lambda r: r.record.get("best_val_acc")), stat(lambda r: r.val_interval()),
+            *key, "/".join(splits), *([len(split_accs[-1])] if over_splits else []),
+            len({r.seed for r in members}), members[0].record.get("parameters"),
+            val_acc, stat(lambda r: r.val_interval()),
             mean_std([t.get("test/acc") for t in tests]), mean_std([t.get("test/f1") for t in tests]),
             mean_std([t.get("test/auroc") for t in tests]),
             stat(lambda r: r.record.get("epochs"))[0], stat(lambda r: r.record.get("wall_s"))[0],
             stat(lambda r: r.record.get("train_samples_per_s"))[0],
         ])
     best = header.index("val acc")
-    rows.sort(key=lambda row: -row[best][0] if row[best][0] == row[best][0] else float("inf"))  # NaN last
+    order = sorted(range(len(rows)), key=lambda i: -rows[i][best][0] if rows[i][best][0] == rows[i][best][0] else float("inf"))
+    rows, split_accs = [rows[i] for i in order], [split_accs[i] for i in order]  # best first, NaN last
+    if over_splits:
+        header.insert(best + 1, PAIRED)
+        for row, accs in zip(rows, split_accs):
+            row.insert(best + 1, paired(accs, split_accs[0]))
     return header, rows
 
 
 def fmt(value, column: str = "") -> str:
+    if column == PAIRED:
+        mean, se, ahead, n = value
+        if mean != mean:
+            return ""
+        return f"{mean:+.4f}" + (f" ± {se:.4f}" if se == se else "") + f" (ahead on {ahead} of {n})"
     if isinstance(value, tuple):
         mean, std = value
         if mean != mean:
@@ -193,14 +238,14 @@ def fmt(value, column: str = "") -> str:
     return "" if value is None else str(value)
 
 
-def plot(runs: list[Run], out: Path) -> list[Path]:
+def plot(runs: list[Run], out: Path, over_splits: bool = False) -> list[Path]:
     import numpy as np
     from matplotlib.ticker import MaxNLocator
 
     plt = pyplot()
     # linear runs are fitted once, not per epoch: they are points in the cost plot only
     finished = [r for r in runs if r.finished and r.curves and r.kind != "linear"]
-    _, groups = group(finished)
+    _, groups = group(finished, over_splits)
     written = []
     for tag, file in (("val/acc", "val_acc.png"), ("val/loss", "val_loss.png")) if finished else ():
         fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -213,7 +258,8 @@ def plot(runs: list[Run], out: Path) -> list[Path]:
             label = " ".join(str(k) for k in key) + f" (n={len(curves)})"
             line = ax.plot(np.array(epochs) + 1, np.nanmean(table, 0), marker="o", label=label)[0]
             ax.fill_between(np.array(epochs) + 1, np.nanmin(table, 0), np.nanmax(table, 0), alpha=0.2, color=line.get_color())
-        ax.set(xlabel="epoch", ylabel=tag, title=f"{tag} per epoch: mean over seeds, band = min to max")
+        ax.set(xlabel="epoch", ylabel=tag,
+               title=f"{tag} per epoch: mean over seeds{' and splits' if over_splits else ''}, band = min to max")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -222,7 +268,7 @@ def plot(runs: list[Run], out: Path) -> list[Path]:
         plt.close(fig)
         written.append(out / file)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    _, all_groups = group([r for r in runs if r.finished])
+    _, all_groups = group([r for r in runs if r.finished], over_splits)
     for key, members in all_groups.items():
         members = distinct_seeds(members)
         ax.scatter([r.record.get("wall_s") for r in members], [r.record.get("best_val_acc") for r in members],
@@ -236,7 +282,17 @@ def plot(runs: list[Run], out: Path) -> list[Path]:
     return written + [out / "acc_vs_time.png"]
 
 
-def compare(logdir: str | Path, out: str | Path | None = None) -> dict:
+def csv_columns(header: list[str]) -> list[str]:
+    columns = []
+    for h in header:
+        if h == PAIRED:
+            columns += [f"{h} mean", f"{h} se", f"{h} splits ahead", f"{h} splits shared"]
+        else:
+            columns += [f"{h} mean", f"{h} std"] if h in STATS else [h]
+    return columns
+
+
+def compare(logdir: str | Path, out: str | Path | None = None, over_splits: bool = False) -> dict:
     logdir = Path(logdir)
     if not logdir.is_dir():
         raise UserError(f"{logdir}: no such log folder")
@@ -248,10 +304,10 @@ def compare(logdir: str | Path, out: str | Path | None = None) -> dict:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"--out {out}: cannot write there ({err.strerror or err})") from err
-    header, rows = leaderboard(runs)
+    header, rows = leaderboard(runs, over_splits)
     with open(out / "leaderboard.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow([c for h in header for c in ((f"{h} mean", f"{h} std") if h in STATS else (h,))])
+        writer.writerow(csv_columns(header))
         for row in rows:
             writer.writerow([c for v in row for c in (v if isinstance(v, tuple) else (v,))])
     lines = [f"| {' | '.join(header)} |", "|" + "---|" * len(header)]
@@ -260,12 +316,17 @@ def compare(logdir: str | Path, out: str | Path | None = None) -> dict:
               "`val split` (grouped: whole films held out, as the test split's films are unseen; random: reviews held "
               "out, which shares films with training and reads high). val ±95%: half-width of the 95% interval of one "
               "run's val acc, from its film-clustered standard error. test: the held-out test split."]
+    if over_splits:
+        lines += ["", "Over splits: each split seed is one sample (its model seeds averaged first); val acc is the "
+                  "mean ± std over split seeds, `splits` how many. val acc − best: the difference to the top row on "
+                  "the split seeds both were run on, ± its standard error over them, and on how many this row was "
+                  "ahead: pairing by split, a row run only on easy splits gains nothing from them."]
     others = [r for r in runs if not r.finished]
     if others:
         lines += ["", "Runs not counted above:", ""]
         lines += [f"- {r.folder}: {r.status}" + (f" ({r.record['error']})" if r.record.get("error") else "") for r in others]
     (out / "leaderboard.md").write_text("\n".join(lines) + "\n")
-    plots = plot(runs, out) if any(r.finished for r in runs) else []
+    plots = plot(runs, out, over_splits) if any(r.finished for r in runs) else []
     return {"runs": len(runs), "finished": sum(r.finished for r in runs), "rows": rows, "header": header,
             "leaderboard": out / "leaderboard.md", "plots": plots}
 
@@ -274,8 +335,11 @@ def main(argv: list[str]) -> None:
     parser = ArgumentParser(prog="imdb-lightning compare", description=__doc__.splitlines()[0])
     parser.add_argument("logdir", nargs="?", default="lightning_logs")
     parser.add_argument("--out", help="where leaderboard.md/.csv and the plots go (default: LOGDIR)")
+    parser.add_argument("--over_splits", action="store_true",
+                        help="pool runs that differ only by data.split_seed (and seed): mean ± std over split seeds, "
+                             "and each row's paired difference to the best row")
     opts = parser.parse_args(argv)
-    result = compare(opts.logdir, opts.out)
+    result = compare(opts.logdir, opts.out, opts.over_splits)
     print(result["leaderboard"].read_text())
     print(f"{result['finished']} finished of {result['runs']} runs; wrote {result['leaderboard']}, "
           + ", ".join(str(p) for p in result["plots"]))
