@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import QUICKSTART
 from imdb_lightning.cli import cli_main
@@ -46,6 +47,23 @@ def test_rerun_skips_finished_and_resumes_unfinished(swept, capsys):
     assert err.count("skipped") == 3 and "resuming" in err
     assert sorted((root / "logs").glob("*/version_*")) == runs_before  # resumed in its own folder
     assert json.loads(record_file.read_text())["status"] == "finished"
+
+
+def test_sweep_over_split_seeds_records_each_split_and_compare_pools_them(tmp_path, capsys):
+    args = ["sweep", "--encoders", "gru", "--seeds", "0", "--split_seeds", "0,2", "--config", str(QUICKSTART),
+            "--logdir", str(tmp_path / "logs"), *[a for s in SMALL for a in ("--set", s)],
+            "--set", f"data.cache_dir={tmp_path / 'cache'}"]
+    cli_main(args)
+    runs = sorted((tmp_path / "logs" / "gru").glob("version_*"))
+    records = [json.loads((r / "run.json").read_text()) for r in runs]
+    configs = [yaml.safe_load((r / "config.yaml").read_text()) for r in runs]
+    assert sorted((r["split_seed"], c["data"]["split_seed"]) for r, c in zip(records, configs)) == [(0, 0), (2, 2)]
+    assert all(r["status"] == "finished" and r["seed"] == 0 for r in records)
+    assert "compare" in capsys.readouterr().err
+    header, rows = leaderboard(find_runs(tmp_path / "logs"), over_splits=True)
+    assert len(rows) == 1 and rows[0][header.index("splits")] == 2
+    cli_main(args)  # a rerun finds both runs by their keys, split seed included
+    assert capsys.readouterr().err.count("skipped") == 2
 
 
 def test_compare_writes_leaderboard_and_plots(swept, tmp_path):

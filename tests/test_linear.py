@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from conftest import EXPERIMENTS, write_reviews
 from imdb_lightning.cli import cli_main
@@ -12,7 +13,7 @@ from imdb_lightning.data.datamodule import IMDBDataModule
 from imdb_lightning.data.synthetic import synthetic_reviews
 from imdb_lightning.errors import UserError
 from imdb_lightning.models.linear import LinearReference
-from imdb_lightning.tools.compare import compare
+from imdb_lightning.tools.compare import compare, find_runs, leaderboard
 from imdb_lightning.tools.linear import Combined
 from imdb_lightning.tools.linear import main as linear
 
@@ -56,6 +57,17 @@ def test_linear_command_uses_the_fits_split_and_tests(files, tmp_path, cache_dir
     assert "linear_nbsvm" in board and "grouped" in board
     # runs without epochs: a cost plot, no empty per-epoch ones
     assert (tmp_path / "out" / "acc_vs_time.png").is_file() and not (tmp_path / "out" / "val_acc.png").exists()
+
+    # one reference per split seed, each on exactly the split a fit with that seed uses; pooled by compare
+    per_split = linear(["--config", str(EXPERIMENTS / "lstm.yaml"), *data, "--models", "nbsvm", "--split_seeds", "0,3",
+                        "--logdir", str(tmp_path / "splits")])
+    assert per_split[0]["val"] == records[0]["val"]  # split seed 0 is the default split
+    moved = IMDBDataModule(train_files=files["train"], cache_dir=cache_dir, split_seed=3)
+    moved.reviews("val")
+    assert per_split[1]["validation"] == moved.validation
+    assert yaml.safe_load((Path(per_split[1]["folder"]) / "config.yaml").read_text())["data"]["split_seed"] == 3
+    header, rows = leaderboard(find_runs(tmp_path / "splits"), over_splits=True)
+    assert len(rows) == 1 and rows[0][header.index("splits")] == 2
 
     # word triples are another recipe: named apart, so compare does not pool them with the pairs
     [tri] = linear(["--config", str(EXPERIMENTS / "lstm.yaml"), *data, "--models", "nbsvm", "--ngrams", "3",
@@ -118,9 +130,15 @@ def test_combine_with_recurrent_runs(files, tmp_path, cache_dir, monkeypatch):
     [tri] = linear(["--combine", str(run_dir), "--ngrams", "3", "--logdir", "combined"])
     assert tri["model"] == "nbsvm_3gram+gru" and Path(tri["folder"]).parent.name == "nbsvm_3gram+gru"
 
+    # a run of another split is stacked apart, on its own split: one stack per split, the first unchanged
     moved = fit_tiny(files, cache_dir, "gru_split3", "--data.split_seed", "3")
-    with pytest.raises(UserError, match=r"gru_split3/version_0 validated on other reviews"):
-        linear(["--combine", str(run_dir), str(moved)])
+    first, second = linear(["--combine", str(run_dir), str(moved), "--logdir", "per_split"])
+    assert first["model"] == "nbsvm+gru" and first["val"] == record["val"] and len(first["weights"]) == 3
+    assert second["model"] == "nbsvm+gru_split3" and len(second["weights"]) == 3
+    assert second["validation"] == json.loads((moved / "run.json").read_text())["validation"]
+    assert yaml.safe_load((Path(second["folder"]) / "config.yaml").read_text())["data"]["split_seed"] == 3
+    with pytest.raises(UserError, match=r"leave out --combine \(its runs name theirs\)"):
+        linear(["--combine", str(run_dir), "--split_seeds", "0,1"])
     with pytest.raises(UserError, match=r"a run is given twice"):
         linear(["--combine", str(run_dir), str(run_dir)])
     with pytest.raises(UserError, match=r"--data\.split_seed would change them"):

@@ -5,9 +5,10 @@ Trained on exactly the train/validation split a `fit` with the same data setting
 run folder (`config.yaml`, `run.json`, TensorBoard scalars) that `compare` ranks with the rest.
 
 `--combine RUN [RUN ...]` stacks a linear model with trained recurrent runs instead: fitted on
-their own split (their `config.yaml`; all of them must have validated on the same reviews), its
-logit and each run's best checkpoint's logit are weighed by a logistic regression fitted on the
-validation reviews, whose figure is therefore cross-fitted by film.
+their own split (their `config.yaml`), its logit and each run's best checkpoint's logit are
+weighed by a logistic regression fitted on the validation reviews, whose figure is therefore
+cross-fitted by film. Runs that validated on the same reviews are stacked together; runs of other
+splits (another `data.split_seed`, say) make one stack per split.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import sys
 import tempfile
 import time
+from itertools import product
 from pathlib import Path
 from typing import Optional
 
@@ -141,13 +143,14 @@ def data_settings(configs: list[str], overrides: list[str]) -> dict:
     return {k: v for k, v in vars(read_config(configs, overrides).data).items() if not k.startswith("__")}
 
 
-def partner_runs(folders: list[str], scratch: Path, overrides: list[str]) -> tuple[list[dict], dict]:
-    """Recurrent fits' best checkpoints, loaded, and the data settings of the split they trained on."""
+def partner_runs(folders: list[str], scratch: Path, overrides: list[str]) -> list[tuple[list[dict], dict]]:
+    """Recurrent fits' best checkpoints, loaded, grouped by the split they trained on: for each
+    split (in the order first given), its runs and its data settings."""
     from ..serve.predictor import load
 
     if len({Path(f).resolve() for f in folders}) < len(folders):
         raise UserError(f"--combine: a run is given twice ({' '.join(folders)})")
-    partners, settings, first_key = [], [], None
+    groups: dict[str, tuple[list[dict], dict]] = {}
     for i, folder in enumerate(folders):
         run_dir = Path(folder)
         config = run_dir / "config.yaml"
@@ -158,19 +161,16 @@ def partner_runs(folders: list[str], scratch: Path, overrides: list[str]) -> tup
         record = json.loads(record_file.read_text()) if record_file.is_file() else {}
         data_only = scratch / f"data{i}.yaml"  # the saved config also holds fit-only keys (ckpt_path, ...)
         data_only.write_text(yaml.safe_dump({"data": yaml.safe_load(config.read_text()).get("data") or {}}))
-        settings.append(data_settings([str(data_only)], overrides))
-        key = IMDBDataModule(**settings[-1]).split_key()
-        first_key = first_key or key
-        # the stacker is fitted on validation: a run that trained on those reviews would win it unfairly
-        if key != first_key:
-            raise UserError(f"--combine: {folder} validated on other reviews than {folders[0]} "
-                            "(another data file, val_split, val_fraction or split_seed); stack runs of one split")
+        settings = data_settings([str(data_only)], overrides)
+        # the stacker is fitted on validation: only runs that never trained on those reviews stack together
+        key = json.dumps(IMDBDataModule(**settings).split_key(), default=str)
+        partners, _ = groups.setdefault(key, ([], settings))
         predictor = load(ckpt)
         partners.append({"predictor": predictor, "checkpoint": str(ckpt), "seed": record.get("seed"),
                          "parameters": sum(p.numel() for p in predictor.model.parameters()),
                          # the experiment: runs of one recipe with other seeds group together in compare
                          "name": run_dir.parent.name})
-    return partners, settings[0]
+    return list(groups.values())
 
 
 def main(argv: list[str]) -> list[dict]:
@@ -186,8 +186,11 @@ def main(argv: list[str]) -> list[dict]:
     parser.add_argument("--ngrams", type=int, default=2,
                         help="word n-grams up to this length (default 2: uni+bigrams, as Wang & Manning; 3 adds trigrams)")
     parser.add_argument("--combine", metavar="RUN", nargs="+",
-                        help="recurrent fits' run folders (lightning_logs/NAME/version_N), all of one split: stack their "
-                        "best checkpoints' logits with the linear model's, on that split")
+                        help="recurrent fits' run folders (lightning_logs/NAME/version_N): stack their best checkpoints' "
+                        "logits with the linear model's on their split (runs of one split together, one stack per split)")
+    parser.add_argument("--split_seeds", type=comma_list(int), default=None,
+                        help="comma-separated data.split_seed values: one reference per validation split "
+                        "(pool them with compare --over_splits; --combine takes the splits from its runs)")
     parser.add_argument("--logdir", default="lightning_logs",
                         help="runs land in LOGDIR/linear_<model>/version_N (with --combine: LOGDIR/<model>+<experiment>[+...]/)")
     opts, rest = parser.parse_known_args(argv)
@@ -208,20 +211,23 @@ def main(argv: list[str]) -> list[dict]:
     if opts.combine and changed:  # another split would validate on reviews the checkpoint was trained on
         parser.error(f"--combine keeps the run's own data settings; {changed[0]} would change them "
                      f"(allowed: {', '.join(SAFE_WITH_COMBINE)})")
+    if opts.split_seeds and (opts.combine or any(a.split("=")[0] == "--data.split_seed" for a in rest)):
+        parser.error("--split_seeds names the splits itself; leave out " +
+                     ("--combine (its runs name theirs)" if opts.combine else "--data.split_seed"))
     if opts.combine:
         with tempfile.TemporaryDirectory() as scratch:
-            partners, data = partner_runs(opts.combine, Path(scratch), rest)
+            groups = partner_runs(opts.combine, Path(scratch), rest)
     else:
-        partners = None
         data = data_settings(opts.config, rest)
+        groups = [(None, {**data, "split_seed": s}) for s in opts.split_seeds] if opts.split_seeds else [(None, data)]
     results = []
-    for kind in models:
+    for (partners, data), kind in product(groups, models):
         label = model_label(kind, opts.ngrams)
         name = "+".join([label, *(p["name"] for p in partners)]) if partners else f"linear_{label}"
         record = run(kind, opts.C, data, opts.logdir, name, partners, opts.ngrams)
         val, test = record["val"], record.get("test", {})
-        split = (record["validation"] or {}).get("kind", "?")
-        line = (f"[linear] {record['model']}: val acc ({split} split) {val['val/acc']:.4f} ± {Z95 * val['val/acc_se']:.4f}"
+        split = f"{(record['validation'] or {}).get('kind', '?')} split, split seed {data.get('split_seed')}"
+        line = (f"[linear] {record['model']}: val acc ({split}) {val['val/acc']:.4f} ± {Z95 * val['val/acc_se']:.4f}"
                 + (f", test acc {test['test/acc']:.4f}" if test else "") + f"; {record['wall_s']:.0f} s; {record['folder']}")
         print(line)
         results.append(record)

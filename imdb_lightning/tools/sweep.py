@@ -1,4 +1,4 @@
-"""`imdb-lightning sweep`: encoders x seeds x overrides, one run after another, each then tested.
+"""`imdb-lightning sweep`: encoders x seeds (x split seeds) x overrides, one run after another, each then tested.
 
 Each run lands in lightning_logs/<encoder>/version_N with a `run.json` that carries the run's
 sweep key. Running the same sweep again skips finished runs and resumes unfinished ones from
@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from itertools import product
 from pathlib import Path
 
 from ..callbacks import RunRecord
@@ -20,10 +21,12 @@ from ..runs import last_checkpoint, run_folders, run_version
 from ..training import compose, make_cli
 
 
-def sweep_key(encoder: str, seed: int, configs: list[str], overrides: list[str]) -> str:
+def sweep_key(encoder: str, seed: int, configs: list[str], overrides: list[str], split_seed: int | None = None) -> str:
     # the contents of the configs and of their base: files, so editing a shared recipe makes new runs
     contents = [Path(a).read_text() if Path(a).is_file() else a for c in configs for a in compose(c)]
-    return hashlib.sha1(json.dumps([encoder, seed, contents, overrides]).encode()).hexdigest()[:12]
+    # without --split_seeds the key is what it was before that option, so earlier sweeps still resume
+    key = [encoder, seed, contents, overrides] + ([] if split_seed is None else [split_seed])
+    return hashlib.sha1(json.dumps(key).encode()).hexdigest()[:12]
 
 
 def existing_run(logdir: Path, encoder: str, key: str) -> tuple[Path | None, dict]:
@@ -51,7 +54,8 @@ def run_one(args: list[str], extra: dict, version: int | None, ckpt: Path | None
     cli.trainer.test(cli.model, cli.datamodule, ckpt_path="best")
 
 
-def sweep(encoders: list[str], seeds: list[int], configs: list[str], overrides: list[str], logdir: str) -> list[dict]:
+def sweep(encoders: list[str], seeds: list[int], configs: list[str], overrides: list[str], logdir: str,
+          split_seeds: list[int] | None = None) -> list[dict]:
     unknown = set(encoders) - set(ENCODERS)
     if unknown:
         raise UserError(f"unknown encoder(s) {', '.join(sorted(unknown))}; choose from {', '.join(ENCODERS)}")
@@ -66,29 +70,32 @@ def sweep(encoders: list[str], seeds: list[int], configs: list[str], overrides: 
         if not sep:
             raise UserError(f"--set {item!r}: write KEY=VALUE, e.g. trainer.max_epochs=5")
         flags += [f"--{key}", value]
+    if split_seeds and any(item.partition("=")[0] == "data.split_seed" for item in overrides):
+        raise UserError("--split_seeds and --set data.split_seed=... both name the split; give one of them")
     done = []
-    for encoder in encoders:
-        for seed in seeds:
-            key = sweep_key(encoder, seed, per_encoder[encoder], overrides)
-            folder, record = existing_run(Path(logdir), encoder, key)
-            label = f"{encoder} seed {seed}"
-            if record.get("status") == "finished":
-                print(f"[sweep] {label}: finished in {folder}, skipped", file=sys.stderr)
-                done.append({"encoder": encoder, "seed": seed, "folder": str(folder), "skipped": True})
-                continue
-            version = run_version(folder) if folder else None
-            ckpt = last_checkpoint(folder) if folder else None
-            print(f"[sweep] {label}: " + (f"resuming {ckpt}" if ckpt else "starting"), file=sys.stderr)
-            cls, preset_args = ENCODERS[encoder]
-            preset = [f"--model.encoder.init_args.{k}={str(v).lower()}" for k, v in preset_args.items()]
-            args = [
-                *[a for c in per_encoder[encoder] for a in ("--config", c)],
-                "--model.encoder", class_path(cls), *preset,
-                "--seed_everything", str(seed),
-                "--trainer.logger.init_args.save_dir", logdir, "--trainer.logger.init_args.name", encoder, *flags,
-            ]
-            run_one(args, {"sweep_key": key, "seed": seed, "encoder": encoder}, version, ckpt)
-            done.append({"encoder": encoder, "seed": seed, "skipped": False})
+    for encoder, split_seed, seed in product(encoders, split_seeds or [None], seeds):
+        key = sweep_key(encoder, seed, per_encoder[encoder], overrides, split_seed)
+        folder, record = existing_run(Path(logdir), encoder, key)
+        label = f"{encoder} seed {seed}" + ("" if split_seed is None else f" split seed {split_seed}")
+        info = {"encoder": encoder, "seed": seed, **({} if split_seed is None else {"split_seed": split_seed})}
+        if record.get("status") == "finished":
+            print(f"[sweep] {label}: finished in {folder}, skipped", file=sys.stderr)
+            done.append({**info, "folder": str(folder), "skipped": True})
+            continue
+        version = run_version(folder) if folder else None
+        ckpt = last_checkpoint(folder) if folder else None
+        print(f"[sweep] {label}: " + (f"resuming {ckpt}" if ckpt else "starting"), file=sys.stderr)
+        cls, preset_args = ENCODERS[encoder]
+        preset = [f"--model.encoder.init_args.{k}={str(v).lower()}" for k, v in preset_args.items()]
+        args = [
+            *[a for c in per_encoder[encoder] for a in ("--config", c)],
+            "--model.encoder", class_path(cls), *preset,
+            "--seed_everything", str(seed),
+            "--trainer.logger.init_args.save_dir", logdir, "--trainer.logger.init_args.name", encoder, *flags,
+            *([] if split_seed is None else ["--data.split_seed", str(split_seed)]),
+        ]
+        run_one(args, {"sweep_key": key, **info}, version, ckpt)
+        done.append({**info, "skipped": False})
     return done
 
 
@@ -99,9 +106,13 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--seeds", type=comma_list(int), default=[0, 1, 2], help="comma-separated seeds")
     parser.add_argument("--config", action="append", default=[],
                         help="experiment YAML(s), applied in order; {encoder} in a path is replaced by each encoder's name")
+    parser.add_argument("--split_seeds", type=comma_list(int), default=None,
+                        help="comma-separated data.split_seed values: every run on each of these validation splits "
+                        "(pool them with compare --over_splits)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override, as on the fit command line without '--', e.g. trainer.max_epochs=5")
     parser.add_argument("--logdir", default="lightning_logs")
     opts = parser.parse_args(argv)
-    sweep(opts.encoders, opts.seeds, opts.config, opts.set, opts.logdir)
-    print(f"[sweep] done; compare with: imdb-lightning compare {opts.logdir}", file=sys.stderr)
+    sweep(opts.encoders, opts.seeds, opts.config, opts.set, opts.logdir, opts.split_seeds)
+    pool = " --over_splits" if opts.split_seeds else ""
+    print(f"[sweep] done; compare with: imdb-lightning compare {opts.logdir}{pool}", file=sys.stderr)
