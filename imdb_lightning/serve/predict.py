@@ -131,6 +131,8 @@ class Writer:
         os.replace(self.tmp, self.path)
 
     def discard(self) -> None:
+        if self._parquet is not None:  # closed first: left open, it would write its footer to a closed file when collected
+            self._parquet.close()
         self._handle.close()
         self.tmp.unlink(missing_ok=True)
 
