@@ -125,7 +125,7 @@ class RunRecord(L.Callback):
     def __init__(self):
         self.extra: dict = {}  # set by `imdb-lightning sweep`: the run's sweep key and encoder name
         self.record: dict = {}
-        self._train_s, self._samples, self._tick, self._started = 0.0, 0, 0.0, 0.0
+        self._train_s, self._samples, self._tokens, self._tick, self._started = 0.0, 0, 0, 0.0, 0.0
         self._file: Optional[Path] = None
 
     def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
@@ -148,6 +148,7 @@ class RunRecord(L.Callback):
         if path and path.is_file():  # a resumed run keeps its totals so far
             self.record = json.loads(path.read_text())
             self._train_s, self._samples = self.record.get("train_s", 0.0), self.record.get("train_samples", 0)
+            self._tokens = self.record.get("train_tokens", 0)
         self.record.pop("error", None)
         self._started = time.monotonic() - self.record.get("wall_s", 0.0)
         seed = os.environ.get("PL_GLOBAL_SEED")
@@ -172,7 +173,10 @@ class RunRecord(L.Callback):
         now = time.monotonic()  # time since the previous training batch: loading, step and logging
         self._train_s += now - self._tick
         self._tick = now
-        self._samples += len(batch["labels"]) if isinstance(batch, dict) and "labels" in batch else 0
+        if isinstance(batch, dict) and "labels" in batch:
+            self._samples += len(batch["labels"])
+        elif isinstance(batch, dict) and "targets" in batch:  # a language model's window: its speed is in tokens
+            self._tokens += batch["targets"].numel()
 
     def on_validation_end(self, trainer, module) -> None:
         self._tick = time.monotonic()
@@ -183,10 +187,9 @@ class RunRecord(L.Callback):
             self._write(trainer, status="finished", val=figures, validation=getattr(trainer.datamodule, "validation", None))
 
     def _speed(self) -> dict:
-        return {
-            "wall_s": time.monotonic() - self._started, "train_s": self._train_s, "train_samples": self._samples,
-            "train_samples_per_s": self._samples / self._train_s if self._train_s else None,
-        }
+        unit, count = ("tokens", self._tokens) if self._tokens else ("samples", self._samples)
+        return {"wall_s": time.monotonic() - self._started, "train_s": self._train_s, f"train_{unit}": count,
+                f"train_{unit}_per_s": count / self._train_s if self._train_s else None}
 
     def on_fit_end(self, trainer, module) -> None:
         saver = trainer.checkpoint_callback

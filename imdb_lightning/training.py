@@ -186,7 +186,8 @@ class SentimentCLI(ExperimentCLI):
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
-        config = self.config.get(self.config.get("subcommand") or "", None)
+        subcommand = self.config.get("subcommand", None)  # none when run=False (sweep): the config is the command's
+        config = self.config.get(subcommand) if subcommand else self.config
         pretrained = config.model.get("pretrained") if config is not None else None
         if pretrained:  # the language model's vocabulary, and an embedding of its size
             lm = read_language_model(pretrained)

@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import QUICKSTART
+from conftest import EXPERIMENTS, QUICKSTART
 from imdb_lightning.cli import cli_main
 from imdb_lightning.tools.compare import Run, compare, find_runs, group, leaderboard, mean_std
+from imdb_lightning.tools.sweep import sweep_key
 
 SMALL = ["data.synthetic_size=400", "data.max_length=60", "trainer.max_epochs=2", "trainer.limit_train_batches=3",
          "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "trainer.enable_progress_bar=false",
@@ -167,6 +168,18 @@ def test_sweep_runs_the_bag_of_words_reference_from_a_per_encoder_config(tmp_pat
     run = next((tmp_path / "logs" / "nbow").glob("version_*"))
     assert "class_path: imdb_lightning.models.encoders.NBoWEncoder" in (run / "config.yaml").read_text()
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
+
+
+def test_a_sweep_key_reads_every_tuned_recipe_and_changes_with_their_shared_base(tmp_path):
+    tuned = sorted((EXPERIMENTS / "tuned").glob("*.yaml"))
+    keys = {path.stem: sweep_key(path.stem, 0, [str(path)], []) for path in tuned if path.stem != "recipe"}
+    assert len(set(keys.values())) == len(keys) >= 6  # (rnn.yaml's own keys once made a too-long file name)
+    for path in tuned:
+        (tmp_path / path.name).write_text(path.read_text())
+    before = sweep_key("rnn", 0, [str(tmp_path / "rnn.yaml")], [])
+    assert before == keys["rnn"]
+    (tmp_path / "recipe.yaml").write_text((tmp_path / "recipe.yaml").read_text().replace("max_epochs: 3", "max_epochs: 4"))
+    assert sweep_key("rnn", 0, [str(tmp_path / "rnn.yaml")], []) != before
 
 
 def write_run(root, folder, seed, split_seed, acc):

@@ -1,5 +1,7 @@
 """Language-model pretraining and fine-tuning, on generated text."""
 
+import json
+
 import lightning as L
 import pytest
 import torch
@@ -14,7 +16,7 @@ from imdb_lightning.data.synthetic import synthetic_reviews
 from imdb_lightning.errors import ConfigError, UserError
 from imdb_lightning.models.checkpoints import checkpoint_kind, data_state, read_checkpoint
 from imdb_lightning.models.classifier import FineTuningCollapsed, SentimentClassifier
-from imdb_lightning.models.encoders import RecurrentEncoder, build_encoder
+from imdb_lightning.models.encoders import NBoWEncoder, RecurrentEncoder, build_encoder
 from imdb_lightning.models.language_model import LanguageModel
 from imdb_lightning.runs import last_checkpoint, run_folders
 
@@ -70,6 +72,10 @@ def test_every_recipe_pretrains_then_fine_tunes_through_the_command_line(texts, 
     lm_path = last_checkpoint(run_folders(tmp_path / "lightning_logs" / f"pretrain_{lm_recipe}")[-1])
     lm = read_checkpoint(lm_path)  # weights_only
     assert checkpoint_kind(lm) == "language_model"
+    record = json.loads((lm_path.parent.parent / "run.json").read_text())
+    # each epoch 3 windows of 4 streams x 20 tokens
+    assert record["train_tokens"] == record["epochs"] * 3 * 4 * 20 and record["train_tokens_per_s"] > 0
+    assert "train_samples_per_s" not in record
 
     cli_main(["fit", "--config", str(EXPERIMENTS / "pretrain" / f"{fit_recipe}.yaml"), *data, *SIZES,
               "--model.pretrained", str(lm_path), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"])
@@ -107,6 +113,56 @@ def test_a_collapsed_fine_tuning_stops_saying_so(texts, tmp_path, cache_dir, mon
     dm = IMDBDataModule(train_files=[texts["train"]], cache_dir=cache_dir, tokenizer_from=str(lm_path), vocab_size=300)
     with pytest.raises(FineTuningCollapsed, match=r"after epoch 1 every validation review is predicted positive"):
         quick_trainer(tmp_path, max_epochs=3, limit_train_batches=1).fit(model, dm)
+
+
+def test_an_encoder_of_another_kind_takes_the_language_models_embedding_alone(texts, tmp_path, cache_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli_main(["pretrain", "--config", str(EXPERIMENTS / "pretrain" / "cpu_lstm.yaml"), "--data.unlabelled_files",
+              texts["unlabelled"], "--data.cache_dir", cache_dir, *LM_SIZES, "--data.batch_size", "4",
+              "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1", "--data.use_train_texts", "false"])
+    lm_path = str(last_checkpoint(run_folders(tmp_path / "lightning_logs" / "pretrain_cpu_lstm")[-1]))
+    lm_embedding = read_checkpoint(lm_path)["state_dict"]["encoder.embedding.weight"]  # (vocab, 16)
+
+    # a bidirectional SimpleRNN: the word vectors are the LM's, its recurrent weights stay as initialised
+    torch.manual_seed(0)
+    fresh = RecurrentEncoder(vocab_size=300, cell="rnn", bidirectional=True, embed_dim=16, hidden_size=8)
+    torch.manual_seed(0)
+    encoder = RecurrentEncoder(vocab_size=300, cell="rnn", bidirectional=True, embed_dim=16, hidden_size=8)
+    SentimentClassifier(encoder, pretrained=lm_path, pretrained_layers="embedding")
+    assert torch.equal(encoder.embedding.weight, lm_embedding)
+    for name, tensor in fresh.state_dict().items():
+        if name != "embedding.weight":
+            assert torch.equal(encoder.state_dict()[name], tensor), name
+    with pytest.raises(UserError, match=r"bidirectional: false\), or take its embedding alone"):
+        SentimentClassifier(fresh, pretrained=lm_path)  # all layers: the shapes differ
+
+    nbow = NBoWEncoder(vocab_size=300, embed_dim=16)
+    SentimentClassifier(nbow, pretrained=lm_path, pretrained_layers="embedding")
+    assert torch.equal(nbow.embedding.weight, lm_embedding)
+    narrower = r"embedding is \(300, 16\), the encoder's is \(300, 8\); .* embed_dim \(16\) and vocabulary \(300 words\)"
+    with pytest.raises(UserError, match=narrower):
+        SentimentClassifier(NBoWEncoder(vocab_size=300, embed_dim=8), pretrained=lm_path, pretrained_layers="embedding")
+    with pytest.raises(ConfigError, match=r"pretrained_layers must be all or embedding, got 'encoder'"):
+        SentimentClassifier(nbow, pretrained=lm_path, pretrained_layers="encoder")
+
+    # from the command line: the tuned SimpleRNN recipe fine-tunes on the LM's vocabulary and word vectors
+    cli_main(["fit", "--config", str(EXPERIMENTS / "tuned" / "rnn.yaml"), "--data.train_files", texts["train"],
+              "--data.cache_dir", cache_dir, *SIZES, "--model.pretrained", lm_path, "--model.pretrained_layers",
+              "embedding", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"])
+    fitted = read_checkpoint(last_checkpoint(run_folders(tmp_path / "lightning_logs" / "tuned_rnn")[-1]))
+    assert data_state(fitted)["tokenizer"] == data_state(read_checkpoint(lm_path))["tokenizer"]
+    assert fitted["hyper_parameters"]["pretrained_layers"] == "embedding"
+
+    # a sweep too (its runs parse no subcommand): the LM's vocabulary and size, whatever data.vocab_size says
+    sets = [f"data.train_files={texts['train']}", f"data.cache_dir={cache_dir}", "data.vocab_size=200",
+            "model.encoder.init_args.embed_dim=16", "model.encoder.init_args.hidden_size=16", f"model.pretrained={lm_path}",
+            "model.pretrained_layers=embedding", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=2", "trainer.enable_progress_bar=false"]
+    cli_main(["sweep", "--encoders", "rnn", "--seeds", "0", "--config", str(EXPERIMENTS / "tuned" / "rnn.yaml"),
+              "--logdir", str(tmp_path / "swept"), *[a for item in sets for a in ("--set", item)]])
+    swept = read_checkpoint(last_checkpoint(run_folders(tmp_path / "swept" / "rnn")[-1]))
+    assert data_state(swept)["tokenizer"] == data_state(read_checkpoint(lm_path))["tokenizer"]
+    assert swept["hyper_parameters"]["encoder"]["init_args"]["vocab_size"] == 300
 
 
 @pytest.mark.parametrize("cutoffs", [[], [10], [5, 40, 200]])

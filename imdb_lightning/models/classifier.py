@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,9 @@ class SentimentClassifier(EncoderModule):
         pretrained: a language model checkpoint (`imdb-lightning pretrain`): the encoder starts from its
             embedding and recurrent weights, and the data module uses its vocabulary. A fine-tuning run
             whose validation predictions all fall on one side (from its second epoch on) stops, saying so.
+        pretrained_layers: what the encoder takes from `pretrained`: `all` (its embedding and recurrent layers:
+            the same cell and sizes, one direction) or `embedding` (the word vectors alone, for any encoder
+            with an embedding of their width: a bidirectional or SimpleRNN encoder, a bag of words).
         lr_decay: per-layer learning rates (ULMFiT's discriminative fine-tuning): the head learns at the
             optimizer's rate, each layer group below it (recurrent layers top down, then the embedding)
             at the rate of the one above divided by this (ULMFiT: 2.6). 1: one rate for all.
@@ -52,12 +55,15 @@ class SentimentClassifier(EncoderModule):
         monitor: str = "val/loss",
         adversarial: float = 0.0,
         pretrained: Optional[str] = None,
+        pretrained_layers: Literal["all", "embedding"] = "all",
         lr_decay: float = 1.0,
         gradual_unfreezing: bool = False,
     ):
         super().__init__(encoder, dropout, optimizer, scheduler, monitor)
+        if pretrained_layers not in ("all", "embedding"):
+            raise ConfigError(f"model.pretrained_layers must be all or embedding, got {pretrained_layers!r}")
         if pretrained:  # the weights of `imdb-lightning pretrain`; a resumed fit's checkpoint replaces them after
-            load_pretrained(encoder, pretrained)
+            load_pretrained(encoder, pretrained, pretrained_layers)
         if adversarial < 0:
             raise ConfigError(f"model.adversarial must be 0 (off) or positive, got {adversarial}")
         if adversarial and not (hasattr(encoder, "embed") and hasattr(encoder, "encode")):

@@ -213,18 +213,29 @@ def read_language_model(path: str) -> dict:
     return ckpt
 
 
-def load_pretrained(encoder: nn.Module, path: str) -> None:
-    """Copy a language model's embedding and recurrent weights into `encoder`, which must have their shapes."""
+def load_pretrained(encoder: nn.Module, path: str, layers: str = "all") -> None:
+    """Copy a language model's weights into `encoder`: all its embedding and recurrent weights (`layers="all"`),
+    which needs the same cell and sizes, or only its word embedding (`"embedding"`), which any encoder with an
+    `embedding` of the same width can take (a bidirectional or SimpleRNN encoder, a bag of words)."""
     weights = pretrained_weights(read_language_model(path))
     own = encoder.state_dict()
+    if layers == "embedding":
+        table, here = weights["embedding.weight"], own.get("embedding.weight")
+        if here is None or here.shape != table.shape:
+            raise UserError(f"model.pretrained {path}: its word embedding is {tuple(table.shape)}, the encoder's is "
+                            f"{tuple(here.shape) if here is not None else 'absent'}; give the encoder the language "
+                            f"model's embed_dim ({table.shape[1]}) and vocabulary ({table.shape[0]} words)")
+        encoder.load_state_dict({"embedding.weight": table}, strict=False)
+        return
     for name, tensor in weights.items():
         if name not in own or own[name].shape != tensor.shape:
             here = tuple(own[name].shape) if name in own else "absent"
             raise UserError(f"model.pretrained {path}: encoder weight {name} is {tuple(tensor.shape)} there, {here} here; "
                             "give the classifier's encoder the language model's cell, embed_dim, hidden_size and "
-                            "num_layers (bidirectional: false)")
+                            "num_layers (bidirectional: false), or take its embedding alone (model.pretrained_layers: embedding)")
     missing = [name for name in own if name not in weights and not name.startswith("bigrams")]
     if missing:
         raise UserError(f"model.pretrained {path}: the language model has no {missing[0]}; the classifier's encoder "
-                        "must be the same kind (cell, num_layers, bidirectional: false)")
+                        "must be the same kind (cell, num_layers, bidirectional: false), or take its embedding alone "
+                        "(model.pretrained_layers: embedding)")
     encoder.load_state_dict(weights, strict=False)

@@ -23,7 +23,8 @@ from ..training import compose, make_cli
 
 def sweep_key(encoder: str, seed: int, configs: list[str], overrides: list[str], split_seed: int | None = None) -> str:
     # the contents of the configs and of their base: files, so editing a shared recipe makes new runs
-    contents = [Path(a).read_text() if Path(a).is_file() else a for c in configs for a in compose(c)]
+    # (compose gives file paths and, for a file with a base:, its own keys as YAML text, never a path)
+    contents = [a if "\n" in a or not Path(a).is_file() else Path(a).read_text() for c in configs for a in compose(c)]
     # without --split_seeds the key is what it was before that option, so earlier sweeps still resume
     key = [encoder, seed, contents, overrides] + ([] if split_seed is None else [split_seed])
     return hashlib.sha1(json.dumps(key).encode()).hexdigest()[:12]
