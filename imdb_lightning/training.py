@@ -117,13 +117,17 @@ class ExperimentCLI(LightningCLI):
         # `imdb-lightning predict` is the project's own command (serve/predict.py), not Lightning's.
         return {name: keys for name, keys in LightningCLI.subcommands().items() if name != "predict"}
 
+    def command_config(self) -> tuple[Optional[str], object]:
+        """The subcommand and its config; with run=False (sweep, read_config) no subcommand and the whole config."""
+        subcommand = self.config.get("subcommand", None)
+        return subcommand, self.config.get(subcommand) if subcommand else self.config
+
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
         # Here, before LightningCLI reads a checkpoint's hyperparameters into the config.
-        config = self.config.get(self.config.get("subcommand") or "", None)
-        if config is None:
+        subcommand, config = self.command_config()
+        if subcommand is None or config is None:
             return
-        subcommand = self.config.subcommand
         logger = config.trainer.logger
         save_dir = getattr(getattr(logger, "init_args", None), "save_dir", None)
         root = config.trainer.get("default_root_dir")
@@ -186,8 +190,7 @@ class SentimentCLI(ExperimentCLI):
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
-        subcommand = self.config.get("subcommand", None)  # none when run=False (sweep): the config is the command's
-        config = self.config.get(subcommand) if subcommand else self.config
+        _, config = self.command_config()  # a sweep's runs too, which parse no subcommand
         pretrained = config.model.get("pretrained") if config is not None else None
         if pretrained:  # the language model's vocabulary, and an embedding of its size
             lm = read_language_model(pretrained)
