@@ -144,6 +144,25 @@ def test_recurrent_bigram_bag_sits_beside_the_states_and_ignores_padding(name):
         RecurrentEncoder(bigram_buckets=-1)
 
 
+@pytest.mark.parametrize("name", ENCODERS)
+def test_recurrent_word_bag_is_the_mean_word_embedding_beside_the_states(name):
+    torch.manual_seed(0)
+    plain = RecurrentEncoder(vocab_size=40, embed_dim=6, hidden_size=5, pooling="max_mean", **ENCODERS[name]).eval()
+    spec = encoder_spec(plain)
+    bagged = build_encoder({**spec, "init_args": {**spec["init_args"], "word_bag": True}}).eval()
+    bagged.load_state_dict(plain.state_dict(), strict=True)  # no weights of its own
+    assert bagged.output_dim == plain.output_dim + 6
+    short, long = torch.randint(2, 40, (1, 5)), torch.randint(2, 40, (1, 30))
+    batch = torch.zeros(2, 30, dtype=torch.long)
+    batch[0, :5], batch[1] = short[0], long[0]
+    together = bagged(batch, torch.tensor([5, 30]))  # (batch, output_dim)
+    torch.testing.assert_close(together[0], bagged(short, torch.tensor([5]))[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(together[:, : plain.output_dim], plain(batch, torch.tensor([5, 30])))
+    # the mean over the 5 real words only: padding embeds to zeros and must not dilute it
+    torch.testing.assert_close(together[0, plain.output_dim :], bagged.embedding.weight[short[0]].mean(0))
+    assert build_encoder(encoder_spec(bagged)).word_bag is True
+
+
 def test_word_dropout_turns_words_into_unk_while_training_only():
     torch.manual_seed(0)
     encoder = RecurrentEncoder(vocab_size=50, embed_dim=4, hidden_size=3, cell="gru", word_dropout=0.25)

@@ -33,8 +33,8 @@ def checkpoints(tmp_path_factory):
     paths = {}
     for name, kwargs in ENCODERS.items():
         L.seed_everything(0, verbose=False)
-        if name == "bigru":  # the token-id knobs too: a bigram bag exports, word and weight dropout stay out of inference
-            kwargs = {**kwargs, "bigram_buckets": 50, "word_dropout": 0.2, "weight_drop": 0.3}
+        if name == "bigru":  # the token-id knobs too: bigram and word bags export, word and weight dropout stay out of inference
+            kwargs = {**kwargs, "bigram_buckets": 50, "word_bag": True, "word_dropout": 0.2, "weight_drop": 0.3}
         model = SentimentClassifier(RecurrentEncoder(vocab_size=300, embed_dim=12, hidden_size=10, num_layers=2, **kwargs))
         trainer = L.Trainer(max_steps=2, limit_val_batches=1, logger=False, enable_progress_bar=False,
                             enable_model_summary=False, enable_checkpointing=False, default_root_dir=root)

@@ -57,7 +57,11 @@ def test_pretraining_lowers_perplexity(texts, tmp_path, cache_dir):
 
 
 # every recipe pair in experiments/pretrain/: (language model, its fine-tuning)
-RECIPES = [("cpu_lstm", "finetune_lstm"), ("gpu_lstm", "gpu_finetune_lstm")]
+RECIPES = [("cpu_lstm", "finetune_lstm"), ("cpu_lstm", "finetune_lstm_adv"), ("gpu_lstm", "gpu_finetune_lstm")]
+
+
+def test_every_pretraining_recipe_is_run_below():
+    assert {p.stem for p in (EXPERIMENTS / "pretrain").glob("*.yaml")} == {name for pair in RECIPES for name in pair}
 
 
 @pytest.mark.parametrize("lm_recipe, fit_recipe", RECIPES)

@@ -186,7 +186,8 @@ class Recurrence(nn.Module):
 
 class RecurrentEncoder(Recurrence):
     """Word embeddings + `Recurrence` (stacked SimpleRNN / LSTM / GRU layers, pooled over time),
-    optionally with a bag of hashed word pairs (`bigram_buckets`) beside the pooled states.
+    optionally with a bag of hashed word pairs (`bigram_buckets`) and/or the bag of words itself
+    (`word_bag`: the mean of the review's word embeddings, the NBoW's features) beside the pooled states.
 
     `embed(ids)` and `encode(embedded, lengths, ids)` are the two halves of `forward`, so
     adversarial training can perturb the embeddings in between.
@@ -208,6 +209,7 @@ class RecurrentEncoder(Recurrence):
         bigram_buckets: int = 0,
         word_dropout: float = 0.0,
         weight_drop: float = 0.0,
+        word_bag: bool = False,
     ):
         nn.Module.__init__(self)
         owner = "model.encoder"
@@ -216,7 +218,7 @@ class RecurrentEncoder(Recurrence):
         if bigram_buckets < 0:
             raise ConfigError(f"{owner}.bigram_buckets must be 0 (off) or positive, got {bigram_buckets}")
         self.vocab_size, self.embed_dim, self.embed_dropout = vocab_size, embed_dim, embed_dropout
-        self.bigram_buckets, self.word_dropout = bigram_buckets, word_dropout
+        self.bigram_buckets, self.word_dropout, self.word_bag = bigram_buckets, word_dropout, word_bag
         # The tables before the layers: the order random weights are drawn in, so a seed gives
         # the same model as in earlier versions.
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
@@ -225,6 +227,9 @@ class RecurrentEncoder(Recurrence):
         self._build_layers(embed_dim, cell, hidden_size, num_layers, bidirectional, pooling, dropout, init, packed, weight_drop)
         # bigram_buckets > 0: a bag of hashed word pairs (NBoWEncoder's bigrams) beside the pooled states
         self.output_dim += embed_dim if bigram_buckets else 0
+        # word_bag: the mean word embedding beside them, so the classifier sees what the NBoW sees
+        # and the recurrence has only to add to it
+        self.output_dim += embed_dim if word_bag else 0
         if init == "keras":
             for table in filter(None, (self.embedding, self.bigrams)):
                 nn.init.uniform_(table.weight, -0.05, 0.05)
@@ -241,11 +246,13 @@ class RecurrentEncoder(Recurrence):
 
     def encode(self, embedded: torch.Tensor, lengths: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         """Embeddings (time, batch, embed) -> features (batch, output_dim)."""
-        pooled = self.pooled(self.embedding_dropout(embedded), lengths)  # (batch, pooled)
-        if self.bigrams is None:
-            return pooled
-        bag = bigram_bag(input_ids.t(), lengths, self.bigrams, self.embedding_dropout)  # (batch, embed)
-        return torch.cat([pooled, bag], dim=-1)  # (batch, output_dim)
+        embedded = self.embedding_dropout(embedded)
+        features = [self.pooled(embedded, lengths)]  # (batch, pooled)
+        if self.bigrams is not None:
+            features.append(bigram_bag(input_ids.t(), lengths, self.bigrams, self.embedding_dropout))  # (batch, embed)
+        if self.word_bag:
+            features.append(pool(embedded, lengths, "mean"))  # (batch, embed)
+        return torch.cat(features, dim=-1)  # (batch, output_dim)
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """input_ids (batch, time), lengths (batch,) -> (batch, output_dim)."""
