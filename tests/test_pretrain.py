@@ -35,6 +35,17 @@ def texts(tmp_path_factory):
             "train": write_reviews(root / "train.parquet", reviews, labels, films)}
 
 
+@pytest.fixture(scope="module")
+def lm_path(texts, tmp_path_factory, cache_dir):
+    """A one-batch language model of cpu_lstm.yaml's kind (an LSTM, embedding and hidden width 16)."""
+    logs = tmp_path_factory.mktemp("lm") / "lightning_logs"
+    cli_main(["pretrain", "--config", str(EXPERIMENTS / "pretrain" / "cpu_lstm.yaml"), "--data.unlabelled_files",
+              texts["unlabelled"], "--data.cache_dir", cache_dir, *LM_SIZES, "--data.batch_size", "4",
+              "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1", "--data.use_train_texts", "false",
+              "--trainer.logger.init_args.save_dir", str(logs)])
+    return str(last_checkpoint(run_folders(logs / "pretrain_cpu_lstm")[-1]))
+
+
 def test_the_corpus_holds_the_training_split_and_never_validation(texts, cache_dir):
     corpus = CorpusDataModule(unlabelled_files=[texts["unlabelled"]], train_files=[texts["train"]], cache_dir=cache_dir)
     held = set(IMDBDataModule(train_files=[texts["train"]], cache_dir=cache_dir).reviews("val").texts)
@@ -57,7 +68,8 @@ def test_pretraining_lowers_perplexity(texts, tmp_path, cache_dir):
 
 
 # every recipe pair in experiments/pretrain/: (language model, its fine-tuning)
-RECIPES = [("cpu_lstm", "finetune_lstm"), ("cpu_lstm", "finetune_lstm_adv"), ("gpu_lstm", "gpu_finetune_lstm")]
+RECIPES = [("cpu_lstm", "finetune_lstm"), ("cpu_lstm", "finetune_lstm_adv"), ("cpu_rnn", "finetune_rnn"),
+           ("gpu_lstm", "gpu_finetune_lstm")]
 
 
 def test_every_pretraining_recipe_is_run_below():
@@ -102,12 +114,8 @@ def test_every_recipe_pretrains_then_fine_tunes_through_the_command_line(texts, 
             run_folders(tmp_path / "lightning_logs" / fit_recipe)[-1])))
 
 
-def test_a_collapsed_fine_tuning_stops_saying_so(texts, tmp_path, cache_dir, monkeypatch):
+def test_a_collapsed_fine_tuning_stops_saying_so(texts, lm_path, tmp_path, cache_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli_main(["pretrain", "--config", str(EXPERIMENTS / "pretrain" / "cpu_lstm.yaml"), "--data.unlabelled_files",
-              texts["unlabelled"], "--data.cache_dir", cache_dir, *LM_SIZES, "--data.batch_size", "4",
-              "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1", "--data.use_train_texts", "false"])
-    lm_path = last_checkpoint(run_folders(tmp_path / "lightning_logs" / "pretrain_cpu_lstm")[-1])
     encoder = RecurrentEncoder(vocab_size=300, cell="lstm", embed_dim=16, hidden_size=16)
     frozen = lambda params: torch.optim.SGD(params, lr=0.0)  # noqa: E731  nothing moves: the collapse stays
     model = SentimentClassifier(encoder, pretrained=str(lm_path), optimizer=frozen, scheduler=None)
@@ -119,12 +127,9 @@ def test_a_collapsed_fine_tuning_stops_saying_so(texts, tmp_path, cache_dir, mon
         quick_trainer(tmp_path, max_epochs=3, limit_train_batches=1).fit(model, dm)
 
 
-def test_an_encoder_of_another_kind_takes_the_language_models_embedding_alone(texts, tmp_path, cache_dir, monkeypatch):
+def test_an_encoder_of_another_kind_takes_the_language_models_embedding_alone(texts, lm_path, tmp_path, cache_dir,
+                                                                              monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli_main(["pretrain", "--config", str(EXPERIMENTS / "pretrain" / "cpu_lstm.yaml"), "--data.unlabelled_files",
-              texts["unlabelled"], "--data.cache_dir", cache_dir, *LM_SIZES, "--data.batch_size", "4",
-              "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1", "--data.use_train_texts", "false"])
-    lm_path = str(last_checkpoint(run_folders(tmp_path / "lightning_logs" / "pretrain_cpu_lstm")[-1]))
     lm_embedding = read_checkpoint(lm_path)["state_dict"]["encoder.embedding.weight"]  # (vocab, 16)
 
     # a bidirectional SimpleRNN: the word vectors are the LM's, its recurrent weights stay as initialised
@@ -137,7 +142,7 @@ def test_an_encoder_of_another_kind_takes_the_language_models_embedding_alone(te
     for name, tensor in fresh.state_dict().items():
         if name != "embedding.weight":
             assert torch.equal(encoder.state_dict()[name], tensor), name
-    with pytest.raises(UserError, match=r"bidirectional: false\), or take its embedding alone"):
+    with pytest.raises(UserError, match=r"pretrained_layers: forward for one layer\), or take its embedding alone"):
         SentimentClassifier(fresh, pretrained=lm_path)  # all layers: the shapes differ
 
     nbow = NBoWEncoder(vocab_size=300, embed_dim=16)
@@ -146,7 +151,7 @@ def test_an_encoder_of_another_kind_takes_the_language_models_embedding_alone(te
     narrower = r"embedding is \(300, 16\), the encoder's is \(300, 8\); .* embed_dim \(16\) and vocabulary \(300 words\)"
     with pytest.raises(UserError, match=narrower):
         SentimentClassifier(NBoWEncoder(vocab_size=300, embed_dim=8), pretrained=lm_path, pretrained_layers="embedding")
-    with pytest.raises(ConfigError, match=r"pretrained_layers must be all or embedding, got 'encoder'"):
+    with pytest.raises(ConfigError, match=r"pretrained_layers must be all, forward or embedding, got 'encoder'"):
         SentimentClassifier(nbow, pretrained=lm_path, pretrained_layers="encoder")
 
     # from the command line: the tuned SimpleRNN recipe fine-tunes on the LM's vocabulary and word vectors
@@ -167,6 +172,39 @@ def test_an_encoder_of_another_kind_takes_the_language_models_embedding_alone(te
     swept = read_checkpoint(last_checkpoint(run_folders(tmp_path / "swept" / "rnn")[-1]))
     assert data_state(swept)["tokenizer"] == data_state(read_checkpoint(lm_path))["tokenizer"]
     assert swept["hyper_parameters"]["encoder"]["init_args"]["vocab_size"] == 300
+
+
+def test_a_bidirectional_encoder_takes_the_language_model_into_its_forward_direction(texts, lm_path, tmp_path,
+                                                                                   cache_dir, monkeypatch):
+    lm = read_checkpoint(lm_path)["state_dict"]
+    torch.manual_seed(0)
+    fresh = RecurrentEncoder(vocab_size=300, cell="lstm", bidirectional=True, embed_dim=16, hidden_size=16)
+    torch.manual_seed(0)
+    encoder = RecurrentEncoder(vocab_size=300, cell="lstm", bidirectional=True, embed_dim=16, hidden_size=16)
+    SentimentClassifier(encoder, pretrained=lm_path, pretrained_layers="forward")
+    for name, tensor in encoder.state_dict().items():  # layers.<layer>.<direction>...: direction 1 reads backwards
+        expected = fresh.state_dict()[name] if name.startswith("layers.0.1.") else lm[f"encoder.{name}"]
+        assert torch.equal(tensor, expected), name
+    assert any(name.startswith("layers.0.1.") for name in encoder.state_dict())
+
+    with pytest.raises(UserError, match=r"this encoder reads one way, so take all the language model's layers"):
+        SentimentClassifier(RecurrentEncoder(vocab_size=300, cell="lstm", embed_dim=16, hidden_size=16),
+                            pretrained=lm_path, pretrained_layers="forward")
+    with pytest.raises(UserError, match=r"the language model has no layers\.1\.0\.weight_ih_l0"):
+        SentimentClassifier(RecurrentEncoder(vocab_size=300, cell="lstm", bidirectional=True, num_layers=2,
+                                             embed_dim=16, hidden_size=16), pretrained=lm_path, pretrained_layers="forward")
+    with pytest.raises(UserError, match=r"weight_ih_l0 is \(64, 16\) there, \(16, 16\) here"):
+        SentimentClassifier(RecurrentEncoder(vocab_size=300, cell="rnn", bidirectional=True, embed_dim=16, hidden_size=16),
+                            pretrained=lm_path, pretrained_layers="forward")  # another cell
+
+    # from the command line, the tuned BiLSTM recipe
+    monkeypatch.chdir(tmp_path)
+    cli_main(["fit", "--config", str(EXPERIMENTS / "tuned" / "bilstm.yaml"), "--data.train_files", texts["train"],
+              "--data.cache_dir", cache_dir, *SIZES, "--model.pretrained", lm_path, "--model.pretrained_layers",
+              "forward", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2"])
+    fitted = read_checkpoint(last_checkpoint(run_folders(tmp_path / "lightning_logs" / "tuned_bilstm")[-1]))
+    assert fitted["hyper_parameters"]["pretrained_layers"] == "forward"
+    assert data_state(fitted)["tokenizer"] == data_state(read_checkpoint(lm_path))["tokenizer"]
 
 
 @pytest.mark.parametrize("cutoffs", [[], [10], [5, 40, 200]])

@@ -37,8 +37,9 @@ class SentimentClassifier(EncoderModule):
             embedding and recurrent weights, and the data module uses its vocabulary. A fine-tuning run
             whose validation predictions all fall on one side (from its second epoch on) stops, saying so.
         pretrained_layers: what the encoder takes from `pretrained`: `all` (its embedding and recurrent layers:
-            the same cell and sizes, one direction) or `embedding` (the word vectors alone, for any encoder
-            with an embedding of their width: a bidirectional or SimpleRNN encoder, a bag of words).
+            the same cell and sizes, one direction), `forward` (the same, into the forward direction of a
+            one-layer bidirectional encoder; its backward direction starts fresh) or `embedding` (the word
+            vectors alone, for any encoder with an embedding of their width: another cell, a bag of words).
         lr_decay: per-layer learning rates (ULMFiT's discriminative fine-tuning): the head learns at the
             optimizer's rate, each layer group below it (recurrent layers top down, then the embedding)
             at the rate of the one above divided by this (ULMFiT: 2.6). 1: one rate for all.
@@ -55,13 +56,13 @@ class SentimentClassifier(EncoderModule):
         monitor: str = "val/loss",
         adversarial: float = 0.0,
         pretrained: Optional[str] = None,
-        pretrained_layers: Literal["all", "embedding"] = "all",
+        pretrained_layers: Literal["all", "forward", "embedding"] = "all",
         lr_decay: float = 1.0,
         gradual_unfreezing: bool = False,
     ):
         super().__init__(encoder, dropout, optimizer, scheduler, monitor)
-        if pretrained_layers not in ("all", "embedding"):
-            raise ConfigError(f"model.pretrained_layers must be all or embedding, got {pretrained_layers!r}")
+        if pretrained_layers not in ("all", "forward", "embedding"):
+            raise ConfigError(f"model.pretrained_layers must be all, forward or embedding, got {pretrained_layers!r}")
         if pretrained:  # the weights of `imdb-lightning pretrain`; a resumed fit's checkpoint replaces them after
             load_pretrained(encoder, pretrained, pretrained_layers)
         if adversarial < 0:

@@ -10,6 +10,7 @@ cost; `adaptive_cutoffs` splits it (Grave et al. 2017) so rare words cost only w
 from __future__ import annotations
 
 import math
+import re
 from typing import Optional
 
 import lightning as L
@@ -215,8 +216,10 @@ def read_language_model(path: str) -> dict:
 
 def load_pretrained(encoder: nn.Module, path: str, layers: str = "all") -> None:
     """Copy a language model's weights into `encoder`: all its embedding and recurrent weights (`layers="all"`),
-    which needs the same cell and sizes, or only its word embedding (`"embedding"`), which any encoder with an
-    `embedding` of the same width can take (a bidirectional or SimpleRNN encoder, a bag of words)."""
+    which needs the same cell and sizes; the same into the forward direction of a bidirectional encoder
+    (`"forward"`: its backward direction, which reads the review right to left, starts fresh); or only its word
+    embedding (`"embedding"`), which any encoder with an `embedding` of the same width can take (a bidirectional
+    or SimpleRNN encoder, a bag of words)."""
     weights = pretrained_weights(read_language_model(path))
     own = encoder.state_dict()
     if layers == "embedding":
@@ -227,13 +230,19 @@ def load_pretrained(encoder: nn.Module, path: str, layers: str = "all") -> None:
                             f"model's embed_dim ({table.shape[1]}) and vocabulary ({table.shape[0]} words)")
         encoder.load_state_dict({"embedding.weight": table}, strict=False)
         return
+    if layers == "forward" and not getattr(encoder, "bidirectional", False):
+        raise UserError(f"model.pretrained {path}: pretrained_layers forward fills a bidirectional encoder's forward "
+                        "direction; this encoder reads one way, so take all the language model's layers (pretrained_layers: all)")
     for name, tensor in weights.items():
         if name not in own or own[name].shape != tensor.shape:
             here = tuple(own[name].shape) if name in own else "absent"
             raise UserError(f"model.pretrained {path}: encoder weight {name} is {tuple(tensor.shape)} there, {here} here; "
                             "give the classifier's encoder the language model's cell, embed_dim, hidden_size and "
-                            "num_layers (bidirectional: false), or take its embedding alone (model.pretrained_layers: embedding)")
-    missing = [name for name in own if name not in weights and not name.startswith("bigrams")]
+                            "num_layers (bidirectional: false, or true with pretrained_layers: forward for one layer), "
+                            "or take its embedding alone (model.pretrained_layers: embedding)")
+    # layers.<layer>.<direction>: direction 1 reads backwards, which a left-to-right language model never learnt
+    fresh = re.compile(r"bigrams|layers\.\d+\.1\." if layers == "forward" else r"bigrams")
+    missing = [name for name in own if name not in weights and not fresh.match(name)]
     if missing:
         raise UserError(f"model.pretrained {path}: the language model has no {missing[0]}; the classifier's encoder "
                         "must be the same kind (cell, num_layers, bidirectional: false), or take its embedding alone "
