@@ -245,6 +245,7 @@ def load_pretrained(encoder: nn.Module, path: str, layers: str = "all") -> None:
     missing = [name for name in own if name not in weights and not fresh.match(name)]
     if missing:
         raise UserError(f"model.pretrained {path}: the language model has no {missing[0]}; the classifier's encoder "
-                        "must be the same kind (cell, num_layers, bidirectional: false), or take its embedding alone "
+                        "must be the same kind (cell, num_layers, bidirectional: false; a one-layer bidirectional one takes it "
+                        "with pretrained_layers: forward), or take its embedding alone "
                         "(model.pretrained_layers: embedding)")
     encoder.load_state_dict(weights, strict=False)
