@@ -15,6 +15,14 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 GPU = ["--trainer.accelerator", "gpu", "--trainer.devices", "1"]
 
 
+@pytest.fixture(autouse=True)
+def full_fp32(monkeypatch):
+    # cuDNN runs RNNs in TF32 by default on Ampere and later: ~1e-4 relative error (seen on an H100),
+    # which is rounding, not a padding leak; compare in full fp32.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+
+
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("name", RECURRENT_PRESETS)
 def test_padding_invariance_on_the_gpu(name, packed):
@@ -51,3 +59,9 @@ def test_fit_test_predict_and_export_on_the_gpu(tmp_path, monkeypatch, capsys):
     from imdb_lightning.serve.runtime import ExportedClassifier
 
     assert ExportedClassifier(tmp_path / "exported").predict(texts) == pytest.approx(on_gpu, abs=1e-4)
+
+    # a stack with the linear reference, the run predicting on the GPU
+    from imdb_lightning.tools.linear import main as linear
+
+    [stacked] = linear(["--combine", str(ckpt.parents[1]), "--device", "cuda", "--logdir", str(tmp_path / "stacks")])
+    assert stacked["model"] == "nbsvm+quickstart" and 0.5 <= stacked["val"]["val/acc"] <= 1

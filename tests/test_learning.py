@@ -137,3 +137,28 @@ def test_lr_decay_below_one_is_refused():
 
     with pytest.raises(ConfigError, match="model.lr_decay"):
         SentimentClassifier(RecurrentEncoder(vocab_size=50), lr_decay=0.5)
+
+
+def test_epoch_figures_cover_every_review_of_the_epoch(synthetic, tmp_path):
+    # The metrics are computed once an epoch from their accumulated states (base.log_epoch_metrics):
+    # the validation figures must be those of every validation review, and each epoch starts afresh.
+    import torch
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    L.seed_everything(0, verbose=False)
+    dm = synthetic(batch_size=16)
+    model = SentimentClassifier(RecurrentEncoder(vocab_size=500, embed_dim=16, hidden_size=8, cell="gru"))
+    trainer = quick_trainer(tmp_path, max_epochs=1, limit_train_batches=5)
+    trainer.fit(model, dm)
+    assert {"train/acc", "train/f1", "train/auroc", "train/loss_epoch"} <= set(trainer.logged_metrics)
+    for _ in range(2):  # twice: the second validation must not count the first one's reviews again
+        logged = trainer.validate(model, dm, verbose=False)[0]
+        model.eval()
+        with torch.no_grad():
+            batches = list(dm.val_dataloader())
+            probs = torch.cat([model(b["input_ids"], b["lengths"]).sigmoid() for b in batches]).numpy()
+            labels = torch.cat([b["labels"] for b in batches]).numpy()
+        assert len(labels) > 16  # more than one batch
+        assert logged["val/acc"] == pytest.approx(((probs >= 0.5) == labels).mean(), abs=1e-6)
+        assert logged["val/f1"] == pytest.approx(f1_score(labels, probs >= 0.5), abs=1e-6)
+        assert logged["val/auroc"] == pytest.approx(roc_auc_score(labels, probs), abs=1e-5)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from conftest import EXPERIMENTS, write_reviews
@@ -145,3 +146,10 @@ def test_combine_with_recurrent_runs(files, tmp_path, cache_dir, monkeypatch):
         linear(["--combine", str(run_dir), "--data.split_seed", "3"])
     with pytest.raises(UserError, match=r"not a fit's run folder"):
         linear(["--combine", str(tmp_path)])
+    with pytest.raises(UserError, match=r"device 'tpu0' is not a torch device"):
+        linear(["--combine", str(run_dir), "--device", "tpu0"])
+    with pytest.raises(UserError, match=r"--device sets where --combine's runs predict"):
+        linear(["--device", "cpu", "--data.train_files", files["train"]])
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match=r"device 'cuda': no CUDA GPU is available here"):
+            linear(["--combine", str(run_dir), "--device", "cuda"])

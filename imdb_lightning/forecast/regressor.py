@@ -41,7 +41,6 @@ class SequenceRegressor(EncoderModule):
         level = forecast.detach() * span + batch["low"]  # back to the series' units
         getattr(self, f"{stage}_metrics").update(level, batch["target"] * span + batch["low"])
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(forecast))
-        self.log_dict(getattr(self, f"{stage}_metrics"), on_step=False, on_epoch=True, prog_bar=stage == "val")
         if stage == "test":
             self.predictions.update(zip(batch["month"].tolist(), level.tolist()))
         return loss

@@ -132,6 +132,25 @@ class EncoderModule(RandomStateResume, L.LightningModule):
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
         raise NotImplementedError
 
+    # The stage's metrics are updated in every step and computed, logged and reset once an epoch here.
+    # (Logging the metric objects in every step, Lightning's other way, moves each one's states to the
+    # device on every call: on a 128-unit model that host work was more than the model's own step.)
+    def log_epoch_metrics(self, stage: str) -> dict[str, torch.Tensor]:
+        metrics = getattr(self, f"{stage}_metrics")
+        if not any(metric.update_count for metric in metrics.values()):
+            return {}
+        values = metrics.compute()  # (all processes' states: torchmetrics syncs them itself)
+        with torch.inference_mode(False):  # fresh states a later fit (outside inference mode) can update in place
+            metrics.reset()
+        self.log_dict(values, prog_bar=stage == "val", sync_dist=True)
+        return values
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_epoch_metrics("test")
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self._step(batch, "train")
         if not torch.isfinite(loss):  # one host sync per step; the progress bar makes it anyway
@@ -171,6 +190,7 @@ class EncoderModule(RandomStateResume, L.LightningModule):
     # Lightning skips epoch-end plateau steps in the epoch it resumed in (it might lack the metrics);
     # here that epoch's validation has just run, so the step is taken as an uninterrupted run takes it.
     def on_train_epoch_end(self) -> None:
+        self.log_epoch_metrics("train")
         if not self.trainer.fit_loop.restarting:
             return
         for config in self.trainer.lr_scheduler_configs:

@@ -73,7 +73,8 @@ class SentimentClassifier(EncoderModule):
             raise ConfigError(f"model.lr_decay divides the learning rate layer by layer; it must be at least 1, got {lr_decay}")
         self.save_encoder_hyperparameters()
         # Epoch means of the training losses, persistent like the training metrics (see EncoderModule).
-        self.train_loss, self.train_adversarial_loss = MeanMetric(), MeanMetric()
+        # (nan_strategy disable: no host sync per step to look for NaNs; training_step stops on a non-finite loss)
+        self.train_loss, self.train_adversarial_loss = MeanMetric(nan_strategy="disable"), MeanMetric(nan_strategy="disable")
         self.train_loss.persistent(True)
         self.train_adversarial_loss.persistent(True)
         # Each review's outcome and film, for the film-clustered error of the accuracy.
@@ -104,7 +105,9 @@ class SentimentClassifier(EncoderModule):
             self._unfrozen_in = self.current_epoch
 
     def metrics(self) -> MetricCollection:
-        return MetricCollection({"acc": BinaryAccuracy(), "f1": BinaryF1Score(), "auroc": BinaryAUROC()})
+        # Inputs come from _step (probabilities, 0/1 labels): checking them would cost a host sync per step on a GPU.
+        return MetricCollection({"acc": BinaryAccuracy(validate_args=False), "f1": BinaryF1Score(validate_args=False),
+                                 "auroc": BinaryAUROC(validate_args=False)})
 
     def metric_names(self) -> set[str]:
         return super().metric_names() | {"val/acc_se", "hp/val_acc"}
@@ -142,7 +145,6 @@ class SentimentClassifier(EncoderModule):
         if stage == "train":
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(labels))
             self.train_loss.update(loss.detach(), len(labels))
-            self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True, batch_size=len(labels))
         else:
             # Evaluation figures are averaged over all processes in multi-device runs; the torchmetrics
             # objects sync their states on compute by themselves.
@@ -154,13 +156,10 @@ class SentimentClassifier(EncoderModule):
                 getattr(self, f"{stage}_outcomes").update(torch.stack([correct, batch["groups"].float()], dim=-1))
         if stage == "test":
             self.test_curves.update(probs, labels)
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
         if adversarial:
             adversarial_loss = self._adversarial_loss(loss, embedded, batch)
             self.train_adversarial_loss.update(adversarial_loss.detach(), len(labels))
             self.log("train/adversarial_loss", adversarial_loss, on_step=True, on_epoch=False, batch_size=len(labels))
-            self.log("train/adversarial_loss_epoch", self.train_adversarial_loss, on_step=False, on_epoch=True,
-                     batch_size=len(labels))
             loss = loss + adversarial_loss
         return loss
 
@@ -179,7 +178,17 @@ class SentimentClassifier(EncoderModule):
         if isinstance(self.logger, TensorBoardLogger) and self.trainer.ckpt_path is None and self.trainer.is_global_zero:
             declare_hp_metrics(self.logger, {**self.hparams, "val_split": validation_kind(self.trainer)})
 
+    def on_train_epoch_end(self) -> None:
+        epoch_losses = {"train/loss_epoch": self.train_loss, "train/adversarial_loss_epoch": self.train_adversarial_loss}
+        for name, metric in epoch_losses.items():
+            if metric.update_count:
+                self.log(name, metric.compute(), sync_dist=True)
+                with torch.inference_mode(False):
+                    metric.reset()
+        super().on_train_epoch_end()
+
     def on_validation_epoch_end(self) -> None:
+        values = self.log_epoch_metrics("val")
         self._log_clustered_error("val")
         positive = float(self.val_positive.compute()) if self.val_positive.update_count else 0.5
         self.val_positive.reset()
@@ -189,13 +198,15 @@ class SentimentClassifier(EncoderModule):
             raise FineTuningCollapsed(
                 f"fine-tuning collapsed: after epoch {self.current_epoch} every validation review is predicted {side}; "
                 "lower the learning rate (or unfreeze more gradually) and start again; the checkpoints written so far are kept")
-        if not self.trainer.sanity_checking:
-            self.best_val_acc.fill_(max(float(self.best_val_acc), float(self.val_metrics["acc"].compute())))
+        if not self.trainer.sanity_checking and values:
+            self.best_val_acc.fill_(max(float(self.best_val_acc), float(values["val/acc"])))
             self.log("hp/val_acc", self.best_val_acc, sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
+        values = self.log_epoch_metrics("test")
         self._log_clustered_error("test")
-        self.log("hp/test_acc", self.test_metrics["acc"].compute(), sync_dist=True)
+        if values:
+            self.log("hp/test_acc", values["test/acc"], sync_dist=True)
         if isinstance(self.logger, TensorBoardLogger):
             for name, metric in self.test_curves.items():
                 fig, _ = metric.plot()  # every process: computing the curve gathers their states

@@ -136,6 +136,12 @@ def run(kind: str, C: float, data: dict, logdir: str, name: str, partners: Optio
     return record
 
 
+def resolve_device(device: str) -> str:
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
 SAFE_WITH_COMBINE = ("--data.test_files", "--data.cache_dir", "--data.num_workers")
 
 
@@ -143,7 +149,7 @@ def data_settings(configs: list[str], overrides: list[str]) -> dict:
     return {k: v for k, v in vars(read_config(configs, overrides).data).items() if not k.startswith("__")}
 
 
-def partner_runs(folders: list[str], scratch: Path, overrides: list[str]) -> list[tuple[list[dict], dict]]:
+def partner_runs(folders: list[str], scratch: Path, overrides: list[str], device: str = "cpu") -> list[tuple[list[dict], dict]]:
     """Recurrent fits' best checkpoints, loaded, grouped by the split they trained on: for each
     split (in the order first given), its runs and its data settings."""
     from ..serve.predictor import load
@@ -165,7 +171,7 @@ def partner_runs(folders: list[str], scratch: Path, overrides: list[str]) -> lis
         # the stacker is fitted on validation: only runs that never trained on those reviews stack together
         key = json.dumps(IMDBDataModule(**settings).split_key(), default=str)
         partners, _ = groups.setdefault(key, ([], settings))
-        predictor = load(ckpt)
+        predictor = load(ckpt, device=device)
         partners.append({"predictor": predictor, "checkpoint": str(ckpt), "seed": record.get("seed"),
                          "parameters": sum(p.numel() for p in predictor.model.parameters()),
                          # the experiment: runs of one recipe with other seeds group together in compare
@@ -188,6 +194,9 @@ def main(argv: list[str]) -> list[dict]:
     parser.add_argument("--combine", metavar="RUN", nargs="+",
                         help="recurrent fits' run folders (lightning_logs/NAME/version_N): stack their best checkpoints' "
                         "logits with the linear model's on their split (runs of one split together, one stack per split)")
+    parser.add_argument("--device", default="auto",
+                        help="where --combine's runs predict: cpu, cuda, cuda:1, ... (default auto: the GPU when there is one; "
+                        "a large encoder's predictions on a CPU can take longer than the linear model)")
     parser.add_argument("--split_seeds", type=comma_list(int), default=None,
                         help="comma-separated data.split_seed values: one reference per validation split "
                         "(pool them with compare --over_splits; --combine takes the splits from its runs)")
@@ -205,6 +214,8 @@ def main(argv: list[str]) -> list[dict]:
         parser.error(f"--C must be positive (or 0 for the default), got {opts.C}")
     if not 1 <= opts.ngrams <= 5:
         parser.error(f"--ngrams must be 1 to 5, got {opts.ngrams}")
+    if opts.device != "auto" and not opts.combine:
+        parser.error("--device sets where --combine's runs predict; the linear models themselves run on the CPU")
     if opts.combine and opts.config:
         parser.error("--combine reads the run's own config.yaml (its split); leave out --config")
     changed = [a.split("=")[0] for a in rest if a.startswith("--data.") and a.split("=")[0] not in SAFE_WITH_COMBINE]
@@ -216,7 +227,7 @@ def main(argv: list[str]) -> list[dict]:
                      ("--combine (its runs name theirs)" if opts.combine else "--data.split_seed"))
     if opts.combine:
         with tempfile.TemporaryDirectory() as scratch:
-            groups = partner_runs(opts.combine, Path(scratch), rest)
+            groups = partner_runs(opts.combine, Path(scratch), rest, resolve_device(opts.device))
     else:
         data = data_settings(opts.config, rest)
         groups = [(None, {**data, "split_seed": s}) for s in opts.split_seeds] if opts.split_seeds else [(None, data)]
