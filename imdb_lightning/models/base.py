@@ -44,6 +44,14 @@ def scale_one_cycle(scheduler) -> None:
             scheduler.base_lrs[index] *= scale
 
 
+def compute_and_reset(metric):
+    """The metric's value over what it has seen (an epoch); then fresh states for the next epoch."""
+    value = metric.compute()
+    with torch.inference_mode(False):  # fresh states a later fit (outside inference mode) can update in place
+        metric.reset()
+    return value
+
+
 def sized_by_steps(factory) -> bool:
     """Whether a scheduler factory takes `total_steps` (torch's OneCycleLR)."""
     # LightningCLI hands over partial(instantiate, SchedulerClass, **init_args); Python code may pass the class.
@@ -139,9 +147,8 @@ class EncoderModule(RandomStateResume, L.LightningModule):
         metrics = getattr(self, f"{stage}_metrics")
         if not any(metric.update_count for metric in metrics.values()):
             return {}
-        values = metrics.compute()  # (all processes' states: torchmetrics syncs them itself)
-        with torch.inference_mode(False):  # fresh states a later fit (outside inference mode) can update in place
-            metrics.reset()
+        values = compute_and_reset(metrics)  # (all processes' states: torchmetrics syncs them itself)
+        # (sync_dist: the same values on every process then; it keeps Lightning's epoch-level warning quiet)
         self.log_dict(values, prog_bar=stage == "val", sync_dist=True)
         return values
 

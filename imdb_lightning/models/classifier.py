@@ -14,7 +14,7 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryConfu
 
 from ..data.split import clustered_standard_error
 from ..errors import ConfigError, UserError
-from .base import EncoderModule, NonFiniteLossError, plateau  # noqa: F401  (NonFiniteLossError: part of this API)
+from .base import EncoderModule, NonFiniteLossError, compute_and_reset, plateau  # noqa: F401  (NonFiniteLossError: part of this API)
 from .encoders import layer_groups
 from .language_model import load_pretrained
 
@@ -182,9 +182,7 @@ class SentimentClassifier(EncoderModule):
         epoch_losses = {"train/loss_epoch": self.train_loss, "train/adversarial_loss_epoch": self.train_adversarial_loss}
         for name, metric in epoch_losses.items():
             if metric.update_count:
-                self.log(name, metric.compute(), sync_dist=True)
-                with torch.inference_mode(False):
-                    metric.reset()
+                self.log(name, compute_and_reset(metric), sync_dist=True)
         super().on_train_epoch_end()
 
     def on_validation_epoch_end(self) -> None:

@@ -22,7 +22,7 @@ from torchmetrics import MeanMetric
 
 from ..data.datamodule import training_progress
 from ..errors import ConfigError, UserError
-from .base import NonFiniteLossError, RandomStateResume, sized_by_steps
+from .base import NonFiniteLossError, RandomStateResume, compute_and_reset, sized_by_steps
 from .checkpoints import expect_kind, read_checkpoint
 from .encoders import RecurrentEncoder, encoder_spec
 
@@ -148,9 +148,7 @@ class LanguageModel(RandomStateResume, L.LightningModule):
         metric = getattr(self, f"{stage}_loss")
         if not metric.update_count:
             return None
-        loss = metric.compute()
-        with torch.inference_mode(False):  # fresh states a later fit (outside inference mode) can update in place
-            metric.reset()
+        loss = compute_and_reset(metric)
         self.log(f"{stage}/loss_epoch" if stage == "train" else "val/loss", loss, prog_bar=stage == "val")
         self.log(f"{stage}/ppl", torch.exp(loss))
         return float(loss)
