@@ -173,6 +173,7 @@ CASES = [
     ("predict both", ["predict", "--ckpt_path", f"{D}/sentiment.ckpt", "--file", f"{D}/reviews.txt", "x"],
      r"pass reviews as arguments or with --file"),
     ("predict no checkpoint", ["predict", "a review"], r"give --ckpt_path, or --config"),
+    ("predict a folder", ["predict", "--ckpt_path", D, "a review"], r"is a folder: give a checkpoint file, or a run folder"),
     ("predict missing file", ["predict", "--ckpt_path", f"{D}/sentiment.ckpt", "--file", "nope.txt"], r"nope\.txt: no such file"),
     ("predict file type", ["predict", "--ckpt_path", f"{D}/sentiment.ckpt", "--file", f"{D}/afile"],
      r"afile: unknown file type ''"),

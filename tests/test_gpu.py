@@ -65,3 +65,6 @@ def test_fit_test_predict_and_export_on_the_gpu(tmp_path, monkeypatch, capsys):
 
     [stacked] = linear(["--combine", str(ckpt.parents[1]), "--device", "cuda", "--logdir", str(tmp_path / "stacks")])
     assert stacked["model"] == "nbsvm+quickstart" and 0.5 <= stacked["val"]["val/acc"] <= 1
+    # and the stack as a model, its run on the GPU: the same probabilities as on the CPU
+    stack_gpu, stack_cpu = imdb_lightning.load(stacked["folder"], device="cuda"), imdb_lightning.load(stacked["folder"])
+    assert stack_gpu.predict(texts) == pytest.approx(stack_cpu.predict(texts), abs=1e-4)

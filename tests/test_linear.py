@@ -13,9 +13,8 @@ from imdb_lightning.cli import cli_main
 from imdb_lightning.data.datamodule import IMDBDataModule
 from imdb_lightning.data.synthetic import synthetic_reviews
 from imdb_lightning.errors import UserError
-from imdb_lightning.models.linear import LinearReference
+from imdb_lightning.models.linear import LinearReference, Stack
 from imdb_lightning.tools.compare import compare, find_runs, leaderboard
-from imdb_lightning.tools.linear import Combined
 from imdb_lightning.tools.linear import main as linear
 
 
@@ -38,6 +37,27 @@ def test_linear_references_learn_word_pairs(kind):
     accuracy = ((model.logits(held_texts) >= 0) == np.array(held_labels)).mean()
     assert accuracy > 0.8  # chance is 0.5; "not good" / "not bad" need the word pairs
     assert model.parameters > 0
+
+
+@pytest.mark.parametrize("kind", ["nbsvm", "tfidf"])
+def test_a_saved_linear_reference_predicts_as_the_fitted_one(kind, tmp_path):
+    texts, labels = synthetic_reviews(400, seed=0)
+    held_texts, _ = synthetic_reviews(100, seed=1)
+    model = LinearReference(kind, ngrams=3).fit(texts, np.array(labels))
+    model.save(tmp_path / "linear.npz")
+    loaded = LinearReference.load(tmp_path / "linear.npz")
+    assert (loaded.kind, loaded.C, loaded.ngrams) == (model.kind, model.C, model.ngrams)
+    assert loaded.parameters == model.parameters
+    # weights are stored as float32: the logits agree to float32 rounding, the labels exactly
+    np.testing.assert_allclose(loaded.logits(held_texts), model.logits(held_texts), rtol=1e-5, atol=1e-5)
+    assert ((loaded.logits(held_texts) >= 0) == (model.logits(held_texts) >= 0)).all()
+    assert not list(tmp_path.glob(".*tmp"))  # written atomically: no temporary left
+
+
+def test_a_damaged_linear_file_is_named(tmp_path):
+    (tmp_path / "linear.npz").write_bytes(b"not numpy")
+    with pytest.raises(UserError, match=r"linear\.npz: not a saved linear model"):
+        LinearReference.load(tmp_path / "linear.npz")
 
 
 def test_linear_command_uses_the_fits_split_and_tests(files, tmp_path, cache_dir):
@@ -92,7 +112,7 @@ def test_stacking_weighs_the_two_logits_and_cross_fits_by_film():
     labels = rng.integers(0, 2, 400)
     good = np.where(labels == 1, 1.0, -1.0) + rng.normal(0, 0.5, 400)  # informative
     noise = rng.normal(0, 3, 400)  # useless and loud
-    combined = Combined(Fixed(good), [Fixed(noise)])
+    combined = Stack(Fixed(good), [Fixed(noise)])
     held_out = combined.fit(["x"] * 400, labels, np.arange(400) // 4)
     assert abs(combined.weights[0]) > 5 * abs(combined.weights[1])  # the informative model weighs more
     assert ((held_out >= 0) == labels).mean() > 0.9
@@ -128,6 +148,30 @@ def test_combine_with_recurrent_runs(files, tmp_path, cache_dir, monkeypatch):
 
     result = compare("combined", tmp_path / "out")
     assert result["finished"] == 2
+
+    # the stack is a model: `predict` on its run folder gives the probabilities its test figure came from
+    from imdb_lightning.serve.predict import main as predict
+    from imdb_lightning.serve.predictor import load
+
+    test = IMDBDataModule(train_files=files["train"], test_files=files["test"], cache_dir=cache_dir).reviews("test")
+    stack = load(both["folder"])
+    probabilities = np.array(stack.predict(test.texts))
+    assert ((probabilities >= 0.5) == test.labels).mean() == pytest.approx(both["test"]["test/acc"])
+    predict(["--ckpt_path", both["folder"], "--file", files["test"], "--output", "stacked.csv"])
+    written = np.loadtxt("stacked.csv", delimiter=",", skiprows=1, usecols=1)
+    np.testing.assert_allclose(written, probabilities, rtol=1e-6)
+    # a linear reference alone is applied the same way
+    [alone] = linear(["--config", str(EXPERIMENTS / "gru.yaml"), "--data.train_files", files["train"], "--data.test_files",
+                      files["test"], "--data.cache_dir", cache_dir, "--models", "tfidf", "--logdir", "alone"])
+    assert ((np.array(load(alone["folder"]).predict(test.texts)) >= 0.5) == test.labels).mean() == \
+        pytest.approx(alone["test"]["test/acc"])
+    with pytest.raises(UserError, match=r"is a folder: give a checkpoint file, or a run folder of `imdb-lightning linear`"):
+        load(run_dir)
+    # a stack whose recurrent run was moved away says which checkpoint it misses
+    run_dir.rename("gru_moved")
+    with pytest.raises(UserError, match=r"this stack reads lightning_logs/gru/version_0/checkpoints/best.*not there"):
+        load(both["folder"])
+    Path("gru_moved").rename(run_dir)
     [tri] = linear(["--combine", str(run_dir), "--ngrams", "3", "--logdir", "combined"])
     assert tri["model"] == "nbsvm_3gram+gru" and Path(tri["folder"]).parent.name == "nbsvm_3gram+gru"
 

@@ -163,7 +163,8 @@ def main(argv: list[str]) -> None:
         description="Classify raw reviews with a trained checkpoint: label, P(positive) and the review.",
     )
     parser.add_argument("texts", nargs="*", help="reviews to classify")
-    parser.add_argument("--ckpt_path", help="checkpoint to use")
+    parser.add_argument("--ckpt_path", help="checkpoint to use, or a run folder of `imdb-lightning linear` "
+                        "(a linear reference, or its stack with recurrent runs)")
     parser.add_argument("--config", action="append", default=[],
                         help="experiment YAML (repeatable, as for fit): use the best checkpoint of its newest run")
     parser.add_argument("--file", help=f"reviews: {', '.join(READ_FORMATS)} (one per line, or a 'text' column)")

@@ -1,7 +1,12 @@
-"""Classify raw text from a checkpoint alone: `imdb_lightning.load(path).predict(texts)`."""
+"""Classify raw text from a checkpoint alone: `imdb_lightning.load(path).predict(texts)`.
+
+`path` may also be a run folder of `imdb-lightning linear`: its linear reference, or its stack
+of one with recurrent checkpoints (`linear --combine`).
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +17,7 @@ from ..errors import UserError
 from ..models.checkpoints import data_state, expect_kind, read_checkpoint
 from ..models.classifier import SentimentClassifier
 from ..models.encoders import build_encoder
+from ..models.linear import LINEAR_FILE, LinearReference, Stack
 from .runtime import BATCH_SIZE, padded_batches
 
 
@@ -37,13 +43,46 @@ class Predictor:
         return out
 
 
-def load(path: str | Path, device: str = "cpu") -> Predictor:
+class LinearPredictor:
+    """A linear reference or a stack (`imdb-lightning linear` run folders), as a Predictor."""
+
+    def __init__(self, model: LinearReference | Stack):
+        self.model = model
+
+    def predict(self, texts: list[str], batch_size: int = BATCH_SIZE) -> list[float]:
+        return (1 / (1 + np.exp(-self.logits(texts, batch_size)))).tolist()
+
+    def logits(self, texts: list[str], batch_size: int = BATCH_SIZE) -> np.ndarray:
+        if isinstance(texts, str):
+            raise TypeError("predict takes a list of texts; wrap a single review as [text]")
+        return self.model.logits(list(texts))  # (texts,)
+
+
+def load_linear_run(folder: Path, device: torch.device) -> LinearPredictor:
+    linear = LinearReference.load(folder / LINEAR_FILE)
+    record_file = folder / "run.json"
+    record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+    if not record.get("checkpoints"):
+        return LinearPredictor(linear)
+    missing = [c for c in record["checkpoints"] if not Path(c).is_file()]
+    if missing:
+        raise UserError(f"{folder}: this stack reads {missing[0]}, which is not there (moved or deleted? "
+                        "run `linear --combine` again with the run folders where they are now)")
+    return LinearPredictor(Stack(linear, [load(c, device) for c in record["checkpoints"]], record["weights"]))
+
+
+def load(path: str | Path, device: str = "cpu") -> Predictor | LinearPredictor:
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise UserError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {str(device)!r}: no CUDA GPU is available here")
+    if Path(path).is_dir():
+        if not (Path(path) / LINEAR_FILE).is_file():
+            raise UserError(f"{path}: is a folder: give a checkpoint file, or a run folder of `imdb-lightning linear` "
+                            f"(one with {LINEAR_FILE})")
+        return load_linear_run(Path(path), device)
     ckpt = read_checkpoint(path)
     expect_kind(path, ckpt, "sentiment", "imdb_lightning.load")
     hp = ckpt["hyper_parameters"]

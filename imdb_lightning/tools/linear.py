@@ -2,13 +2,15 @@
 
 Trained on exactly the train/validation split a `fit` with the same data settings uses (same
 `--config` files and `--data.*` flags), tested when the data has a test split, and written as a
-run folder (`config.yaml`, `run.json`, TensorBoard scalars) that `compare` ranks with the rest.
+run folder (`config.yaml`, `run.json`, TensorBoard scalars, the model as `linear.npz`) that
+`compare` ranks with the rest and `predict --ckpt_path FOLDER` applies.
 
 `--combine RUN [RUN ...]` stacks a linear model with trained recurrent runs instead: fitted on
 their own split (their `config.yaml`), its logit and each run's best checkpoint's logit are
 weighed by a logistic regression fitted on the validation reviews, whose figure is therefore
 cross-fitted by film. Runs that validated on the same reviews are stacked together; runs of other
-splits (another `data.split_seed`, say) make one stack per split.
+splits (another `data.split_seed`, say) make one stack per split. A stack's run.json names the
+checkpoints it reads: `predict` needs them where they were.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from ..data.datamodule import IMDBDataModule
 from ..data.split import clustered_standard_error
 from ..errors import DataError, UserError
 from ..helpers import ArgumentParser, comma_list
-from ..models.linear import DEFAULT_C, LinearReference
+from ..models.linear import DEFAULT_C, LINEAR_FILE, LinearReference, Stack
 from ..runs import atomic_write, best_checkpoint, last_checkpoint, run_folders, run_version
 from ..training import read_config
 from .compare import Z95
@@ -56,34 +58,6 @@ def new_run_folder(root: Path) -> Path:
     return folder
 
 
-class Combined:
-    """A linear reference and recurrent classifiers voting together: a logistic regression on their
-    logits (stacking). Its weights are fitted on the validation reviews, so the validation figure
-    comes from cross-fitting: each review scored by a stacker fitted without its film."""
-
-    def __init__(self, linear: LinearReference, predictors: list, weights: Optional[list[float]] = None):
-        self.linear, self.predictors, self.weights = linear, predictors, weights  # [linear, *recurrent, bias]
-
-    def features(self, texts: list[str]) -> np.ndarray:
-        return np.stack([self.linear.logits(texts), *(p.logits(texts) for p in self.predictors)], axis=1)  # (texts, 1 + runs)
-
-    def fit(self, texts: list[str], labels: np.ndarray, films: np.ndarray, folds: int = 5) -> np.ndarray:
-        """Fit the weights on these (validation) reviews; return their cross-fitted logits (texts,)."""
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.model_selection import GroupKFold
-
-        x = self.features(texts)
-        out = np.empty(len(texts))
-        for fit_rows, held in GroupKFold(min(folds, len(np.unique(films)))).split(x, labels, films):
-            out[held] = LogisticRegression().fit(x[fit_rows], labels[fit_rows]).decision_function(x[held])
-        stacker = LogisticRegression().fit(x, labels)
-        self.weights = [*map(float, stacker.coef_[0]), float(stacker.intercept_[0])]
-        return out
-
-    def logits(self, texts: list[str]) -> np.ndarray:
-        return self.features(texts) @ np.array(self.weights[:-1]) + self.weights[-1]
-
-
 def model_label(kind: str, ngrams: int) -> str:
     # word pairs are the references' default; other n-gram ranges are other recipes, named apart in compare
     return kind if ngrams == 2 else f"{kind}_{ngrams}gram"
@@ -103,7 +77,7 @@ def run(kind: str, C: float, data: dict, logdir: str, name: str, partners: Optio
     record = {"kind": "linear", "status": "finished", "model": model_label(kind, ngrams), "C": model.C,
               "parameters": model.parameters, "validation": dm.validation, "train_samples": len(train), "seed": None}
     if partners:
-        model = Combined(model, [p["predictor"] for p in partners])
+        model = Stack(model, [p["predictor"] for p in partners])
         val_logits = model.fit(val.texts, val.labels, film_numbers(val))
         seeds = sorted({str(p["seed"]) for p in partners})  # runs of one seed stack as that seed
         record.update(model=name, seed=partners[0]["seed"] if len(seeds) == 1 else "+".join(seeds),
@@ -125,6 +99,7 @@ def run(kind: str, C: float, data: dict, logdir: str, name: str, partners: Optio
     # the stacker's weights are fitted, not set: they stay in run.json, so `compare` groups seeds
     config = {"data": data, "model": {"kind": kind, "C": linear.C, "ngrams": linear.ngrams,
                                       **({"combined_with": "+".join(p["name"] for p in partners)} if partners else {})}}
+    linear.save(folder / LINEAR_FILE)  # `predict --ckpt_path FOLDER` applies it (a stack with its runs' checkpoints)
     atomic_write(folder / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(config, sort_keys=False)))
     atomic_write(folder / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
     with SummaryWriter(log_dir=str(folder)) as writer:
