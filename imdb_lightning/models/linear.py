@@ -56,15 +56,15 @@ class LinearReference:
         return CountVectorizer(ngram_range=(1, self.ngrams), binary=True, token_pattern=TOKEN_PATTERN,
                                lowercase=False, vocabulary=vocabulary)
 
-    def _features(self, texts: list[str]):
-        return self.vectorizer.transform([self._normalize(t) for t in texts])  # (reviews, n-grams), sparse
+    def _texts(self, texts: list[str]) -> list[str]:
+        return [self._normalize(t) for t in texts]
 
     def fit(self, texts: list[str], labels: np.ndarray) -> LinearReference:
         from sklearn.linear_model import LogisticRegression
 
         labels = np.asarray(labels)
         self.vectorizer = self._vectorizer()
-        features = self.vectorizer.fit_transform([self._normalize(t) for t in texts])
+        features = self.vectorizer.fit_transform(self._texts(texts))  # (reviews, n-grams), sparse
         scale = 1.0
         if self.kind == "nbsvm":  # features are 0/1 counts; the classifier sees them scaled by
             # the log-count ratio r = log((p / |p|_1) / (q / |q|_1)), with add-one smoothing
@@ -78,7 +78,7 @@ class LinearReference:
         return self
 
     def logits(self, texts: list[str]) -> np.ndarray:
-        return self._features(texts) @ self.weights + self.intercept  # (texts,)
+        return self.vectorizer.transform(self._texts(texts)) @ self.weights + self.intercept  # (texts,)
 
     @property
     def parameters(self) -> int:

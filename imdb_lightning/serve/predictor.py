@@ -43,14 +43,11 @@ class Predictor:
         return out
 
 
-class LinearPredictor:
-    """A linear reference or a stack (`imdb-lightning linear` run folders), as a Predictor."""
+class LinearPredictor(Predictor):
+    """A linear reference or a stack (`imdb-lightning linear` run folders): Predictor's `predict` on its logits."""
 
     def __init__(self, model: LinearReference | Stack):
-        self.model = model
-
-    def predict(self, texts: list[str], batch_size: int = BATCH_SIZE) -> list[float]:
-        return (1 / (1 + np.exp(-self.logits(texts, batch_size)))).tolist()
+        self.model = model  # no tokenizer of its own: the linear model and each stacked Predictor bring theirs
 
     def logits(self, texts: list[str], batch_size: int = BATCH_SIZE) -> np.ndarray:
         if isinstance(texts, str):
@@ -79,10 +76,10 @@ def load(path: str | Path, device: str = "cpu") -> Predictor | LinearPredictor:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {str(device)!r}: no CUDA GPU is available here")
     if Path(path).is_dir():
-        if not (Path(path) / LINEAR_FILE).is_file():
-            raise UserError(f"{path}: is a folder: give a checkpoint file, or a run folder of `imdb-lightning linear` "
-                            f"(one with {LINEAR_FILE})")
-        return load_linear_run(Path(path), device)
+        if (Path(path) / LINEAR_FILE).is_file():
+            return load_linear_run(Path(path), device)
+        raise UserError(f"{path}: is a folder: give a checkpoint file, or a run folder of `imdb-lightning linear` "
+                        f"(one with {LINEAR_FILE})")
     ckpt = read_checkpoint(path)
     expect_kind(path, ckpt, "sentiment", "imdb_lightning.load")
     hp = ckpt["hyper_parameters"]
