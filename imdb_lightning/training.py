@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
+import torch
 import yaml
 from lightning.pytorch.cli import LightningCLI
 
@@ -28,6 +29,15 @@ from .runs import best_checkpoint, last_checkpoint, run_folders, run_version
 CONFIG_DIR = Path(__file__).with_name("config")
 DEFAULTS = str(CONFIG_DIR / "defaults.yaml")
 PRETRAIN_DEFAULTS = str(CONFIG_DIR / "pretrain_defaults.yaml")
+
+
+def cpu_runs_bf16() -> bool:
+    """Can oneDNN compute in bf16 on this CPU? It needs AVX-512 (fast with AVX-512-BF16 or AMX); without it
+    a bf16 LSTM fails inside torch and other layers are emulated at a tenth of fp32's speed."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch built without oneDNN
+        return False
 
 
 def load_yaml(path: str) -> dict:
@@ -142,14 +152,25 @@ class ExperimentCLI(LightningCLI):
             expect_kind(config.ckpt_path, read_checkpoint(config.ckpt_path), self.task, f"imdb-lightning {subcommand}")
 
     def before_fit(self) -> None:
+        self._check_precision()
         self._check_monitors()
         self._check_data("fit")
 
     def before_validate(self) -> None:
+        self._check_precision()
         self._check_data("validate")
 
     def before_test(self) -> None:
+        self._check_precision()
         self._check_data("test")
+
+    def _check_precision(self) -> None:
+        """bf16 on a CPU without it ends in a oneDNN error deep inside an LSTM, or a run ten times slower."""
+        precision = str(self.trainer.precision)
+        if "bf16" in precision and self.trainer.strategy.root_device.type == "cpu" and not cpu_runs_bf16():
+            raise UserError(f"--trainer.precision {precision}: this CPU has no bf16 arithmetic that oneDNN can use "
+                            "(it needs AVX-512; AVX-512-BF16 or AMX make it fast), so an LSTM would fail and other layers "
+                            "run about 10x slower; use --trainer.precision 32-true here, or a GPU")
 
     def _check_data(self, stage: str) -> None:
         """Read the data before Lightning starts (and makes a run folder): a bad file fails here, in one line."""

@@ -286,3 +286,33 @@ def test_a_null_review_is_an_empty_one_everywhere(inputs, tmp_path, capsys):
               "--output", str(tmp_path / "out.jsonl"), "--with_text"])
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert rows[1]["text"] == "" and rows[1]["probability"] == pytest.approx(float(alone[0].split("\t")[1]), abs=1e-4)
+
+
+BF16 = ["--trainer.precision", "bf16-mixed"]
+
+
+@pytest.mark.parametrize("command", ["fit", "pretrain", "sweep"])
+def test_bf16_on_a_cpu_without_it_is_one_line_before_any_run_folder(inputs, tmp_path, monkeypatch, command):
+    # oneDNN's bf16 needs AVX-512: on an AVX2-only CPU an LSTM fails deep inside torch; here the check says so first
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("imdb_lightning.training.cpu_runs_bf16", lambda: False)
+    cache = str(inputs / "cache")
+    args = {"fit": [*FIT, "--data.cache_dir", cache, *BF16],
+            "pretrain": [*PRETRAIN, "--data.unlabelled_files", str(inputs / "good.parquet"), "--data.cache_dir", cache, *BF16],
+            "sweep": ["sweep", "--encoders", "lstm", "--seeds", "0", "--config", str(QUICKSTART), "--logdir", "logs",
+                      "--set", "trainer.precision=bf16-mixed", "--set", f"data.cache_dir={cache}"]}[command]
+    with pytest.raises(SystemExit) as exit:
+        cli_main(args)
+    assert re.fullmatch(r"imdb-lightning: error: --trainer\.precision bf16-mixed: this CPU has no bf16 .*"
+                        r"use --trainer\.precision 32-true here, or a GPU", exit.value.code), exit.value.code
+    assert not list(tmp_path.rglob("events*")) and not list(tmp_path.rglob("*.ckpt"))
+
+
+@pytest.mark.skipif(not __import__("imdb_lightning.training").training.cpu_runs_bf16(), reason="this CPU has no bf16")
+def test_bf16_trains_on_a_cpu_that_has_it(inputs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli_main([*FIT, "--data.cache_dir", str(inputs / "cache"), *BF16])
+    run = tmp_path / "lightning_logs" / "quickstart" / "version_0"
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "finished" and 0 <= record["best_val_acc"] <= 1
+    assert (run / "checkpoints" / "last.ckpt").is_file()

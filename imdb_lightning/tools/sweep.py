@@ -46,6 +46,7 @@ def run_one(args: list[str], extra: dict, version: int | None, ckpt: Path | None
     if not records:
         raise UserError("the sweep needs the RunRecord callback (imdb_lightning.callbacks.RunRecord) in trainer.callbacks")
     records[0].extra = extra
+    cli.before_fit()  # fit's own checks (precision, monitors, data), which a run=False CLI skips
     cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=str(ckpt) if ckpt else None)
     try:
         cli.datamodule.dataset("test")
