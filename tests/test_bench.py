@@ -4,6 +4,7 @@ import math
 import pytest
 
 from imdb_lightning.cli import cli_main
+from imdb_lightning.training import cpu_runs_bf16
 
 KEYS = {
     "train_samples_per_s", "loop_samples_per_s", "ratio_vs_loop", "bucketed_vs_packed", "bucketed_vs_fixed",
@@ -57,3 +58,20 @@ def test_ratio_spread_over_rounds():
     assert figures["ratio_vs_loop"] == 1.0
     low, high = figures["ratio_iqr"]
     assert 0.9 < low < 1.0 < high < 1.1
+
+
+@pytest.mark.skipif(not cpu_runs_bf16(), reason="this CPU has no bf16 arithmetic for oneDNN")
+def test_quick_bench_in_bf16(tmp_path):
+    out = tmp_path / "bench.json"
+    cli_main(["bench", "--quick", "--encoders", "lstm", "--precision", "bf16-mixed", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["settings"]["precision"] == "bf16-mixed"
+    figures = report["encoders"]["lstm"]
+    assert all(math.isfinite(figures[key]) and figures[key] > 0 for key in KEYS)
+
+
+def test_bench_in_bf16_on_a_cpu_without_it_says_so(monkeypatch, tmp_path):
+    monkeypatch.setattr("imdb_lightning.tools.bench.cpu_runs_bf16", lambda: False)
+    with pytest.raises(SystemExit, match=r"--precision bf16-mixed: this CPU has no bf16 arithmetic"):
+        cli_main(["bench", "--quick", "--precision", "bf16-mixed", "--out", str(tmp_path / "b.json")])
+    assert not (tmp_path / "b.json").exists()

@@ -36,8 +36,9 @@ from ..models.encoders import RECURRENT, class_path, encoder_spec, named_encoder
 from ..serve.export import export_predictor
 from ..serve.predictor import Predictor
 from ..serve.runtime import ExportedClassifier
+from ..training import cpu_runs_bf16
 
-SETTINGS = ("embed_dim", "hidden_size", "max_length", "batch_size", "steps", "warmup", "rounds")
+SETTINGS = ("embed_dim", "hidden_size", "max_length", "batch_size", "steps", "warmup", "rounds", "precision")
 
 
 def recurrent_flops_per_token(encoder: torch.nn.Module) -> int:
@@ -114,13 +115,13 @@ def ratio_figures(ratios: list[float]) -> dict:
 
 
 def lightning_speed(model: SentimentClassifier, batches: list[dict], warmup: int, accelerator: str = "cpu",
-                    deterministic: bool = True) -> float:
+                    deterministic: bool = True, precision: str = "32-true") -> float:
     """Samples/s of the same batches through the Trainer, with the default run's per-step logging and metrics."""
     clock = _Clock(warmup)
     trainer = L.Trainer(
         max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, deterministic=deterministic, callbacks=[clock],
-        accelerator=accelerator, devices=1,
+        accelerator=accelerator, devices=1, precision=precision,
     )
     trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
     return clock.samples / (clock.end - clock.start)
@@ -143,6 +144,7 @@ def peak_rss_mb(train_file: str, name: str, settings: dict, args, cache_dir: str
         f"--data.max_length={args.max_length}", f"--data.batch_size={args.batch_size}",
         "--trainer.max_epochs=1", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
         "--trainer.callbacks=null", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+        f"--trainer.precision={args.precision}",
     ] + (["--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2"] if args.quick else [])
     start = time.perf_counter()
     peak_kb = 0
@@ -236,9 +238,11 @@ def bench_encoder(name: str, dm: IMDBDataModule, batches, val_texts, train_file,
     model = SentimentClassifier(named_encoder(name, vocab_size=dm.hparams.vocab_size, **spec), scheduler=None)
     print(f"[{name}] training speed on {args.device}: Lightning vs the hand-written loop, {args.rounds} rounds", file=sys.stderr)
     framework, loop = [], []
+    bf16 = args.precision == "bf16-mixed"  # the loop then autocasts as Lightning's bf16-mixed does
     for _ in range(args.rounds):  # alternate, so drifts of the machine hit both alike
-        framework.append(lightning_speed(copy.deepcopy(model), batches, args.warmup, args.accelerator, args.deterministic))
-        loop.append(reference_loop(copy.deepcopy(model), batches, args.warmup, device=args.device))
+        framework.append(lightning_speed(copy.deepcopy(model), batches, args.warmup, args.accelerator, args.deterministic,
+                                         args.precision))
+        loop.append(reference_loop(copy.deepcopy(model), batches, args.warmup, bf16, device=args.device))
     out = {
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_samples_per_s": statistics.median(framework),
@@ -249,11 +253,11 @@ def bench_encoder(name: str, dm: IMDBDataModule, batches, val_texts, train_file,
     few = batches[: args.warmup + max(1, args.steps // 4)]  # packed sequences are slow: fewer steps
     packed = SentimentClassifier(named_encoder(name, vocab_size=dm.hparams.vocab_size, packed=True, **spec), scheduler=None)
     packed.load_state_dict(model.state_dict())
-    bucketed_few = reference_loop(copy.deepcopy(model), few, args.warmup, device=args.device)
-    out["packed_samples_per_s"] = reference_loop(packed, few, args.warmup, device=args.device)
+    bucketed_few = reference_loop(copy.deepcopy(model), few, args.warmup, bf16, device=args.device)
+    out["packed_samples_per_s"] = reference_loop(packed, few, args.warmup, bf16, device=args.device)
     out["bucketed_vs_packed"] = bucketed_few / out["packed_samples_per_s"]
     fixed = [fixed_length(b, args.max_length) for b in few]
-    out["fixed_samples_per_s"] = reference_loop(copy.deepcopy(model), fixed, args.warmup, device=args.device)
+    out["fixed_samples_per_s"] = reference_loop(copy.deepcopy(model), fixed, args.warmup, bf16, device=args.device)
     out["bucketed_vs_fixed"] = bucketed_few / out["fixed_samples_per_s"]
 
     print(f"[{name}] inference: PyTorch (on {args.device}), TorchScript, ONNX Runtime (CPU)", file=sys.stderr)
@@ -365,7 +369,8 @@ def table(report: dict) -> str:
                      f"interquartile {figures['ratio_iqr'][0]:.3f}-{figures['ratio_iqr'][1]:.3f}")
     m = report["machine"]
     lines.append(f"machine: {m['cpu']} ({' '.join(m['cpu_flags']) or 'flags unknown'}), {m['cores']} cores, "
-                 f"{m['threads']} threads, torch {m['torch']}, lightning {m['lightning']}, device {m['device']}"
+                 f"{m['threads']} threads, torch {m['torch']}, lightning {m['lightning']}, device {m['device']}, "
+                 f"training precision {report['settings']['precision']}"
                  + (f" ({m['gpu']}, CUDA {m['cuda']})" if "gpu" in m else ""))
     return "\n".join(lines)
 
@@ -386,12 +391,16 @@ def main(argv: list[str]) -> dict:
                         help="time Lightning with deterministic=False (the shipped default is True)")
     parser.add_argument("--tokenize_reviews", type=int, default=50000)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds: checks that the bench runs")
+    parser.add_argument("--precision", choices=("32-true", "bf16-mixed"), default="32-true",
+                        help="training precision of the Lightning run and the loop (bf16-mixed autocasts, as in fit)")
     parser.add_argument("--levers", action="store_true", help="also time 1 thread, bf16 autocast and torch.compile")
     parser.add_argument("--out", default="bench.json", help="where the JSON is written")
     args = parser.parse_args(argv)
     if args.accelerator == "gpu" and not torch.cuda.is_available():
         parser.error("--accelerator gpu: no CUDA GPU is available here")
     args.device = "cuda" if args.accelerator == "gpu" else "cpu"
+    if args.precision == "bf16-mixed" and args.device == "cpu" and not cpu_runs_bf16():
+        parser.error("--precision bf16-mixed: this CPU has no bf16 arithmetic that oneDNN can use (it needs AVX-512)")
     unknown = set(args.encoders) - set(RECURRENT)
     if unknown:
         parser.error(f"unknown encoder(s) {', '.join(sorted(unknown))}; choose from {', '.join(RECURRENT)}")
