@@ -31,6 +31,9 @@ DEFAULTS = str(CONFIG_DIR / "defaults.yaml")
 PRETRAIN_DEFAULTS = str(CONFIG_DIR / "pretrain_defaults.yaml")
 
 
+NO_BF16 = "this CPU has no bf16 arithmetic that oneDNN can use (it needs AVX-512; AVX-512-BF16 or AMX make it fast)"
+
+
 def cpu_runs_bf16() -> bool:
     """Can oneDNN compute in bf16 on this CPU? It needs AVX-512 (fast with AVX-512-BF16 or AMX); without it
     a bf16 LSTM fails inside torch and other layers are emulated at a tenth of fp32's speed."""
@@ -168,8 +171,7 @@ class ExperimentCLI(LightningCLI):
         """bf16 on a CPU without it ends in a oneDNN error deep inside an LSTM, or a run ten times slower."""
         precision = str(self.trainer.precision)
         if "bf16" in precision and self.trainer.strategy.root_device.type == "cpu" and not cpu_runs_bf16():
-            raise UserError(f"--trainer.precision {precision}: this CPU has no bf16 arithmetic that oneDNN can use "
-                            "(it needs AVX-512; AVX-512-BF16 or AMX make it fast), so an LSTM would fail and other layers "
+            raise UserError(f"--trainer.precision {precision}: {NO_BF16}, so an LSTM would fail and other layers "
                             "run about 10x slower; use --trainer.precision 32-true here, or a GPU")
 
     def _check_data(self, stage: str) -> None:

@@ -36,7 +36,7 @@ from ..models.encoders import RECURRENT, class_path, encoder_spec, named_encoder
 from ..serve.export import export_predictor
 from ..serve.predictor import Predictor
 from ..serve.runtime import ExportedClassifier
-from ..training import cpu_runs_bf16
+from ..training import NO_BF16, cpu_runs_bf16
 
 SETTINGS = ("embed_dim", "hidden_size", "max_length", "batch_size", "steps", "warmup", "rounds", "precision")
 
@@ -400,7 +400,7 @@ def main(argv: list[str]) -> dict:
         parser.error("--accelerator gpu: no CUDA GPU is available here")
     args.device = "cuda" if args.accelerator == "gpu" else "cpu"
     if args.precision == "bf16-mixed" and args.device == "cpu" and not cpu_runs_bf16():
-        parser.error("--precision bf16-mixed: this CPU has no bf16 arithmetic that oneDNN can use (it needs AVX-512)")
+        parser.error(f"--precision bf16-mixed: {NO_BF16}")
     unknown = set(args.encoders) - set(RECURRENT)
     if unknown:
         parser.error(f"unknown encoder(s) {', '.join(sorted(unknown))}; choose from {', '.join(RECURRENT)}")
