@@ -17,6 +17,7 @@ import pytest
 from conftest import EXPERIMENTS, QUICKSTART
 from imdb_lightning.cli import cli_main
 from imdb_lightning.data.synthetic import synthetic_reviews
+from imdb_lightning.training import cpu_runs_bf16
 
 FIT = ["fit", "--config", str(QUICKSTART), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
        "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false", "--data.synthetic_size", "200"]
@@ -308,7 +309,7 @@ def test_bf16_on_a_cpu_without_it_is_one_line_before_any_run_folder(inputs, tmp_
     assert not list(tmp_path.rglob("events*")) and not list(tmp_path.rglob("*.ckpt"))
 
 
-@pytest.mark.skipif(not __import__("imdb_lightning.training").training.cpu_runs_bf16(), reason="this CPU has no bf16")
+@pytest.mark.skipif(not cpu_runs_bf16(), reason="this CPU has no bf16")
 def test_bf16_trains_on_a_cpu_that_has_it(inputs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli_main([*FIT, "--data.cache_dir", str(inputs / "cache"), *BF16])
