@@ -16,6 +16,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from .runs import atomic_write
 
+AGREE_EVERY = 10  # steps between multi-process checks for a Ctrl-C
+
 
 class LastCheckpoint(L.Callback):
     """Keeps `checkpoints/last.ckpt` the newest state of a fit, the one to resume from.
@@ -69,7 +71,11 @@ class LastCheckpoint(L.Callback):
             self._previous_handler = None
 
     def _asked(self, trainer: L.Trainer) -> bool:
-        if trainer.world_size > 1:  # every process stops at the same step
+        if trainer.world_size > 1:
+            # Every process stops at the same step. Agreeing is a collective (each process waits for the
+            # others and for its device), so it is asked every AGREE_EVERY steps, not every step.
+            if trainer.global_step % AGREE_EVERY:
+                return False
             return trainer.strategy.reduce_boolean_decision(self._interrupted, all=False)
         return self._interrupted
 

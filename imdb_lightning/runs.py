@@ -32,6 +32,25 @@ def best_checkpoint(run: Path) -> Optional[Path]:
     return best[-1] if best else None
 
 
+def experiment_root(save_dir: Optional[str], name: Optional[str], root_dir: Optional[str] = None) -> Optional[Path]:
+    """The folder of an experiment's runs: the logger's save_dir/name, under `trainer.default_root_dir`
+    when save_dir is relative (where the runs of `fit --trainer.default_root_dir DIR` land)."""
+    if not save_dir:
+        return None
+    if root_dir and not Path(save_dir).is_absolute():
+        save_dir = str(Path(root_dir) / save_dir)
+    return Path(save_dir) / (name or "default")
+
+
+def newest_checkpoint(root: Path, which: str) -> Optional[tuple[Path, Path]]:
+    """(run, checkpoint) of the newest run under an experiment's folder that has one: `best`, `last`,
+    or `best_or_last` (the best checkpoint of that run, else its last.ckpt)."""
+    find = {"best": best_checkpoint, "last": last_checkpoint,
+            "best_or_last": lambda run: best_checkpoint(run) or last_checkpoint(run)}[which]
+    found = [(run, ckpt) for run in run_folders(root) if (ckpt := find(run))]
+    return found[-1] if found else None
+
+
 def atomic_write(path: Path | str, write: Callable[[str], None]) -> None:
     """Call `write(temporary_path)`, then rename the file into place: readers never see half a file,
     and a failed write leaves nothing behind."""

@@ -24,7 +24,7 @@ from .models.base import sized_by_steps
 from .models.checkpoints import expect_kind, read_checkpoint
 from .models.classifier import SentimentClassifier
 from .models.language_model import LanguageModel, read_language_model
-from .runs import best_checkpoint, last_checkpoint, run_folders, run_version
+from .runs import experiment_root, newest_checkpoint, run_version
 
 CONFIG_DIR = Path(__file__).with_name("config")
 DEFAULTS = str(CONFIG_DIR / "defaults.yaml")
@@ -43,6 +43,10 @@ def cpu_runs_bf16() -> bool:
         return False
 
 
+# Top-level keys whose value is a mapping of options, with an example of one.
+SECTIONS = {"trainer": "max_epochs: 5", "model": "dropout: 0.2", "data": "batch_size: 64"}
+
+
 def load_yaml(path: str) -> dict:
     """A YAML config file as a dict, or a one-line error naming the file (and line) at fault."""
     file = Path(path)
@@ -57,10 +61,20 @@ def load_yaml(path: str) -> dict:
         raise UserError(f"{path}: not valid YAML{where}: {problem}") from err
     except UnicodeDecodeError as err:
         raise UserError(f"{path}: not a text file ({err.reason})") from err
-    if content is None:
-        return {}
+    if content is None or content == {}:
+        raise UserError(f"{path}: holds no settings (empty, or comments only); an experiment YAML sets keys such as "
+                        "trainer:, model:, data:")
     if not isinstance(content, dict):
         raise UserError(f"{path}: a config holds keys such as trainer:, model:, data:; found a {type(content).__name__}")
+    for key in SECTIONS:
+        if key in content and content[key] is not None and not isinstance(content[key], dict):
+            raise UserError(f"{path}: {key}: holds {content[key]!r}; it must be a mapping of {key} options "
+                            f"(e.g. {key}:\n  {SECTIONS[key]})")
+    bases = content.get("base")
+    if "base" in content and not (isinstance(bases, str) or (isinstance(bases, list) and bases and
+                                                             all(isinstance(b, str) for b in bases))):
+        raise UserError(f"{path}: base: holds {bases!r}; it names the YAML file(s) this one starts from, "
+                        "e.g. base: recipe.yaml")
     return content
 
 
@@ -113,6 +127,34 @@ def expand_configs(argv: list[str], datamodule_class: type, other_command: str) 
     return out
 
 
+def check_resumed_settings(config, ckpt: dict) -> None:
+    """A resumed fit goes on with the checkpoint's model: LightningCLI takes every model setting saved in
+    it (the encoder and its sizes, dropout, adversarial, lr_decay, ...) over the command line's. So one
+    that differs is refused here, naming it, rather than dropped silently. Settings not saved in the
+    model (optimizer, schedule, trainer, data) apply; a changed learning rate is applied on resume."""
+    saved = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}
+    mine = config.model.as_dict() if hasattr(config.model, "as_dict") else dict(config.model)
+    for key, old, new in _differences(saved, mine):
+        hint = " (data.vocab_size sets it)" if key.endswith("vocab_size") else ""
+        raise UserError(f"--ckpt_path {config.ckpt_path}: its run used model.{key}={old}, this one {new}{hint}; a resumed fit "
+                        "goes on with the checkpoint's model: resume with its settings, or start a new run without --ckpt_path")
+
+
+def _differences(saved: dict, mine: dict, prefix: str = ""):
+    for key in saved.keys() & mine.keys():
+        old, new = saved[key], mine[key]
+        if isinstance(old, dict) and isinstance(new, dict):
+            yield from _differences(old, new, f"{prefix}{key}.")
+        elif (list(old) if isinstance(old, (list, tuple)) else old) != (list(new) if isinstance(new, (list, tuple)) else new):
+            yield f"{prefix}{key}", old, new
+
+
+def logged_runs_root(trainer_config) -> Optional[Path]:
+    """The experiment's run folder root from a parsed trainer config (its logger and default_root_dir)."""
+    init = getattr(trainer_config.logger, "init_args", None)
+    return experiment_root(getattr(init, "save_dir", None), getattr(init, "name", None), trainer_config.get("default_root_dir"))
+
+
 class ExperimentCLI(LightningCLI):
     """LightningCLI for fit / validate / test, plus:
 
@@ -142,17 +184,19 @@ class ExperimentCLI(LightningCLI):
         if subcommand is None or config is None:
             return
         logger = config.trainer.logger
-        save_dir = getattr(getattr(logger, "init_args", None), "save_dir", None)
-        root = config.trainer.get("default_root_dir")
-        if root and save_dir and not Path(save_dir).is_absolute():
-            logger.init_args.save_dir = save_dir = str(Path(root) / save_dir)
+        root = logged_runs_root(config.trainer)
+        if root is not None:  # the runs of --trainer.default_root_dir DIR land under DIR
+            logger.init_args.save_dir = str(root.parent)
         ckpt = config.get("ckpt_path")
-        if ckpt in ("last", "best") and save_dir:
-            config.ckpt_path = self._newest(Path(save_dir) / logger.init_args.name, ckpt, logger, subcommand)
+        if ckpt in ("last", "best") and root is not None:
+            config.ckpt_path = self._newest(root, ckpt, logger, subcommand)
         elif ckpt in ("last", "best"):
             raise UserError(f"--ckpt_path {ckpt} needs a TensorBoard/CSV logger config to find the run; pass a checkpoint path")
         if config.get("ckpt_path"):
-            expect_kind(config.ckpt_path, read_checkpoint(config.ckpt_path), self.task, f"imdb-lightning {subcommand}")
+            ckpt = read_checkpoint(config.ckpt_path)
+            expect_kind(config.ckpt_path, ckpt, self.task, f"imdb-lightning {subcommand}")
+            if subcommand == "fit":
+                check_resumed_settings(config, ckpt)
 
     def before_fit(self) -> None:
         self._check_precision()
@@ -195,11 +239,10 @@ class ExperimentCLI(LightningCLI):
                 raise UserError(f"{owner}: monitor {monitor!r} is never logged; the model logs {', '.join(sorted(known))}")
 
     def _newest(self, root: Path, which: str, logger, subcommand: str) -> str:
-        find = last_checkpoint if which == "last" else best_checkpoint
-        found = [(run, ckpt) for run in run_folders(root) if (ckpt := find(run))]
+        found = newest_checkpoint(root, which)
         if not found:
             raise UserError(f"--ckpt_path {which}: no {which} checkpoint under {root}; train first (imdb-lightning fit)")
-        run, ckpt = found[-1]
+        run, ckpt = found
         if subcommand == "fit":  # carry on in the same folder, with the same logs
             logger.init_args.version = run_version(run)
             print(f"Resuming {ckpt}", file=sys.stderr)

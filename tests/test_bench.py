@@ -22,6 +22,7 @@ def test_quick_bench_reports_every_figure(tmp_path, capsys):
     for top in ("tokenize_cold_s", "tokenize_warm_s", "matmul_gflops"):
         assert math.isfinite(report[top]) and report[top] > 0
     assert set(report["encoders"]) == {"lstm", "bilstm"}
+    assert_host_bound(report)
     assert report["machine"]["device"] == "cpu" and isinstance(report["machine"]["cpu_flags"], list)
     for figures in report["encoders"].values():
         assert KEYS <= set(figures)
@@ -74,4 +75,31 @@ def test_bench_in_bf16_on_a_cpu_without_it_says_so(monkeypatch, tmp_path):
     monkeypatch.setattr("imdb_lightning.tools.bench.cpu_runs_bf16", lambda: False)
     with pytest.raises(SystemExit, match=r"--precision bf16-mixed: this CPU has no bf16 arithmetic"):
         cli_main(["bench", "--quick", "--precision", "bf16-mixed", "--out", str(tmp_path / "b.json")])
+    assert not (tmp_path / "b.json").exists()
+
+
+def assert_host_bound(report: dict) -> None:
+    figures = report["host_bound"]
+    assert report["host_bound_ratio"] == figures["host_bound_ratio"] > 0
+    for name in ("lightning", "bare_lightning", "loop"):
+        assert figures[f"{name}_ms_per_step"] > 0 and len(figures[f"{name}_ms_rounds"]) == len(figures["ratio_rounds"])
+    low, high = figures["ratio_iqr"]
+    assert low <= figures["host_bound_ratio"] <= high and figures["shape"]["hidden_size"] == 8
+
+
+def test_overhead_bench_reports_only_training_speed(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    cli_main(["bench", "--quick", "--overhead", "--encoders", "gru", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert_host_bound(report)
+    figures = report["encoders"]["gru"]
+    assert figures["ratio_vs_loop"] > 0 and figures["train_samples_per_s"] > 0
+    assert "predict_reviews_per_s" not in figures and "tokenize_cold_s" not in report
+    assert "host-bound (gru 8, 16 words, batch 64" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("option", ["--steps", "--rounds", "--host_bound_steps", "--host_bound_rounds"])
+def test_bench_counts_must_be_positive(option, tmp_path):
+    with pytest.raises(SystemExit, match=f"{option} must be at least 1, got 0"):
+        cli_main(["bench", "--quick", option, "0", "--out", str(tmp_path / "b.json")])
     assert not (tmp_path / "b.json").exists()

@@ -1,5 +1,6 @@
 """The command line, driven in-process, for every experiment YAML."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,32 @@ def test_default_root_dir_moves_runs_and_test_reads_only_test_files(tmp_path, ca
               "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
     tested = json.loads(next((tmp_path / "lightning_logs" / "lstm").glob("version_*/run.json")).read_text())
     assert tested["kind"] == "test" and 0 <= tested["test"]["test/acc"] <= 1
+
+
+def test_predict_config_finds_runs_under_default_root_dir_and_single_class_test_has_no_auroc(tmp_path, cache_dir, monkeypatch,
+                                                                                             capsys):
+    import json
+
+    from conftest import EXPERIMENTS, write_reviews
+    from imdb_lightning.data.synthetic import synthetic_reviews
+
+    monkeypatch.chdir(tmp_path)
+    texts, labels = synthetic_reviews(300, seed=0)
+    train = write_reviews(tmp_path / "train.parquet", texts, labels)
+    positive = [t for t, y in zip(texts, labels) if y == 1][:40]
+    only_positive = write_reviews(tmp_path / "positive.parquet", positive, [1] * len(positive))
+    small = ["--config", str(EXPERIMENTS / "lstm.yaml"), "--data.cache_dir", cache_dir, "--data.vocab_size", "300",
+             "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.enable_progress_bar", "false"]
+    cli_main(["fit", *small, "--data.train_files", train])  # an older run, in ./lightning_logs
+    cli_main(["fit", *small, "--data.train_files", train, "--trainer.default_root_dir", "elsewhere"])
+    capsys.readouterr()
+    root_yaml = tmp_path / "root.yaml"
+    root_yaml.write_text("trainer:\n  default_root_dir: elsewhere\n")
+    cli_main(["predict", "--config", str(EXPERIMENTS / "lstm.yaml"), "--config", str(root_yaml), "a fine film"])
+    assert f"elsewhere{os.sep}lightning_logs{os.sep}lstm{os.sep}version_0" in capsys.readouterr().err
+    cli_main(["predict", "--config", str(EXPERIMENTS / "lstm.yaml"), "--ckpt_path", "last", "a fine film"])
+    assert f"lightning_logs{os.sep}lstm{os.sep}version_0{os.sep}checkpoints{os.sep}last.ckpt" in capsys.readouterr().err
+    cli_main(["test", *small, "--data.test_files", only_positive, "--ckpt_path", "best"])
+    assert "test/auroc is undefined and left out: every test review is positive" in capsys.readouterr().err
+    tested = json.loads((tmp_path / "lightning_logs" / "lstm" / "version_1" / "run.json").read_text())
+    assert "test/auroc" not in tested["test"] and 0 <= tested["test"]["test/acc"] <= 1

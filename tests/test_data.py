@@ -283,3 +283,16 @@ def test_clustered_standard_error():
     # the same outcomes in 10 films of 10 reviews, each film all right or all wrong: ten times the variance
     films = np.repeat(np.arange(10), 10)
     assert clustered_standard_error(correct, films) == pytest.approx(np.sqrt(0.8 * 0.2 / 10), rel=0.1)
+
+
+def test_aclimdb_urls_with_fewer_lines_than_reviews_are_refused(tmp_path, cache_dir):
+    root = tmp_path / "aclImdb"
+    for name in ("neg", "pos"):
+        folder = root / "train" / name
+        folder.mkdir(parents=True)
+        for i in range(20):
+            (folder / f"{i}_{2 if name == 'neg' else 8}.txt").write_text(f"{name} review {i}")
+        lines = 20 if name == "neg" else 5  # pos: 15 reviews would each be a "film" of their own
+        (root / "train" / f"urls_{name}.txt").write_text("".join(f"http://www.imdb.com/title/tt{i:07d}/\n" for i in range(lines)))
+    with pytest.raises(DataError, match=r"urls_pos.txt: 5 lines for 20 reviews .*5_8.txt has no line"):
+        IMDBDataModule(aclimdb_dir=str(root), vocab_size=50, min_frequency=1, cache_dir=cache_dir).reviews("train")

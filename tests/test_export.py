@@ -122,3 +122,54 @@ def test_predict_file_errors(checkpoints, tmp_path):
         cli_main(["predict", "--ckpt_path", str(checkpoints["lstm"]), "--file", str(tmp_path / "bad.csv")])
     with pytest.raises(SystemExit, match="cannot write '.xlsx'"):
         cli_main(["predict", "--ckpt_path", str(checkpoints["lstm"]), "a", "--output", str(tmp_path / "o.xlsx")])
+
+
+@pytest.fixture(scope="module")
+def other_checkpoints(tmp_path_factory):
+    """The registry's non-recurrent encoder and the from-scratch SimpleRNN, trained a few steps."""
+    from imdb_lightning.data.datamodule import IMDBDataModule
+    from imdb_lightning.models.encoders import NBoWEncoder, ScratchRNNEncoder
+
+    root = tmp_path_factory.mktemp("export_other")
+    dm = IMDBDataModule(source="synthetic", synthetic_size=300, vocab_size=300, max_length=80, batch_size=32,
+                        cache_dir=str(root / "cache"))
+    paths = {}
+    for name, encoder in {"nbow": NBoWEncoder(vocab_size=300, embed_dim=12, bigram_buckets=40),
+                          "scratch_rnn": ScratchRNNEncoder(vocab_size=300, embed_dim=12, hidden_size=10)}.items():
+        L.seed_everything(0, verbose=False)
+        trainer = L.Trainer(max_steps=3, limit_val_batches=1, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, enable_checkpointing=False, default_root_dir=root)
+        trainer.fit(SentimentClassifier(encoder), dm)
+        paths[name] = root / f"{name}.ckpt"
+        trainer.save_checkpoint(paths[name])
+    return paths
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_nbow_export_matches_pytorch(other_checkpoints, tmp_path, fmt):
+    out = export(other_checkpoints["nbow"], fmt, tmp_path / "exported")
+    expected = imdb_lightning.load(other_checkpoints["nbow"]).predict(REVIEWS)
+    assert ExportedClassifier(out).predict(REVIEWS) == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_an_encoder_tracing_cannot_capture_is_refused_and_nothing_written(other_checkpoints, tmp_path, fmt):
+    # ScratchRNNEncoder loops over time in Python: a trace would fix the loop at the example's length.
+    with pytest.raises(SystemExit) as exit:
+        cli_main(["export", "--ckpt_path", str(other_checkpoints["scratch_rnn"]), "--format", fmt, "--out", str(tmp_path / "x")])
+    err = str(exit.value.code)
+    assert "the exported ScratchRNNEncoder does not reproduce the checkpoint" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_of_a_linear_run_folder_says_how_to_apply_it(tmp_path):
+    folder = tmp_path / "nbsvm" / "version_0"
+    folder.mkdir(parents=True)
+    from imdb_lightning.models.linear import LinearReference
+
+    LinearReference("nbsvm").fit(["good film", "bad film", "great", "awful"], [1, 0, 1, 0]).save(folder / "linear.npz")
+    with pytest.raises(SystemExit) as exit:
+        cli_main(["export", "--ckpt_path", str(folder), "--out", str(tmp_path / "x")])
+    err = str(exit.value.code)
+    assert "a run folder of `imdb-lightning linear`" in err and "imdb-lightning predict --ckpt_path" in err
+    assert not (tmp_path / "x").exists()

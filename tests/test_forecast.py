@@ -63,3 +63,31 @@ def test_seasonal_base_is_the_same_month_last_year():
     np.testing.assert_allclose(batch["base"].numpy(), expected, rtol=1e-6)
     with pytest.raises(Exception, match="window >= 12"):
         SeriesDataModule(window=6, seasonal_base=True)
+
+
+def test_months_are_read_sorted_and_checked(tmp_path):
+    from imdb_lightning.errors import DataError
+    from imdb_lightning.forecast.data import AIRLINE, SeriesDataModule, read_series
+
+    lines = AIRLINE.read_text().splitlines()
+    header, rows = lines[0], lines[1:]
+    reversed_file = tmp_path / "reversed.csv"
+    reversed_file.write_text("\n".join([header, *reversed(rows)]) + "\n")
+    months, values = read_series(reversed_file, "Passengers")
+    assert months == read_series(AIRLINE, "Passengers")[0] and months[:2] == ["1949-01", "1949-02"]
+    assert values.tolist() == read_series(AIRLINE, "Passengers")[1].tolist()
+
+    cases = {
+        "gap.csv": ([header, *[r for r in rows if not r.startswith("1953")]], r"no row for 1953-01 .*from 1952-12 to 1954-01"),
+        "twice.csv": ([header, *rows, rows[5]], r"month 1949-06 appears twice"),
+        "nan.csv": ([header, *rows[:3], "1949-04,nan", *rows[4:]], r"line 5: column 'Passengers' holds 'nan'"),
+        "word.csv": ([header, "March 1949,112", *rows[1:]], r"line 2: column 'Month' holds 'March 1949', not a month"),
+    }
+    for name, (content, message) in cases.items():
+        (tmp_path / name).write_text("\n".join(content) + "\n")
+        with pytest.raises(DataError, match=message):
+            read_series(tmp_path / name, "Passengers")
+    flat = tmp_path / "flat.csv"
+    flat.write_text("\n".join([header, *[f"{r.split(',')[0]},100" for r in rows]]) + "\n")
+    with pytest.raises(DataError, match=r"is constant \(100\) over the training months"):
+        SeriesDataModule(csv_file=str(flat)).setup("fit")

@@ -3,12 +3,15 @@
 Skipped where no GPU is present (CI has none); on a GPU machine run `pytest -m gpu`.
 """
 
+import lightning as L
 import pytest
 import torch
 
 from conftest import QUICKSTART, RECURRENT_PRESETS, SMALL
 from imdb_lightning.cli import cli_main
-from imdb_lightning.models.encoders import RecurrentEncoder
+from imdb_lightning.models.base import logs_this_step
+from imdb_lightning.models.classifier import SentimentClassifier
+from imdb_lightning.models.encoders import ENCODERS, RecurrentEncoder, named_encoder
 from imdb_lightning.runs import last_checkpoint, run_folders
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")]
@@ -68,3 +71,39 @@ def test_fit_test_predict_and_export_on_the_gpu(tmp_path, monkeypatch, capsys):
     # and the stack as a model, its run on the GPU: the same probabilities as on the CPU
     stack_gpu, stack_cpu = imdb_lightning.load(stacked["folder"], device="cuda"), imdb_lightning.load(stacked["folder"])
     assert stack_gpu.predict(texts) == pytest.approx(stack_cpu.predict(texts), abs=1e-4)
+
+
+class NoSyncBetweenLogs(L.Callback):
+    """torch raises on any host-device sync while a training step that Lightning does not log runs
+    (from its batch's start to the next one's, the next batch's copy to the GPU included)."""
+
+    def __init__(self):
+        self.checked = 0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        quiet = not logs_this_step(trainer) and trainer.global_step > 0  # (step 0: cuDNN and Adam set up)
+        torch.cuda.set_sync_debug_mode("error" if quiet else "default")
+        self.checked += quiet
+
+    def on_train_epoch_end(self, trainer, module):
+        torch.cuda.set_sync_debug_mode("default")
+
+    def on_exception(self, trainer, module, exception):
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("name", [*ENCODERS, "gru_adversarial"])
+def test_training_steps_do_not_sync_with_the_host(name):
+    from torch.utils.data import DataLoader
+
+    settings = {"hidden_size": 8, "pooling": "max_mean"} if name != "nbow" else {}
+    encoder = named_encoder(name.split("_")[0], vocab_size=60, embed_dim=8, **settings)
+    model = SentimentClassifier(encoder, scheduler=None, adversarial=0.1 if "adversarial" in name else 0.0)
+    g = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(2, 60, (8, 12), generator=g), "lengths": torch.randint(1, 13, (8,), generator=g),
+                "labels": torch.randint(0, 2, (8,), generator=g)} for _ in range(12)]
+    watch = NoSyncBetweenLogs()
+    trainer = L.Trainer(accelerator="gpu", devices=1, max_epochs=1, log_every_n_steps=5, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[watch])
+    trainer.fit(model, DataLoader(batches, batch_size=None, pin_memory=True))
+    assert trainer.global_step == 12 and watch.checked >= 8

@@ -6,6 +6,7 @@ with `--ckpt_path last`, and compares every logged value at every step with an u
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -238,3 +239,29 @@ def test_the_command_survives_a_real_signal(references, tmp_path, sig):
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert "version_0/checkpoints/last.ckpt" in resumed.stderr
     assert_same_run(references["plain"], tmp_path / "logs/resume/version_0")
+
+
+def test_a_resumed_fit_applies_a_new_learning_rate_and_refuses_a_new_model_shape(tmp_path, cache_dir, monkeypatch, capsys):
+    from conftest import SMALL
+
+    monkeypatch.chdir(tmp_path)
+    base = ["fit", "--config", str(QUICKSTART), *SMALL, "--data.cache_dir", cache_dir, "--model.scheduler", "null"]
+    cli_main(base)
+    run = tmp_path / "lightning_logs" / "quickstart" / "version_0"
+    resume = [*base, "--ckpt_path", "last", "--trainer.max_epochs", "2"]
+    cli_main([*resume, "--model.optimizer.init_args.lr", "0.00001"])
+    assert "Resuming at learning rate 1e-05 (the checkpoint's run was configured with 0.003)" in capsys.readouterr().err
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == 1e-05
+    assert "lr: 1.0e-05" in (run / "config.yaml").read_text()  # the value recorded is the value used
+    for flags, message in [
+        (["--model.encoder.init_args.hidden_size", "16"], r"model.encoder.init_args.hidden_size=32, this one 16"),
+        (["--model.encoder.init_args.cell", "gru"], r"model.encoder.init_args.cell=lstm, this one gru"),
+        (["--data.vocab_size", "200"], r"model.encoder.init_args.vocab_size=300, this one 200 \(data.vocab_size sets it\)"),
+        (["--model.lr_decay", "2.6"], r"its run used model.lr_decay=1.0, this one 2.6"),
+        (["--model.dropout", "0.5"], r"its run used model.dropout=0.0, this one 0.5"),
+    ]:
+        with pytest.raises(SystemExit) as exit:
+            cli_main([*resume, "--trainer.max_epochs", "3", *flags])
+        assert re.search(message, str(exit.value.code)), exit.value.code
+        assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2  # nothing trained

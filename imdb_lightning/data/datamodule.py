@@ -378,7 +378,9 @@ class IMDBDataModule(L.LightningDataModule):
         batch_size = hp.batch_size if shuffle else hp.eval_batch_size or 2 * hp.batch_size
         # Each process takes its own shard; with one process the sampler only orders the data.
         order = DistributedSampler(data, num_replicas=replicas, rank=rank, shuffle=shuffle, seed=hp.split_seed)
-        options = dict(collate_fn=collate, num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0,
+        # Pinned batches on a GPU: their copy to the device is then asynchronous, and the host runs ahead.
+        on_gpu = trainer is not None and trainer.strategy.root_device.type == "cuda"
+        options = dict(collate_fn=collate, num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0, pin_memory=on_gpu,
                        # its own generator: creating an iterator would otherwise draw from the global one,
                        # and a resumed run's dropout would no longer match an uninterrupted run's
                        generator=torch.Generator().manual_seed(hp.split_seed))

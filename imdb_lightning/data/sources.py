@@ -173,11 +173,16 @@ class AclImdbSource:
                 raise DataError(f"{folder}: missing; an aclImdb folder holds {expected}")
             films = self._films(folder_name, name)
             films_known &= films is not None
-            for file in sorted(folder.glob("*.txt"), key=_review_number):
+            files = sorted(folder.glob("*.txt"), key=_review_number)
+            unnamed = [f.name for f in files if films is not None and not 0 <= _review_number(f) < len(films)]
+            if unnamed:  # each such review would be a "film" of its own, and the grouped split would leak films
+                raise DataError(f"{self.root / folder_name / f'urls_{name}.txt'}: {len(films)} lines for {len(files)} reviews "
+                                f"in {folder} ({unnamed[0]} has no line): line N must name the film of review N_*.txt; "
+                                "restore the file, or remove it to split by review (--data.val_split random)")
+            for file in files:
                 texts.append(file.read_text(encoding="utf-8", errors="replace"))
                 labels.append(label)
-                number = _review_number(file)
-                groups.append(films[number] if films is not None and 0 <= number < len(films) else f"{name}/{file.stem}")
+                groups.append(films[_review_number(file)] if films is not None else f"{name}/{file.stem}")
         return Reviews(check_texts(texts, f"{self.root}/{folder_name}"), np.array(labels, dtype=np.int8),
                        np.array(groups, dtype=object) if films_known else None)
 

@@ -6,6 +6,7 @@ The airline-passengers series (Jan 1949 - Dec 1960, Box & Jenkins) ships with th
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -18,18 +19,47 @@ from ..errors import ConfigError, DataError
 AIRLINE = Path(__file__).with_name("resources") / "airline_passengers.csv"
 
 
+MONTH = re.compile(r"^\s*(\d{4})[-/](\d{1,2})(?:[-/]\d{1,2})?\s*$")  # 1949-01, 1949/1, 1949-01-31
+
+
 def read_series(path: Path, column: str) -> tuple[list[str], np.ndarray]:
+    """(months, values) of a monthly CSV, in date order: its first column names each row's month
+    (YYYY-MM); a missing or repeated month is an error, as is a missing value."""
     if not Path(path).is_file():
         raise DataError(f"{path}: no such file")
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))
     if not rows or column not in rows[0]:
         raise DataError(f"{path}: no column {column!r}; columns found: {', '.join(rows[0]) if rows else 'none'}")
-    try:
-        values = np.array([float(r[column]) for r in rows], dtype=np.float32)
-    except ValueError as err:
-        raise DataError(f"{path}: column {column!r} holds a non-number: {err}") from err
-    return [next(iter(r.values())) for r in rows], values
+    month_column = next(iter(rows[0]))
+    values = []
+    for number, row in enumerate(rows, start=2):  # line numbers of the file (line 1: the header)
+        try:
+            value = float(row[column])
+        except (TypeError, ValueError):
+            raise DataError(f"{path}: line {number}: column {column!r} holds {row[column]!r}, not a number") from None
+        if not np.isfinite(value):
+            raise DataError(f"{path}: line {number}: column {column!r} holds {row[column]!r}; fill or drop that month")
+        values.append(value)
+    if month_column == column:  # a file of values alone: consecutive months by position
+        return [str(i) for i in range(len(rows))], np.array(values, dtype=np.float32)
+    months = []
+    for number, row in enumerate(rows, start=2):
+        match = MONTH.match(row[month_column] or "")
+        if not match or not 1 <= int(match.group(2)) <= 12:
+            raise DataError(f"{path}: line {number}: column {month_column!r} holds {row[month_column]!r}, not a month (YYYY-MM)")
+        months.append(int(match.group(1)) * 12 + int(match.group(2)) - 1)
+    order = np.argsort(months, kind="stable")  # date order, whatever the file's
+    months, values = np.array(months)[order], np.array(values, dtype=np.float32)[order]
+    name = lambda m: f"{m // 12}-{m % 12 + 1:02d}"  # noqa: E731
+    steps = np.diff(months)
+    if (steps == 0).any():
+        raise DataError(f"{path}: month {name(months[1:][steps == 0][0])} appears twice in column {month_column!r}")
+    if (steps > 1).any():
+        gap = int(np.argmax(steps > 1))
+        raise DataError(f"{path}: no row for {name(months[gap] + 1)} (column {month_column!r} goes from {name(months[gap])} "
+                        f"to {name(months[gap + 1])}); the series needs every month")
+    return [name(m) for m in months], values
 
 
 class SeriesDataModule(L.LightningDataModule):
@@ -68,6 +98,9 @@ class SeriesDataModule(L.LightningDataModule):
             held_out = hp.val_months + hp.test_months
             raise DataError(f"{len(values)} values are too few for window {hp.window} and {held_out} held-out months")
         self.low, self.high = float(values[:first_val].min()), float(values[:first_val].max())  # training months only
+        if self.high == self.low:
+            raise DataError(f"{hp.csv_file or AIRLINE}: column {hp.column!r} is constant ({self.low:g}) over the training "
+                            "months: there is nothing to learn, and min-max scaling needs two different values")
         scaled = (values - self.low) / (self.high - self.low)
         targets = np.arange(hp.window, len(values))
         bounds = {"train": (hp.window, first_val), "val": (first_val, first_val + hp.val_months),

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
-from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
+from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, MetricCollection
 
-from ..models.base import EncoderModule
+from ..models.base import EncoderModule, compute_and_reset
 
 
 class SequenceRegressor(EncoderModule):
@@ -30,6 +30,7 @@ class SequenceRegressor(EncoderModule):
         super().__init__(encoder, dropout, optimizer, scheduler, monitor)
         self.save_encoder_hyperparameters()
         self.predictions: dict[int, float] = {}  # test month -> forecast, for the report's plot
+        self.train_loss = MeanMetric(nan_strategy="disable")  # the epoch's mean, from the deferred step losses
 
     def metrics(self) -> MetricCollection:
         return MetricCollection({"mse": MeanSquaredError(), "rmse": MeanSquaredError(squared=False), "mae": MeanAbsoluteError()})
@@ -39,8 +40,20 @@ class SequenceRegressor(EncoderModule):
         loss = F.mse_loss(forecast, batch["target"])
         span = batch["high"] - batch["low"]
         level = forecast.detach() * span + batch["low"]  # back to the series' units
-        getattr(self, f"{stage}_metrics").update(level, batch["target"] * span + batch["low"])
+        actual = batch["target"] * span + batch["low"]
+        if stage == "train":  # read with the next logged step (DeferredFigures)
+            self.defer(loss, len(forecast), level, actual)
+            return loss
+        getattr(self, f"{stage}_metrics").update(level, actual)
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(forecast))
         if stage == "test":
             self.predictions.update(zip(batch["month"].tolist(), level.tolist()))
         return loss
+
+    def consume(self, losses: torch.Tensor, sizes: tuple[int, ...], figures: dict[str, torch.Tensor]) -> None:
+        self.train_loss.update(losses, losses.new_tensor(sizes))
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()  # (reads the deferred steps first)
+        if self.train_loss.update_count:
+            self.log("train/loss_epoch", compute_and_reset(self.train_loss), sync_dist=True)

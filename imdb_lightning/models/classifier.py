@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Literal, Optional
 
 import torch
@@ -81,9 +82,12 @@ class SentimentClassifier(EncoderModule):
         self.val_outcomes, self.test_outcomes = CatMetric(), CatMetric()
         # Test-time pictures for TensorBoard; 200 ROC thresholds keep the state small.
         self.test_curves = MetricCollection({"confusion_matrix": BinaryConfusionMatrix(), "roc": BinaryROC(thresholds=200)})
+        # Evaluation losses, averaged over each epoch's reviews and logged with the other epoch figures
+        self.val_loss, self.test_loss = MeanMetric(nan_strategy="disable"), MeanMetric(nan_strategy="disable")
         self.val_positive = MeanMetric()  # share of validation reviews predicted positive: a collapse shows there
         self.register_buffer("best_val_acc", torch.tensor(0.0))  # in checkpoints: hp/val_acc survives a resume
         self._unfrozen_in: Optional[int] = None  # the epoch gradual unfreezing last set the layers for
+        self._said_undefined: set[str] = set()
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         """The parameters from the head down: head, recurrent layers top down, embedding tables."""
@@ -111,6 +115,19 @@ class SentimentClassifier(EncoderModule):
 
     def metric_names(self) -> set[str]:
         return super().metric_names() | {"val/acc_se", "hp/val_acc"}
+
+    def undefined_metrics(self, stage: str) -> set[str]:
+        # AUROC ranks positives against negatives: with one class only it is undefined (torchmetrics
+        # would report 0.0). Said once per run; the other figures stay.
+        auroc = getattr(self, f"{stage}_metrics")["auroc"]
+        targets = auroc.target if isinstance(auroc.target, torch.Tensor) else torch.cat(auroc.target) if auroc.target else None
+        if targets is None or targets.unique().numel() > 1:
+            return set()
+        if stage not in self._said_undefined:
+            side = "positive" if int(targets[0]) == 1 else "negative"
+            print(f"imdb-lightning: {stage}/auroc is undefined and left out: every {stage} review is {side}", file=sys.stderr)
+            self._said_undefined.add(stage)
+        return {f"{stage}/auroc"}
 
     def _logits(self, batch: dict, perturbation: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (batch,), and the word embeddings (time, batch, embed) they were computed from."""
@@ -140,28 +157,36 @@ class SentimentClassifier(EncoderModule):
             logits = self(batch["input_ids"], batch["lengths"])
         loss = F.binary_cross_entropy_with_logits(logits, labels.float())
         probs = logits.detach().sigmoid()
-        metrics = getattr(self, f"{stage}_metrics")
-        metrics.update(probs, labels)
-        if stage == "train":
-            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(labels))
-            self.train_loss.update(loss.detach(), len(labels))
-        else:
-            # Evaluation figures are averaged over all processes in multi-device runs; the torchmetrics
-            # objects sync their states on compute by themselves.
-            self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
-            if stage == "val":
-                self.val_positive.update((probs >= 0.5).float())
-            if "groups" in batch:
-                correct = ((probs >= 0.5).long() == labels).float()
-                getattr(self, f"{stage}_outcomes").update(torch.stack([correct, batch["groups"].float()], dim=-1))
+        if stage != "train":
+            self._evaluate(stage, batch, loss, probs)
+            return loss
+        # The step's figures stay on the device until the next logged step reads them (DeferredFigures).
+        if not adversarial:
+            self.defer(loss, len(labels), probs, labels)
+            return loss
+        adversarial_loss = self._adversarial_loss(loss, embedded, batch)
+        self.defer(loss, len(labels), probs, labels, adversarial_loss=adversarial_loss.detach())
+        return loss + adversarial_loss
+
+    def _evaluate(self, stage: str, batch: dict, loss: torch.Tensor, probs: torch.Tensor) -> None:
+        # Evaluation figures are averaged over all processes in multi-device runs; the torchmetrics
+        # objects sync their states on compute by themselves.
+        labels = batch["labels"]
+        getattr(self, f"{stage}_metrics").update(probs, labels)
+        getattr(self, f"{stage}_loss").update(loss.detach(), len(labels))
+        if stage == "val":
+            self.val_positive.update((probs >= 0.5).float())
+        if "groups" in batch:
+            correct = ((probs >= 0.5).long() == labels).float()
+            getattr(self, f"{stage}_outcomes").update(torch.stack([correct, batch["groups"].float()], dim=-1))
         if stage == "test":
             self.test_curves.update(probs, labels)
-        if adversarial:
-            adversarial_loss = self._adversarial_loss(loss, embedded, batch)
-            self.train_adversarial_loss.update(adversarial_loss.detach(), len(labels))
-            self.log("train/adversarial_loss", adversarial_loss, on_step=True, on_epoch=False, batch_size=len(labels))
-            loss = loss + adversarial_loss
-        return loss
+
+    def consume(self, losses: torch.Tensor, sizes: tuple[int, ...], figures: dict[str, torch.Tensor]) -> None:
+        weights = losses.new_tensor(sizes)  # (steps,): each step's loss weighs as many reviews as it saw
+        self.train_loss.update(losses, weights)
+        if "adversarial_loss" in figures:
+            self.train_adversarial_loss.update(figures["adversarial_loss"], weights)
 
     def _log_clustered_error(self, stage: str) -> None:
         """`{stage}/acc_se`: the standard error of the accuracy when reviews of one film are correlated."""
@@ -174,11 +199,13 @@ class SentimentClassifier(EncoderModule):
     # hp/val_acc and hp/test_acc make the TensorBoard hparams tab line runs up side by side. Written
     # once the data are loaded (the validation kind is known then), and not again on a resume.
     def on_train_start(self) -> None:
+        super().on_train_start()
         # (only rank 0 has a real TensorBoard writer; the others hold a stand-in)
         if isinstance(self.logger, TensorBoardLogger) and self.trainer.ckpt_path is None and self.trainer.is_global_zero:
             declare_hp_metrics(self.logger, {**self.hparams, "val_split": validation_kind(self.trainer)})
 
     def on_train_epoch_end(self) -> None:
+        self.read_deferred()
         epoch_losses = {"train/loss_epoch": self.train_loss, "train/adversarial_loss_epoch": self.train_adversarial_loss}
         for name, metric in epoch_losses.items():
             if metric.update_count:

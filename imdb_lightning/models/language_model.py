@@ -22,12 +22,12 @@ from torchmetrics import MeanMetric
 
 from ..data.datamodule import training_progress
 from ..errors import ConfigError, UserError
-from .base import NonFiniteLossError, RandomStateResume, compute_and_reset, sized_by_steps
+from .base import DeferredFigures, RandomStateResume, ResumedLearningRate, compute_and_reset, sized_by_steps
 from .checkpoints import expect_kind, read_checkpoint
 from .encoders import RecurrentEncoder, encoder_spec
 
 
-class LanguageModel(RandomStateResume, L.LightningModule):
+class LanguageModel(DeferredFigures, ResumedLearningRate, RandomStateResume, L.LightningModule):
     """Next-word prediction over a unidirectional `RecurrentEncoder`'s embedding and layers.
 
     Args:
@@ -66,7 +66,8 @@ class LanguageModel(RandomStateResume, L.LightningModule):
         self._state: dict[str, Optional[list]] = {"train": None, "val": None}  # carried between windows
         # Token-weighted mean losses over an epoch; the training one goes into checkpoints, so a run
         # resumed mid-epoch reports the same epoch figure as one never stopped.
-        self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
+        # (nan_strategy disable: no host sync per step to look for NaNs; DeferredFigures stops on a non-finite loss)
+        self.train_loss, self.val_loss = MeanMetric(nan_strategy="disable"), MeanMetric(nan_strategy="disable")
         self.train_loss.persistent(True)
 
     def hidden(self, input_ids: torch.Tensor, state: Optional[list] = None) -> tuple[torch.Tensor, list]:
@@ -125,15 +126,24 @@ class LanguageModel(RandomStateResume, L.LightningModule):
         # Truncated BPTT: the next window starts from this state, without a gradient path into this one.
         self._state[stage] = _map_state(state, torch.Tensor.detach)
         loss = self.loss(features.reshape(-1, features.shape[-1]), batch["targets"].t().reshape(-1))
-        getattr(self, f"{stage}_loss").update(loss.detach(), batch["targets"].numel())
-        if stage == "train":
-            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        if stage == "train":  # read with the next logged step (DeferredFigures)
+            self.defer(loss, batch["targets"].numel())
+        else:
+            self.val_loss.update(loss.detach(), batch["targets"].numel())
         return loss
+
+    def consume(self, losses: torch.Tensor, sizes: tuple[int, ...], figures: dict[str, torch.Tensor]) -> None:
+        self.train_loss.update(losses, losses.new_tensor(sizes, dtype=losses.dtype))
+
+    def nonfinite_message(self, step: int, value: float) -> str:
+        return (f"the language model's loss became {value} at step {step}; lower the learning rate "
+                "or set --trainer.gradient_clip_val, then resume with --ckpt_path last")
 
     def on_train_epoch_start(self) -> None:  # (not called for the epoch a run resumes in the middle of)
         self._state["train"] = None
 
     def on_train_epoch_end(self) -> None:
+        self.read_deferred()
         self._log_epoch("train")
 
     def on_validation_epoch_start(self) -> None:
@@ -164,14 +174,6 @@ class LanguageModel(RandomStateResume, L.LightningModule):
         # Saved only in the middle of an epoch, where a resumed run goes on from the state its last window left.
         self._state["train"] = checkpoint.get("carried_state", {}).get("state")
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self._step(batch, "train")
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"the language model's loss became {loss.item()} at step {self.global_step}; lower the learning rate "
-                "or set --trainer.gradient_clip_val, then resume with --ckpt_path last")
-        return loss
-
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._step(batch, "val")
 
@@ -180,6 +182,7 @@ class LanguageModel(RandomStateResume, L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = self.optimizer(self.parameters())
+        self.remember_learning_rates(optimizer)
         if self.scheduler is None:
             return optimizer
         if sized_by_steps(self.scheduler):

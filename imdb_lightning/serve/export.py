@@ -15,7 +15,7 @@ from torch import nn
 from ..errors import UserError
 from ..helpers import ArgumentParser
 from . import runtime
-from .predictor import Predictor, load
+from .predictor import LinearPredictor, Predictor, load
 
 
 class Probabilities(nn.Module):
@@ -30,7 +30,36 @@ class Probabilities(nn.Module):
 
 
 def export(ckpt_path: str, fmt: str, out: str | Path) -> Path:
-    return export_predictor(load(ckpt_path), fmt, out, source=str(ckpt_path))
+    predictor = load(ckpt_path)
+    if isinstance(predictor, LinearPredictor):
+        raise UserError(f"--ckpt_path {ckpt_path}: a run folder of `imdb-lightning linear` (a linear model or a stack); "
+                        "export writes recurrent checkpoints only. Apply this one with: imdb-lightning predict "
+                        f"--ckpt_path {ckpt_path} --file reviews.txt")
+    return export_predictor(predictor, fmt, out, source=str(ckpt_path))
+
+
+def check_parity(model: nn.Module, folder: Path) -> None:
+    """The exported model must give the checkpoint's probabilities on inputs of other shapes than the
+    example it was traced with: tracing records one run, and an encoder whose Python code loops over
+    time (or branches on a value) would be fixed at the example's length."""
+    generator = torch.Generator().manual_seed(0)
+    exported = runtime.ExportedClassifier(folder)
+    for batch, length in ((1, 1), (3, 12), (4, 37)):
+        ids = torch.randint(2, 50, (batch, length), generator=generator)
+        lengths = torch.randint(1, length + 1, (batch,), generator=generator)
+        lengths[0] = length
+        with torch.no_grad():
+            expected = model(ids, lengths).numpy()
+        try:
+            got = exported.probabilities(ids.numpy(), lengths.numpy())
+            differs = float(abs(got - expected).max()) > 1e-4
+        except Exception:  # noqa: BLE001  (the runtime refused another shape: the same verdict)
+            differs = True
+        if differs:
+            encoder = type(model.encoder).__name__
+            raise UserError(f"export: the exported {encoder} does not reproduce the checkpoint on a batch of {batch} "
+                            f"review(s) of {length} tokens (tracing fixed what its Python code does at one input shape); "
+                            "this encoder cannot be exported: predict with the checkpoint itself (imdb-lightning predict)")
 
 
 def export_predictor(predictor: Predictor, fmt: str, out: str | Path, source: str = "") -> Path:
@@ -46,6 +75,7 @@ def export_predictor(predictor: Predictor, fmt: str, out: str | Path, source: st
         raise UserError(f"--out {out}: cannot write there ({err.strerror or err})") from err
     try:
         _write(model, predictor, fmt, tmp, source)
+        check_parity(model, tmp)
         if not out.exists():
             os.replace(tmp, out)
         else:

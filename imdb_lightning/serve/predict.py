@@ -13,7 +13,7 @@ from typing import Optional
 
 from ..errors import UserError
 from ..helpers import ArgumentParser
-from ..runs import best_checkpoint, last_checkpoint, run_folders
+from ..runs import newest_checkpoint
 from .runtime import BATCH_SIZE
 
 READ_FORMATS = (".txt", ".csv", ".jsonl", ".parquet")
@@ -39,7 +39,7 @@ def read_texts(path: str) -> tuple[Iterator[str], Optional[int]]:
         raise UserError(f"{path}: no such file" if not file.exists() else f"{path}: not a file")
     suffix = file.suffix.lower()
     if suffix == ".txt":
-        return (line.rstrip("\n") for line in file.open(encoding="utf-8", errors="replace")), None
+        return (line.rstrip("\n") for line in file.open(encoding="utf-8-sig", errors="replace")), None
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -53,14 +53,14 @@ def read_texts(path: str) -> tuple[Iterator[str], Optional[int]]:
         rows = (t for batch in reader.iter_batches(columns=["text"]) for t in batch.column(0).to_pylist())
         return checked(rows, path), reader.metadata.num_rows
     if suffix == ".csv":
-        handle = file.open(newline="", encoding="utf-8", errors="replace")
+        handle = file.open(newline="", encoding="utf-8-sig", errors="replace")
         reader = csv.DictReader(handle)
         if "text" not in (reader.fieldnames or []):
             raise UserError(f"{path}: no 'text' column; columns found: {', '.join(reader.fieldnames or []) or 'none'}")
         return checked((row["text"] for row in reader), path), None
     if suffix == ".jsonl":
         def rows():
-            for number, line in enumerate(file.open(encoding="utf-8", errors="replace"), start=1):
+            for number, line in enumerate(file.open(encoding="utf-8-sig", errors="replace"), start=1):
                 if not line.strip():
                     continue
                 try:
@@ -137,20 +137,18 @@ class Writer:
         self.tmp.unlink(missing_ok=True)
 
 
-def latest_checkpoint(configs: list[str]) -> Path:
-    """The best checkpoint of the newest run of an experiment (else its last.ckpt)."""
-    from ..training import read_config
+def latest_checkpoint(configs: list[str], which: str = "best_or_last") -> Path:
+    """The best checkpoint of the newest run of an experiment (else its last.ckpt), or its best / last."""
+    from ..training import logged_runs_root, read_config
 
-    logger = read_config(configs).trainer.logger
-    init = getattr(logger, "init_args", None)
-    if init is None or not getattr(init, "save_dir", None):
+    root = logged_runs_root(read_config(configs).trainer)
+    if root is None:
         raise UserError(f"{configs[-1]}: no logger save_dir in the config; pass --ckpt_path instead")
-    root = Path(init.save_dir) / (init.name or "default")
-    for run in reversed(run_folders(root)):
-        found = best_checkpoint(run) or last_checkpoint(run)
-        if found:
-            return found
-    raise UserError(f"no checkpoint found under {root}; train first: imdb-lightning fit --config {configs[-1]}")
+    found = newest_checkpoint(root, which)
+    if not found:
+        kind = "" if which == "best_or_last" else f"{which} "
+        raise UserError(f"no {kind}checkpoint found under {root}; train first: imdb-lightning fit --config {configs[-1]}")
+    return found[1]
 
 
 def main(argv: list[str]) -> None:
@@ -184,10 +182,18 @@ def main(argv: list[str]) -> None:
         parser.error(f"--threshold is a probability in [0, 1], got {opts.threshold}")
     if opts.with_text and not opts.output:
         parser.error("--with_text goes with --output (printed predictions always show the review)")
+    if opts.output and opts.file and Path(opts.output).resolve() == Path(opts.file).resolve():
+        parser.error(f"--output {opts.output} is the --file being read: the predictions would replace the reviews; "
+                     "name another file")
     texts, total = iter(opts.texts), len(opts.texts)
     if opts.file:
         texts, total = read_texts(opts.file)
-    ckpt = opts.ckpt_path or latest_checkpoint(opts.config)
+    if opts.ckpt_path in ("best", "last"):
+        if not opts.config:
+            parser.error(f"--ckpt_path {opts.ckpt_path} names a checkpoint of an experiment's newest run: give its --config too")
+        ckpt = latest_checkpoint(opts.config, opts.ckpt_path)
+    else:
+        ckpt = opts.ckpt_path or latest_checkpoint(opts.config)
     predictor = load(ckpt, device=opts.device)  # before the output file exists: a bad checkpoint leaves nothing
     print(f"# checkpoint: {ckpt}", file=sys.stderr)
     writer = Writer(opts.output, opts.with_text) if opts.output else None
@@ -209,5 +215,7 @@ def main(argv: list[str]) -> None:
             writer.discard()
         raise
     if writer:
+        replaced = Path(opts.output).exists()
         writer.close()
-        print(f"wrote {writer.rows} predictions to {opts.output}", file=sys.stderr)
+        print(f"wrote {writer.rows} predictions to {opts.output}" + (" (replacing the file that was there)" if replaced else ""),
+              file=sys.stderr)

@@ -58,7 +58,7 @@ class ExportedClassifier:
             import onnxruntime
 
             session = onnxruntime.InferenceSession(str(folder / meta["file"]), providers=["CPUExecutionProvider"])
-            self._probabilities = lambda ids, lengths: session.run(None, {"input_ids": ids, "lengths": lengths})[0]
+            self.probabilities = lambda ids, lengths: session.run(None, {"input_ids": ids, "lengths": lengths})[0]
         else:
             import torch
 
@@ -68,13 +68,13 @@ class ExportedClassifier:
             def probabilities(ids, lengths):
                 return module(torch.from_numpy(ids), torch.from_numpy(lengths)).numpy()
 
-            self._probabilities = probabilities
+            self.probabilities = probabilities
 
     def predict(self, texts: list[str], batch_size: int = BATCH_SIZE) -> list[float]:
         """P(positive) per text, in input order."""
         probs = np.empty(len(texts), dtype=np.float64)
         for rows, ids, lengths in padded_batches(self.tokenizer, texts, self.max_length, self.truncation, batch_size):
-            probs[rows] = self._probabilities(ids, lengths)
+            probs[rows] = self.probabilities(ids, lengths)
         return probs.tolist()
 
 

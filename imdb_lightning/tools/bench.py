@@ -39,6 +39,7 @@ from ..serve.runtime import ExportedClassifier
 from ..training import NO_BF16, cpu_runs_bf16
 
 SETTINGS = ("embed_dim", "hidden_size", "max_length", "batch_size", "steps", "warmup", "rounds", "precision")
+LOG_EVERY_N_STEPS = 20  # as config/defaults.yaml: the steps whose figures the host reads
 
 
 def recurrent_flops_per_token(encoder: torch.nn.Module) -> int:
@@ -114,17 +115,74 @@ def ratio_figures(ratios: list[float]) -> dict:
             "ratio_rounds": ratios}
 
 
-def lightning_speed(model: SentimentClassifier, batches: list[dict], warmup: int, accelerator: str = "cpu",
+def lightning_speed(model: L.LightningModule, batches: list[dict], warmup: int, accelerator: str = "cpu",
                     deterministic: bool = True, precision: str = "32-true") -> float:
     """Samples/s of the same batches through the Trainer, with the default run's per-step logging and metrics."""
     clock = _Clock(warmup)
     trainer = L.Trainer(
         max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, deterministic=deterministic, callbacks=[clock],
-        accelerator=accelerator, devices=1, precision=precision,
+        accelerator=accelerator, devices=1, precision=precision, log_every_n_steps=LOG_EVERY_N_STEPS,
     )
     trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
     return clock.samples / (clock.end - clock.start)
+
+
+class BareModule(L.LightningModule):
+    """The least a LightningModule can be: the model's loss returned, nothing logged or measured.
+    Through the Trainer it shows what Lightning's own loop costs per step."""
+
+    def __init__(self, model: SentimentClassifier):
+        super().__init__()
+        self.model = model
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits = self.model(batch["input_ids"], batch["lengths"])
+        return F.binary_cross_entropy_with_logits(logits, batch["labels"].float())
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+# A model too small to cost anything (GRU 8, 16-word reviews, batch 64): each step's time is then
+# almost all host work, the framework's own included, which on a GPU is no longer hidden behind the model's.
+HOST_BOUND = {"encoder": "gru", "embed_dim": 8, "hidden_size": 8, "max_length": 16, "batch_size": 64, "vocab_size": 2000}
+
+
+def host_bound(args) -> dict:
+    """Per-step milliseconds of the classifier through Lightning, a bare LightningModule through
+    Lightning, and the hand-written loop, on the same tiny batches; ratios per round, median and spread."""
+    shape = HOST_BOUND
+    generator = torch.Generator().manual_seed(0)
+    batch, length = shape["batch_size"], shape["max_length"]
+    steps, warmup, rounds = (20, 2, 1) if args.quick else (args.host_bound_steps, 5, args.host_bound_rounds)
+    batches = [{"input_ids": torch.randint(2, shape["vocab_size"], (batch, length), generator=generator),
+                "lengths": torch.full((batch,), length), "labels": torch.randint(0, 2, (batch,), generator=generator),
+                "groups": torch.arange(batch)} for _ in range(warmup + steps)]
+    encoder = named_encoder(shape["encoder"], vocab_size=shape["vocab_size"], embed_dim=shape["embed_dim"],
+                            hidden_size=shape["hidden_size"])
+    model = SentimentClassifier(encoder, scheduler=None)
+    print(f"[host-bound] {shape['encoder']} {shape['hidden_size']}, {length} words, batch {batch}: {rounds} rounds "
+          f"of {steps} steps", file=sys.stderr)
+    ms = {"lightning": [], "bare_lightning": [], "loop": []}
+    # Many short rounds: this machine's speed shifted by up to 2x between seconds, and only runs close
+    # in time compare; each round's three runs take well under a second here.
+    for _ in range(rounds):
+        ms["lightning"].append(1000 * batch / lightning_speed(copy.deepcopy(model), batches, warmup, args.accelerator,
+                                                              args.deterministic, args.precision))
+        ms["bare_lightning"].append(1000 * batch / lightning_speed(BareModule(copy.deepcopy(model)), batches, warmup,
+                                                                   args.accelerator, args.deterministic, args.precision))
+        ms["loop"].append(1000 * batch / reference_loop(copy.deepcopy(model), batches, warmup,
+                                                        args.precision == "bf16-mixed", device=args.device))
+    ratios = ratio_figures([loop / framework for loop, framework in zip(ms["loop"], ms["lightning"])])
+    bare = ratio_figures([loop / framework for loop, framework in zip(ms["loop"], ms["bare_lightning"])])
+    return {
+        "shape": {k: v for k, v in shape.items()}, "steps": steps, "log_every_n_steps": LOG_EVERY_N_STEPS,
+        **{f"{name}_ms_per_step": statistics.median(values) for name, values in ms.items()},
+        **{f"{name}_ms_rounds": values for name, values in ms.items()},
+        "host_bound_ratio": ratios["ratio_vs_loop"], "ratio_iqr": ratios["ratio_iqr"], "ratio_rounds": ratios["ratio_rounds"],
+        "bare_ratio": bare["ratio_vs_loop"], "bare_ratio_iqr": bare["ratio_iqr"],
+    }
 
 
 def fixed_length(batch: dict, max_length: int) -> dict:
@@ -206,36 +264,53 @@ def run(args) -> dict:
         "machine": machine(args.device),
         "data": data_name,
         "settings": {k: getattr(args, k) for k in SETTINGS},
+        "overhead_only": args.overhead,
     }
+    report["host_bound"] = host_bound(args)
+    report["host_bound_ratio"] = report["host_bound"]["host_bound_ratio"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        # Tokenization through the DataModule: cold (empty cache) and warm (second start).
-        repeats = -(-args.tokenize_reviews // len(texts))
-        n = args.tokenize_reviews
-        many = write_reviews((texts * repeats)[:n], (labels * repeats)[:n], tmp / "many.parquet")
-        for name in ("tokenize_cold_s", "tokenize_warm_s"):
-            start = time.perf_counter()
-            dm = IMDBDataModule(train_files=many, cache_dir=str(tmp / "cache"), max_length=args.max_length)
-            dm.dataset("train"), dm.dataset("val")
-            report[name] = time.perf_counter() - start
-        report["tokenize_reviews"] = args.tokenize_reviews
-        report["matmul_gflops"] = matmul_gflops(1024, 1024, 1024, 0.2 if args.quick else 2.0)  # the CPU's fp32 peak, near enough
-
+        if not args.overhead:
+            report.update(tokenize_figures(texts, labels, tmp, args))
+            # the CPU's fp32 peak, near enough
+            report["matmul_gflops"] = matmul_gflops(1024, 1024, 1024, 0.2 if args.quick else 2.0)
         train_file = write_reviews(texts, labels, tmp / "train.parquet")
         dm = IMDBDataModule(train_files=train_file, cache_dir=str(tmp / "cache"), max_length=args.max_length,
                             batch_size=args.batch_size)
         batches = list(islice(dm.train_dataloader(), args.warmup + args.steps))
-        val_texts = dm.reviews("val").texts
         report["encoders"] = {}
         for name in args.encoders:
-            report["encoders"][name] = bench_encoder(name, dm, batches, val_texts, train_file, tmp, args)
+            spec = dict(embed_dim=args.embed_dim, hidden_size=args.hidden_size)
+            # No LR schedule: the timed runs have no validation, and the reference loop has none either.
+            model = SentimentClassifier(named_encoder(name, vocab_size=dm.hparams.vocab_size, **spec), scheduler=None)
+            figures = training_figures(name, model, batches, args)
+            if not args.overhead:
+                figures.update(padding_figures(name, model, batches, spec, dm.hparams.vocab_size, args))
+                figures.update(inference_figures(name, model, dm, tmp, args))
+                figures.update(work_figures(model, batches, dm, figures, args))
+                if args.levers:
+                    figures["levers"] = levers(model, batches[: args.warmup + max(1, args.steps // 4)], args)
+                print(f"[{name}] one training epoch in a child process (peak memory)", file=sys.stderr)
+                figures["peak_rss_mb"], figures["epoch_wall_s"] = peak_rss_mb(train_file, name, spec, args, str(tmp / "cache"))
+            report["encoders"][name] = figures
     return report
 
 
-def bench_encoder(name: str, dm: IMDBDataModule, batches, val_texts, train_file, tmp: Path, args) -> dict:
-    spec = dict(embed_dim=args.embed_dim, hidden_size=args.hidden_size)
-    # No LR schedule: the timed runs have no validation, and the reference loop has none either.
-    model = SentimentClassifier(named_encoder(name, vocab_size=dm.hparams.vocab_size, **spec), scheduler=None)
+def tokenize_figures(texts: list[str], labels: list[int], tmp: Path, args) -> dict:
+    """Tokenization through the DataModule: cold (empty cache) and warm (second start)."""
+    repeats = -(-args.tokenize_reviews // len(texts))
+    n = args.tokenize_reviews
+    many = write_reviews((texts * repeats)[:n], (labels * repeats)[:n], tmp / "many.parquet")
+    out = {"tokenize_reviews": n}
+    for name in ("tokenize_cold_s", "tokenize_warm_s"):
+        start = time.perf_counter()
+        dm = IMDBDataModule(train_files=many, cache_dir=str(tmp / "cache"), max_length=args.max_length)
+        dm.dataset("train"), dm.dataset("val")
+        out[name] = time.perf_counter() - start
+    return out
+
+
+def training_figures(name: str, model: SentimentClassifier, batches: list[dict], args) -> dict:
     print(f"[{name}] training speed on {args.device}: Lightning vs the hand-written loop, {args.rounds} rounds", file=sys.stderr)
     framework, loop = [], []
     bf16 = args.precision == "bf16-mixed"  # the loop then autocasts as Lightning's bf16-mixed does
@@ -243,29 +318,39 @@ def bench_encoder(name: str, dm: IMDBDataModule, batches, val_texts, train_file,
         framework.append(lightning_speed(copy.deepcopy(model), batches, args.warmup, args.accelerator, args.deterministic,
                                          args.precision))
         loop.append(reference_loop(copy.deepcopy(model), batches, args.warmup, bf16, device=args.device))
-    out = {
+    return {
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_samples_per_s": statistics.median(framework),
         "loop_samples_per_s": statistics.median(loop),
         **ratio_figures([f / r for f, r in zip(framework, loop)]),
     }
+
+
+def padding_figures(name: str, model: SentimentClassifier, batches: list[dict], spec: dict, vocab_size: int, args) -> dict:
+    """Length buckets against packed sequences and against Keras-style fixed-length padding, in the loop."""
     print(f"[{name}] packed and fixed-length batches", file=sys.stderr)
+    bf16 = args.precision == "bf16-mixed"
     few = batches[: args.warmup + max(1, args.steps // 4)]  # packed sequences are slow: fewer steps
-    packed = SentimentClassifier(named_encoder(name, vocab_size=dm.hparams.vocab_size, packed=True, **spec), scheduler=None)
+    packed = SentimentClassifier(named_encoder(name, vocab_size=vocab_size, packed=True, **spec), scheduler=None)
     packed.load_state_dict(model.state_dict())
     bucketed_few = reference_loop(copy.deepcopy(model), few, args.warmup, bf16, device=args.device)
-    out["packed_samples_per_s"] = reference_loop(packed, few, args.warmup, bf16, device=args.device)
+    out = {"packed_samples_per_s": reference_loop(packed, few, args.warmup, bf16, device=args.device)}
     out["bucketed_vs_packed"] = bucketed_few / out["packed_samples_per_s"]
     fixed = [fixed_length(b, args.max_length) for b in few]
     out["fixed_samples_per_s"] = reference_loop(copy.deepcopy(model), fixed, args.warmup, bf16, device=args.device)
     out["bucketed_vs_fixed"] = bucketed_few / out["fixed_samples_per_s"]
+    return out
 
+
+def inference_figures(name: str, model: SentimentClassifier, dm: IMDBDataModule, tmp: Path, args) -> dict:
+    """Batched throughput and one-review latency: PyTorch, TorchScript and ONNX Runtime (CPU)."""
     print(f"[{name}] inference: PyTorch (on {args.device}), TorchScript, ONNX Runtime (CPU)", file=sys.stderr)
     predictor = Predictor(copy.deepcopy(model), dm.get_tokenizer(), args.max_length)  # CPU: what export traces
-    sample = val_texts[: 200 if args.quick else 2500]
+    sample = dm.reviews("val").texts[: 200 if args.quick else 2500]
     engines = {"": predictor}
     for fmt in ("torchscript", "onnx"):
         engines[f"{fmt}_"] = ExportedClassifier(export_predictor(predictor, fmt, tmp / f"{name}-{fmt}"))
+    out = {}
     for prefix, engine in engines.items():
         engine.predict(sample[:50])  # warm-up
         start = time.perf_counter()
@@ -290,24 +375,23 @@ def bench_encoder(name: str, dm: IMDBDataModule, batches, val_texts, train_file,
         predictor.predict(sample, batch_size=size)
         by_batch[str(size)] = len(sample) / (time.perf_counter() - start)
     out["predict_reviews_per_s_by_batch_size"] = by_batch
+    out["predict_sample"] = len(sample)
+    return out
 
-    # Work done against what the CPU can do: forward+backward is ~3x the forward FLOPs; the padded
-    # tokens of the timed batches are what the recurrence actually runs over.
+
+def work_figures(model: SentimentClassifier, batches: list[dict], dm: IMDBDataModule, figures: dict, args) -> dict:
+    """Work done against what the CPU can do: forward+backward is ~3x the forward FLOPs; the padded
+    tokens of the timed batches are what the recurrence actually runs over."""
     per_token = recurrent_flops_per_token(model.encoder)
     timed = batches[args.warmup:]
     padded = sum(b["input_ids"].numel() for b in timed) / sum(len(b["labels"]) for b in timed)
-    lengths = dm.dataset("val").lengths[: len(sample)]  # sample = the first validation reviews, already tokenized
-    out["train_gflops"] = out["train_samples_per_s"] * padded * per_token * 3 / 1e9
-    out["predict_gflops"] = out["predict_reviews_per_s"] * float(np.mean(lengths)) * per_token / 1e9
+    lengths = dm.dataset("val").lengths[: figures["predict_sample"]]  # the first validation reviews, already tokenized
+    out = {"train_gflops": figures["train_samples_per_s"] * padded * per_token * 3 / 1e9,
+           "predict_gflops": figures["predict_reviews_per_s"] * float(np.mean(lengths)) * per_token / 1e9}
     # One time step's product: (batch, input + hidden) @ (input + hidden, gates * hidden).
     rnn = next(m for m in model.encoder.modules() if isinstance(m, torch.nn.RNNBase))
     gate_rows, inputs = rnn.weight_ih_l0.shape
     out["step_matmul_gflops"] = matmul_gflops(args.batch_size, inputs + rnn.hidden_size, gate_rows, 0.2 if args.quick else 1.0)
-
-    if args.levers:
-        out["levers"] = levers(model, few, args)
-    print(f"[{name}] one training epoch in a child process (peak memory)", file=sys.stderr)
-    out["peak_rss_mb"], out["epoch_wall_s"] = peak_rss_mb(train_file, name, spec, args, str(tmp / "cache"))
     return out
 
 
@@ -354,14 +438,25 @@ def table(report: dict) -> str:
     lines = [f"| figure | {' | '.join(names)} |", "|---|" + "---|" * len(names)]
     for label, keys, fmt in rows:
         keys = keys if isinstance(keys, tuple) else (keys,)
-        cells = [fmt.format(*(report["encoders"][n][k] for k in keys)) for n in names]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    cells = [" / ".join(f"{v:.0f}" for v in report["encoders"][n]["predict_reviews_per_s_by_batch_size"].values()) for n in names]
-    lines.append("| predict reviews/s, PyTorch, batch 16 / 64 / 256 | " + " | ".join(cells) + " |")
+        if all(k in report["encoders"][n] for n in names for k in keys):  # (--overhead: the training rows only)
+            cells = [fmt.format(*(report["encoders"][n][k] for k in keys)) for n in names]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if not report["overhead_only"]:
+        cells = [" / ".join(f"{v:.0f}" for v in report["encoders"][n]["predict_reviews_per_s_by_batch_size"].values())
+                 for n in names]
+        lines.append("| predict reviews/s, PyTorch, batch 16 / 64 / 256 | " + " | ".join(cells) + " |")
+        lines.append(
+            f"\ntokenize {report['tokenize_reviews']} reviews: {report['tokenize_cold_s']:.1f} s cold, "
+            f"{report['tokenize_warm_s']:.2f} s warm (cached); fp32 matmul 1024^3: {report['matmul_gflops']:.0f} GFLOP/s"
+        )
+    hb = report["host_bound"]
+    shape = hb["shape"]
     lines.append(
-        f"\ntokenize {report['tokenize_reviews']} reviews: {report['tokenize_cold_s']:.1f} s cold, "
-        f"{report['tokenize_warm_s']:.2f} s warm (cached); fp32 matmul 1024^3: {report['matmul_gflops']:.0f} GFLOP/s"
-    )
+        f"host-bound ({shape['encoder']} {shape['hidden_size']}, {shape['max_length']} words, batch {shape['batch_size']}; "
+        f"median of {len(hb['ratio_rounds'])} rounds of {hb['steps']} steps): ms per step: Lightning "
+        f"{hb['lightning_ms_per_step']:.2f}, bare LightningModule {hb['bare_lightning_ms_per_step']:.2f}, "
+        f"hand loop {hb['loop_ms_per_step']:.2f}; loop/Lightning {hb['host_bound_ratio']:.3f} "
+        f"(interquartile {hb['ratio_iqr'][0]:.3f}-{hb['ratio_iqr'][1]:.3f}), loop/bare {hb['bare_ratio']:.3f}")
     for n in names:
         figures = report["encoders"][n]
         rounds = ", ".join(f"{r:.3f}" for r in figures["ratio_rounds"])
@@ -394,8 +489,18 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--precision", choices=("32-true", "bf16-mixed"), default="32-true",
                         help="training precision of the Lightning run and the loop (bf16-mixed autocasts, as in fit)")
     parser.add_argument("--levers", action="store_true", help="also time 1 thread, bf16 autocast and torch.compile")
+    parser.add_argument("--overhead", action="store_true",
+                        help="training speed only: the host-bound case and each encoder's Lightning/loop ratio (about a minute)")
+    parser.add_argument("--host_bound_steps", type=int, default=40, help="timed steps per round of the host-bound case")
+    parser.add_argument("--host_bound_rounds", type=int, default=30, help="rounds of the host-bound case")
     parser.add_argument("--out", default="bench.json", help="where the JSON is written")
     args = parser.parse_args(argv)
+    for option in ("steps", "rounds", "host_bound_steps", "host_bound_rounds", "batch_size", "max_length", "embed_dim",
+                   "hidden_size", "tokenize_reviews"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option} must be at least 1, got {getattr(args, option)}")
+    if args.warmup < 0:
+        parser.error(f"--warmup must be 0 or more, got {args.warmup}")
     if args.accelerator == "gpu" and not torch.cuda.is_available():
         parser.error("--accelerator gpu: no CUDA GPU is available here")
     args.device = "cuda" if args.accelerator == "gpu" else "cpu"
