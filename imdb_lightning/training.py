@@ -20,6 +20,7 @@ from lightning.pytorch.cli import LightningCLI
 from .data.corpus import CorpusDataModule
 from .data.datamodule import IMDBDataModule
 from .errors import UserError
+from .helpers import check_seed
 from .models.base import sized_by_steps
 from .models.checkpoints import expect_kind, read_checkpoint
 from .models.classifier import SentimentClassifier
@@ -181,6 +182,10 @@ class ExperimentCLI(LightningCLI):
         super().parse_arguments(parser, args)
         # Here, before LightningCLI reads a checkpoint's hyperparameters into the config.
         subcommand, config = self.command_config()
+        if config is not None:  # (before LightningCLI seeds everything with it)
+            check_seed("--seed_everything", config.get("seed_everything"))
+            data = config.get("data")
+            check_seed("--data.split_seed", data.get("split_seed") if hasattr(data, "get") else None)
         if subcommand is None or config is None:
             return
         logger = config.trainer.logger

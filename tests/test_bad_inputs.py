@@ -51,6 +51,10 @@ def inputs(tmp_path_factory):
         "nocol.csv": "review\nhello\n",
         "badline.jsonl": '{"text": "fine"}\nnot json\n',
         "notext.jsonl": '{"review": "fine"}\n',
+        "empty.yaml": "# only a comment\n",
+        "base5.yaml": "base: 5\n",
+        "trainer5.yaml": "trainer: 5\n",
+        "reviews.csv": "text\na fine film\n",
     }
     for name, content in files.items():
         (root / name).write_text(content)
@@ -64,7 +68,18 @@ def inputs(tmp_path_factory):
     pq.write_table(pa.table({"text": pa.array([1, 2, 3])}), root / "ints.parquet")
     few = {"text": [f"good {i}" if i % 2 else f"bad {i}" for i in range(10)], "label": [i % 2 for i in range(10)]}
     pq.write_table(pa.table(few), root / "few.parquet")
+    pq.write_table(pa.table({"text": texts, "label": labels, "movie": ["tt1"] * 200}), root / "onefilm.parquet")
+    pq.write_table(pa.table({"text": texts, "label": labels, "movie": pa.array([None] * 200, type=pa.string())}),
+                   root / "nofilm.parquet")
+    pq.write_table(pa.table({"text": ["just one review"]}), root / "onereview.parquet")
+    (root / "tabs.csv").write_text("text\tlabel\ngood\t1\nbad\t0\n")
+    (root / "badline_fit.jsonl").write_text('{"text": "a", "label": 1}\nnot json\n')
 
+    from imdb_lightning.models.linear import LinearReference
+
+    (root / "linear_run").mkdir()
+    linear = LinearReference("nbsvm").fit(["good film", "bad film", "great", "awful"], [1, 0, 1, 0])
+    linear.save(root / "linear_run" / "linear.npz")
     # a sentiment and a forecast checkpoint
     cwd = Path.cwd()
     os.chdir(root)
@@ -86,7 +101,7 @@ D = "{dir}"  # replaced by the inputs folder
 CASES = [
     # --- training data ------------------------------------------------------------------------------
     ("missing file", [*FILES, "--data.train_files", "nope.parquet"], r"nope\.parquet: no such file"),
-    ("a folder as a file", [*FILES, "--data.train_files", f"{D}/folder.csv"], r"folder\.csv: not a file"),
+    ("a folder as a file", [*FILES, "--data.train_files", f"{D}/folder.csv"], r"folder\.csv: is a folder"),
     ("empty file", [*FILES, "--data.train_files", f"{D}/empty.csv"], r"empty\.csv: the file is empty"),
     ("wrong columns", [*FILES, "--data.train_files", f"{D}/cols.csv"],
      r"cols\.csv: missing column\(s\) label, text; columns found: review, sentiment"),
@@ -97,7 +112,7 @@ CASES = [
     ("unknown type", [*FILES, "--data.train_files", f"{D}/notes.txt"], r"notes\.txt: unknown file type '\.txt'"),
     ("bad bytes", [*FILES, "--data.train_files", f"{D}/bad.csv"], r"bad\.csv: cannot read it as csv"),
     ("corrupt parquet", [*FILES, "--data.train_files", f"{D}/corrupt.parquet"], r"corrupt\.parquet: cannot read it as parquet"),
-    ("broken jsonl", [*FILES, "--data.train_files", f"{D}/bad.jsonl"], r"bad\.jsonl: cannot read it as jsonl"),
+    ("broken jsonl", [*FILES, "--data.train_files", f"{D}/bad.jsonl"], r"bad\.jsonl: line 2 is not JSON"),
     ("json of numbers", [*FILES, "--data.train_files", f"{D}/array.json"], r"array\.json: cannot read it as json"),
     ("numbers as text", [*FILES, "--data.train_files", f"{D}/inttext.parquet"], r"inttext\.parquet: text in row 0 is int 1"),
     ("missing group column", [*FILES, "--data.train_files", f"{D}/good.parquet", "--data.group_column", "film"],
@@ -245,6 +260,34 @@ CASES = [
     ("linear bad data", ["linear", "--data.train_files", f"{D}/cols.csv"], r"cols\.csv: missing column\(s\) label, text"),
     ("forecast report seeds", ["forecast", "report", "--seeds", "x"], r"--seeds.*'x'"),
     ("unknown command", ["trian"], r"unknown command 'trian'"),
+    # --- found by a new-user probe ---------------------------------------------------------------------
+    ("empty yaml", ["fit", "--config", f"{D}/empty.yaml"], r"empty\.yaml: holds no settings \(empty, or comments only\)"),
+    ("base not a file name", ["fit", "--config", f"{D}/base5.yaml"], r"base5\.yaml: base: holds 5; it names the YAML file"),
+    ("trainer not a mapping", ["fit", "--config", f"{D}/trainer5.yaml"],
+     r"trainer5\.yaml: trainer: holds 5; it must be a mapping"),
+    ("predict output is the input", ["predict", "--ckpt_path", f"{D}/sentiment.ckpt", "--file", f"{D}/reviews.csv",
+                                     "--output", f"{D}/reviews.csv"], r"--output .*reviews\.csv is the --file being read"),
+    ("predict best without config", ["predict", "--ckpt_path", "best", "x"], r"--ckpt_path best names a checkpoint of an "
+                                                                            r"experiment's newest run: give its --config too"),
+    ("export a linear run", ["export", "--ckpt_path", f"{D}/linear_run", "--out", f"{D}/out/x"],
+     r"a run folder of `imdb-lightning linear`"),
+    ("bench zero steps", ["bench", "--steps", "0"], r"--steps must be at least 1, got 0"),
+    ("one film", [*FILES, "--data.train_files", f"{D}/onefilm.parquet"], r"the film column 'movie' names one film only \(tt1\)"
+                                                                        r".*--data\.val_split random"),
+    ("empty film column", [*FILES, "--data.train_files", f"{D}/nofilm.parquet"], r"the film column 'movie' is empty"),
+    ("tab-separated csv", [*FILES, "--data.train_files", f"{D}/tabs.csv"], r"the columns look separated by tabs"),
+    ("jsonl bad line for fit", [*FILES, "--data.train_files", f"{D}/badline_fit.jsonl"],
+     r"badline_fit\.jsonl: line 2 is not JSON"),
+    ("a folder as train_files", [*FILES, "--data.train_files", D], r"is a folder; --data\.train_files / test_files name files"),
+    ("pretrain one review", [*PRETRAIN, "--data.unlabelled_files", f"{D}/onereview.parquet"],
+     r"the corpus has 1 review\(s\): a language model needs at least two"),
+    ("forecast without subcommand", ["forecast"], r"needs a subcommand: fit, validate, test, report"),
+    ("negative seed", [*FIT, "--seed_everything", "-1"], r"--seed_everything: a seed is between 0 and 4294967295, got -1"),
+    ("huge seed", [*FIT, "--seed_everything", "99999999999"], r"--seed_everything: a seed is between 0 and 4294967295"),
+    ("negative split seed", [*FIT, "--data.split_seed", "-3"], r"--data\.split_seed: a seed is between 0 and"),
+    ("sweep negative seeds", ["sweep", "--encoders", "lstm", "--seeds", "-1,2", "--config", str(QUICKSTART)],
+     r"--seeds: a seed is between 0 and 4294967295, got -1"),
+    ("bench zero rounds", ["bench", "--rounds", "0"], r"--rounds must be at least 1, got 0"),
 ]
 
 
@@ -317,3 +360,20 @@ def test_bf16_trains_on_a_cpu_that_has_it(inputs, tmp_path, monkeypatch):
     record = json.loads((run / "run.json").read_text())
     assert record["status"] == "finished" and 0 <= record["best_val_acc"] <= 1
     assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_review(inputs, tmp_path, capsys):
+    for name, content in {"r.txt": "great .\n", "r.csv": "text\ngreat .\n", "r.jsonl": '{"text": "great ."}\n'}.items():
+        (tmp_path / name).write_bytes("\ufeff".encode() + content.encode())
+        cli_main(["predict", "--ckpt_path", str(inputs / "sentiment.ckpt"), "--file", str(tmp_path / name)])
+        with_bom = capsys.readouterr().out.split("\t")
+        cli_main(["predict", "--ckpt_path", str(inputs / "sentiment.ckpt"), "great ."])
+        plain = capsys.readouterr().out.split("\t")
+        assert with_bom[1] == plain[1] and with_bom[2].strip() == "great .", name
+
+
+def test_predict_says_when_it_replaces_an_output_file(inputs, tmp_path, capsys):
+    out = tmp_path / "p.csv"
+    out.write_text("old\n")
+    cli_main(["predict", "--ckpt_path", str(inputs / "sentiment.ckpt"), "a film", "--output", str(out)])
+    assert "(replacing the file that was there)" in capsys.readouterr().err and out.read_text().startswith("id,")

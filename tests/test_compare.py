@@ -220,3 +220,27 @@ def test_over_splits_pools_split_seeds_and_pairs_differences(tmp_path, capsys):
     assert len({len(r.split(",")) for r in csv_rows}) == 1  # the paired column's four parts have four headers
     assert "val acc − best se" in csv_rows[0]
     assert "Over splits: each split seed is one sample" in (logs / "leaderboard.md").read_text()
+
+
+def test_a_stack_costs_its_partners_too_and_one_seed_shows_no_spread():
+    from imdb_lightning.tools.compare import fmt
+
+    stack = fake("nbsvm_3gram+gru", 0, 0.91)
+    stack.record.update(kind="linear", wall_s=109.0, total_wall_s=1033.0, checkpoints=["gru/version_0/checkpoints/best.ckpt"])
+    stack.record.pop("epochs")
+    header, rows = leaderboard([stack, fake("gru", 0, 0.89)])
+    by_name = {row[0]: row for row in rows}
+    assert by_name["nbsvm_3gram+gru"][header.index("wall s")] == 1033.0  # its own 109 s + the GRU's 924 s
+    assert fmt(by_name["gru"][header.index("val acc")], "val acc") == "0.8900"  # one seed: no "± 0.0000"
+    assert by_name["nbsvm_3gram+gru"][header.index("epochs")] != by_name["nbsvm_3gram+gru"][header.index("epochs")]  # none
+
+
+def test_unreadable_run_files_are_skipped_with_a_line(tmp_path, capsys):
+    for name, config, record in [("a", "- a list\n", "{}"), ("b", "model: {dropout: 0.1}\n", "[]")]:
+        folder = tmp_path / name / "version_0"
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text(config)
+        (folder / "run.json").write_text(record)
+    assert find_runs(tmp_path) == []
+    out = capsys.readouterr().out
+    assert "config.yaml holds a list, not a mapping" in out and "run.json holds a list, not a run record" in out

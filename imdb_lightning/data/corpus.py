@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..errors import ConfigError, DataError
 from ..runs import atomic_write
 from .datamodule import IMDBDataModule, _digest, default_cache_dir, train_position
-from .sources import AclImdbSource, FileSource, HubSource, SyntheticSource
+from .sources import PRETRAIN_HUB_HELP, AclImdbSource, FileSource, HubSource, SyntheticSource
 from .tokenizer import build_tokenizer, encode
 
 
@@ -122,7 +122,7 @@ class CorpusDataModule(L.LightningDataModule):
             "files": lambda: FileSource([], [], None, unlabelled_files),
             "aclimdb": lambda: AclImdbSource(aclimdb_dir),
             "synthetic": lambda: SyntheticSource(synthetic_size, 60, split_seed),
-            "hub": lambda: HubSource(hub_name),
+            "hub": lambda: HubSource(hub_name, PRETRAIN_HUB_HELP),
         }[source]()
         # The classifier's data: only its training split is read, carved exactly as `fit` carves it.
         if source == "files":
@@ -170,6 +170,9 @@ class CorpusDataModule(L.LightningDataModule):
                 texts = self.texts()
                 tokenizer = self.tokenizer or build_tokenizer(texts, hp.vocab_size, hp.min_frequency, hp.lowercase)
                 ids, offsets = encode(tokenizer, texts)
+                if len(texts) < 2:
+                    raise DataError(f"the corpus has {len(texts)} review(s): a language model needs at least two, one of "
+                                    "them held out to measure it; give more unlabelled reviews (--data.unlabelled_files)")
                 order = np.random.default_rng(hp.split_seed).permutation(len(texts))
                 held = max(1, int(round(hp.heldout_fraction * len(texts))))
                 pieces = {"val": order[:held], "train": order[held:]}

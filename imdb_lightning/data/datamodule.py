@@ -302,6 +302,12 @@ class IMDBDataModule(L.LightningDataModule):
             raise DataError(f"data.val_split grouped needs the film of each review; the {self.source_name} source has none "
                             "(give data files a film column, see data.group_column, or use --data.val_split random)")
         if kind == "grouped":
+            films = {g for g in data.groups if g is not None and str(g).strip() not in ("", "None", "nan")}
+            if len(films) < 2:
+                column = "urls_*.txt" if self.source_name == "aclimdb" else f"film column {hp.group_column or 'movie'!r}"
+                held = "is empty" if not films else f"names one film only ({next(iter(films))})"
+                raise DataError(f"{where}: the {column} {held}, so validation cannot be carved by film; fill it, or use "
+                                "--data.val_split random (a split by review, which shares films with training)")
             train, val = grouped_split(data.labels, data.groups, hp.val_fraction, hp.split_seed)
         else:
             train, val = stratified_split(data.labels, hp.val_fraction, hp.split_seed)

@@ -19,6 +19,11 @@ import numpy as np
 from ..errors import DataError
 from .synthetic import synthetic_reviews
 
+PRETRAIN_HUB_HELP = (
+    "To pretrain without the hub, point at local reviews instead: --data.unlabelled_files unsup.parquet "
+    "(csv/json/jsonl/parquet with a 'text' column; --data.train_files adds labelled ones), --data.aclimdb_dir "
+    "path/to/aclImdb, or --data.source synthetic."
+)
 HUB_HELP = (
     "To train without the hub, point at local data instead: "
     "--data.train_files reviews.parquet (csv/json/jsonl/parquet with 'text' and 'label' columns), "
@@ -76,6 +81,9 @@ def read_table(path: str, columns: dict[str, bool]):
 
     file = Path(path)
     suffix = file.suffix.lower()
+    if file.is_dir():
+        raise DataError(f"{path}: is a folder; --data.train_files / test_files name files (an aclImdb/ folder goes to "
+                        "--data.aclimdb_dir)")
     if suffix not in FILE_FORMATS:
         raise DataError(f"{path}: unknown file type {file.suffix!r}; use one of {', '.join(FILE_FORMATS)}")
     if not file.is_file():
@@ -97,16 +105,35 @@ def read_table(path: str, columns: dict[str, bool]):
         else:
             import pyarrow.json as pajson
 
-            table = pajson.read_json(file)
+            try:
+                table = pajson.read_json(file)
+            except Exception:
+                _first_bad_json_line(file)  # names the line, if one is at fault
+                raise
+    except DataError:
+        raise
     except Exception as err:  # the readers raise many kinds; the message is what matters
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataError(f"{path}: cannot read it as {suffix.lstrip('.')}: {reason}") from err
     missing = [name for name, required in columns.items() if required and name not in table.column_names]
     if missing:
-        raise DataError(
-            f"{path}: missing column(s) {', '.join(sorted(missing))}; columns found: {', '.join(table.column_names)}"
-        )
+        found = ", ".join(table.column_names)
+        delimiter = next((name for char, name in (("\t", "tabs"), (";", "semicolons"), ("|", "bars"))
+                          if suffix == ".csv" and any(char in c for c in table.column_names)), None)
+        hint = f" (the columns look separated by {delimiter}: a .csv here is comma-separated)" if delimiter else ""
+        raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))}; columns found: {found!r}{hint}"
+                        if delimiter else f"{path}: missing column(s) {', '.join(sorted(missing))}; columns found: {found}")
     return table
+
+
+def _first_bad_json_line(file: Path) -> None:
+    with file.open(encoding="utf-8-sig", errors="replace") as lines:
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{file}: line {number} is not JSON ({err.msg})") from None
 
 
 class FileSource:
@@ -225,8 +252,8 @@ class HubSource:
 
     SPLITS = {"train": "train", "test": "test", "unlabelled": "unsupervised"}
 
-    def __init__(self, name: str):
-        self.name = name
+    def __init__(self, name: str, offline_help: str = HUB_HELP):
+        self.name, self.offline_help = name, offline_help
 
     def fingerprint(self, split: str) -> list:
         return ["hub", self.name, split]
@@ -235,7 +262,7 @@ class HubSource:
         hub_split = self.SPLITS[split]
         # `datasets` retries for ~25 s before failing offline; a 3 s probe answers first.
         if not hub_reachable():
-            raise DataError(f"cannot reach the Hugging Face hub to download {self.name!r}. {HUB_HELP}")
+            raise DataError(f"cannot reach the Hugging Face hub to download {self.name!r}. {self.offline_help}")
         import datasets
 
         try:
@@ -243,7 +270,7 @@ class HubSource:
         except Exception as err:
             reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
             raise DataError(
-                f"loading {self.name!r} ({hub_split}) from the Hugging Face hub failed: {reason}. {HUB_HELP}"
+                f"loading {self.name!r} ({hub_split}) from the Hugging Face hub failed: {reason}. {self.offline_help}"
             ) from err
         table = data.with_format("arrow")  # whole Arrow columns, not rows one by one
         where = f"{self.name}:{hub_split}"

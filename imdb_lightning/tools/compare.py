@@ -42,6 +42,11 @@ class Run:
     curves: dict = field(default_factory=dict)  # tag -> [(epoch, value)]
     evaluations: list = field(default_factory=list)  # records of `test` / `validate` runs of its checkpoints
 
+    def cost_s(self) -> Optional[float]:
+        """The run's wall time, a stack's with its recurrent runs' (it cannot exist without them)."""
+        return self.record.get("total_wall_s", self.record.get("wall_s")) if "checkpoints" in self.record \
+            else self.record.get("wall_s")
+
     @property
     def kind(self) -> str:
         return self.record.get("kind", "fit")
@@ -114,10 +119,15 @@ def find_runs(logdir: Path) -> list[Run]:
     for config in sorted(logdir.glob("**/config.yaml")):
         folder = config.parent
         try:
-            settings = {k: v for k, v in flatten(yaml.safe_load(config.read_text())).items() if not k.startswith(IGNORED)}
+            content = yaml.safe_load(config.read_text())
             record = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
-        except (yaml.YAMLError, json.JSONDecodeError, OSError) as err:
-            print(f"compare: skipped {folder}: {err}")
+            if not isinstance(content, dict):
+                raise ValueError(f"config.yaml holds a {type(content).__name__}, not a mapping of settings")
+            if not isinstance(record, dict):
+                raise ValueError(f"run.json holds a {type(record).__name__}, not a run record")
+            settings = {k: v for k, v in flatten(content).items() if not k.startswith(IGNORED)}
+        except (yaml.YAMLError, json.JSONDecodeError, OSError, UnicodeDecodeError, ValueError) as err:
+            print(f"compare: skipped {folder}: {' '.join(str(err).split())}")
             continue
         if not record and not list(folder.glob("events.out.tfevents.*")):
             continue
@@ -140,7 +150,7 @@ def mean_std(values: list) -> tuple[float, float]:
     values = [v for v in values if v is not None]
     if not values:
         return float("nan"), float("nan")
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else float("nan")  # one value: no spread
 
 
 def group(runs: list[Run], over_splits: bool = False) -> tuple[list[str], dict[tuple, list[Run]]]:
@@ -209,7 +219,7 @@ def leaderboard(runs: list[Run], over_splits: bool = False) -> tuple[list[str], 
             val_acc, stat(lambda r: r.val_interval()),
             mean_std([t.get("test/acc") for t in tests]), mean_std([t.get("test/f1") for t in tests]),
             mean_std([t.get("test/auroc") for t in tests]),
-            stat(lambda r: r.record.get("epochs"))[0], stat(lambda r: r.record.get("wall_s"))[0],
+            stat(lambda r: r.record.get("epochs"))[0], stat(lambda r: r.cost_s())[0],
             stat(lambda r: r.record.get("train_samples_per_s"))[0],
         ])
     best = header.index("val acc")
@@ -232,7 +242,9 @@ def fmt(value, column: str = "") -> str:
         mean, std = value
         if mean != mean:
             return ""
-        return f"±{mean:.4f}" if column == "val ±95%" else f"{mean:.4f} ± {std:.4f}"
+        if column == "val ±95%":
+            return f"±{mean:.4f}"
+        return f"{mean:.4f}" if std != std else f"{mean:.4f} ± {std:.4f}"  # one seed: no spread measured
     if isinstance(value, float):
         return "" if value != value else f"{value:.1f}"
     return "" if value is None else str(value)
@@ -271,7 +283,7 @@ def plot(runs: list[Run], out: Path, over_splits: bool = False) -> list[Path]:
     _, all_groups = group([r for r in runs if r.finished], over_splits)
     for key, members in all_groups.items():
         members = distinct_seeds(members)
-        ax.scatter([r.record.get("wall_s") for r in members], [r.record.get("best_val_acc") for r in members],
+        ax.scatter([r.cost_s() for r in members], [r.record.get("best_val_acc") for r in members],
                    label=" ".join(str(k) for k in key))
     ax.set(xlabel="wall time of the run (s)", ylabel="best validation accuracy", title="accuracy against cost, one point per run")
     ax.grid(alpha=0.3)

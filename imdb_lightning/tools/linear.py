@@ -92,7 +92,10 @@ def run(kind: str, C: float, data: dict, logdir: str, name: str, partners: Optio
         record["test"] = figures(model.logits(test.texts), test.labels, film_numbers(test), "test")
     except DataError as err:
         print(f"  not tested: {err}", file=sys.stderr)
-    record.update(wall_s=time.monotonic() - start, train_s=fit_s, train_samples_per_s=len(train) / fit_s, epochs=1)
+    record.update(wall_s=time.monotonic() - start, train_s=fit_s)
+    if partners:  # what the stack cost in all: its own fit and its recurrent runs' (unknown if one lacks a wall time)
+        walls = [p.get("wall_s") for p in partners]
+        record["total_wall_s"] = record["wall_s"] + sum(walls) if None not in walls else None
 
     folder = new_run_folder(Path(logdir) / name)
     linear = model.linear if partners else model
@@ -149,6 +152,7 @@ def partner_runs(folders: list[str], scratch: Path, overrides: list[str], device
         predictor = load(ckpt, device=device)
         partners.append({"predictor": predictor, "checkpoint": str(ckpt), "seed": record.get("seed"),
                          "parameters": sum(p.numel() for p in predictor.model.parameters()),
+                         "wall_s": record.get("wall_s"),  # a stack costs its partners' training too
                          # the experiment: runs of one recipe with other seeds group together in compare
                          "name": run_dir.parent.name})
     return list(groups.values())

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..callbacks import RunRecord
 from ..errors import DataError, UserError
-from ..helpers import ArgumentParser, comma_list
+from ..helpers import ArgumentParser, check_seed, comma_list
 from ..models.encoders import ENCODERS, class_path
 from ..runs import last_checkpoint, run_folders, run_version
 from ..training import compose, make_cli
@@ -115,6 +115,9 @@ def main(argv: list[str]) -> None:
                         help="override, as on the fit command line without '--', e.g. trainer.max_epochs=5")
     parser.add_argument("--logdir", default="lightning_logs")
     opts = parser.parse_args(argv)
+    for option, seeds in (("--seeds", opts.seeds), ("--split_seeds", opts.split_seeds or [])):
+        for seed in seeds:
+            check_seed(option, seed)
     sweep(opts.encoders, opts.seeds, opts.config, opts.set, opts.logdir, opts.split_seeds)
     pool = " --over_splits" if opts.split_seeds else ""
     print(f"[sweep] done; compare with: imdb-lightning compare {opts.logdir}{pool}", file=sys.stderr)
