@@ -70,7 +70,7 @@ def load_yaml(path: str) -> dict:
     for key in SECTIONS:
         if key in content and content[key] is not None and not isinstance(content[key], dict):
             raise UserError(f"{path}: {key}: holds {content[key]!r}; it must be a mapping of {key} options "
-                            f"(e.g. {key}:\n  {SECTIONS[key]})")
+                            f"(e.g. {key}: {{{SECTIONS[key]}}})")
     bases = content.get("base")
     if "base" in content and not (isinstance(bases, str) or (isinstance(bases, list) and bases and
                                                              all(isinstance(b, str) for b in bases))):

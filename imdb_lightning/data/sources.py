@@ -110,6 +110,7 @@ def read_table(path: str, columns: dict[str, bool]):
             except Exception:
                 _first_bad_json_line(file)  # names the line, if one is at fault
                 raise
+        table.validate(full=True)  # text that is not UTF-8 fails here, not later when a column is read
     except DataError:
         raise
     except Exception as err:  # the readers raise many kinds; the message is what matters
