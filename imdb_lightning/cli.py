@@ -36,8 +36,25 @@ def overview() -> str:
     )
 
 
+def quiet_the_unactionable() -> None:
+    """Drop messages a user of this command can do nothing about: a deprecation inside Lightning's own
+    code, and Lightning's advertisement for a cloud logger. Warnings about the user's settings stay."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+    class NoTips(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "Tip: For seamless cloud logging" not in record.getMessage()
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(NoTips())
+
+
 def cli_main(args: Optional[list[str]] = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
+    quiet_the_unactionable()
     if not argv or argv[0] in ("-h", "--help"):
         print(overview())
         return

@@ -26,6 +26,7 @@ from .models.checkpoints import expect_kind, read_checkpoint
 from .models.classifier import SentimentClassifier
 from .models.language_model import LanguageModel, read_language_model
 from .runs import experiment_root, newest_checkpoint, run_version
+from .summary import fit_summary, say, test_summary
 
 CONFIG_DIR = Path(__file__).with_name("config")
 DEFAULTS = str(CONFIG_DIR / "defaults.yaml")
@@ -207,6 +208,12 @@ class ExperimentCLI(LightningCLI):
         self._check_precision()
         self._check_monitors()
         self._check_data("fit")
+
+    def after_fit(self) -> None:
+        say(fit_summary(self.trainer, self.task), self.trainer)
+
+    def after_test(self) -> None:
+        say(test_summary(self.trainer), self.trainer)
 
     def before_validate(self) -> None:
         self._check_precision()

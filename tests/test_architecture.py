@@ -1,6 +1,6 @@
 """The package's imports run one way, with no cycle, function-level imports included.
 
-errors, runs, helpers <- callbacks <- data <- models <- training, serve <- forecast <- tools <- cli
+errors, runs, helpers <- callbacks <- data <- models <- training, serve, summary <- forecast <- tools <- cli
 """
 
 import ast
@@ -14,7 +14,7 @@ LAYERS = [
     {"callbacks"},
     {"data"},
     {"models"},
-    {"training", "serve"},
+    {"training", "serve", "summary"},
     {"forecast"},
     {"tools"},
     {"cli", "__main__", "__init__"},
@@ -113,3 +113,12 @@ def test_every_command_is_a_function_of_its_module():
         module, _, function = target.partition(":")
         assert callable(getattr(importlib.import_module(module), function or "main")), name
         assert about and "\n" not in about
+
+
+def test_the_readme_names_only_registered_encoders():
+    from imdb_lightning.models.encoders import ENCODERS
+
+    readme = (PACKAGE.parent / "README.md").read_text()
+    line = next(ln for ln in readme.splitlines() if "encoders.py" in ln and "registry:" in ln)
+    listed = [name.strip() for name in line.split("registry:")[1].split("(")[0].split(",")]
+    assert listed and set(listed) <= set(ENCODERS), set(listed) - set(ENCODERS)

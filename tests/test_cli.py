@@ -154,3 +154,19 @@ def test_predict_config_finds_runs_under_default_root_dir_and_single_class_test_
     assert "test/auroc is undefined and left out: every test review is positive" in capsys.readouterr().err
     tested = json.loads((tmp_path / "lightning_logs" / "lstm" / "version_1" / "run.json").read_text())
     assert "test/auroc" not in tested["test"] and 0 <= tested["test"]["test/acc"] <= 1
+
+
+def test_fit_and_test_end_with_a_summary_and_no_unactionable_noise(tmp_path, cache_dir, monkeypatch, capsys):
+    from conftest import QUICKSTART, SMALL
+
+    monkeypatch.chdir(tmp_path)
+    cli_main(["fit", "--config", str(QUICKSTART), *SMALL, "--data.cache_dir", cache_dir])
+    out, err = capsys.readouterr()
+    run = Path("lightning_logs") / "quickstart" / "version_0"
+    best = next((tmp_path / run / "checkpoints").glob("best*.ckpt"))
+    assert "Done: best val/acc 0." in err and f"run folder:      {run}" in err and f"best checkpoint: {run}" in err
+    assert f'imdb-lightning predict --ckpt_path {run / "checkpoints" / best.name} "a wonderful film"' in err
+    assert "tensorboard --logdir lightning_logs" in err
+    assert "Tip: For seamless cloud logging" not in out + err and "LeafSpec" not in out + err
+    cli_main(["test", "--config", str(QUICKSTART), *SMALL, "--data.cache_dir", cache_dir, "--ckpt_path", "best"])
+    assert "Done: test/acc 0." in capsys.readouterr().err

@@ -1,0 +1,70 @@
+"""What a finished command tells its user: how well the model did, where it is, what to run next."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+SPLITS = {"grouped": "film-grouped validation (films unseen in training)",
+          "random": "random validation (a split by review: on IMDB it shares films with training and reads high)"}
+
+
+def _interval(se: Optional[float]) -> str:
+    return f" ± {1.96 * se:.4f}" if se is not None and se == se else ""
+
+
+def _figure(metrics: dict, name: str) -> Optional[float]:
+    value = metrics.get(name)
+    return float(value) if value is not None else None
+
+
+def fit_summary(trainer, task: str = "sentiment") -> str:
+    saver = trainer.checkpoint_callback
+    best = getattr(saver, "best_model_path", "") or ""
+    score = getattr(saver, "best_model_score", None)
+    run = Path(trainer.log_dir) if trainer.logger and trainer.log_dir else None
+    validation = getattr(trainer.datamodule, "validation", None) or {}
+    lines = []
+    if task == "language_model":
+        if score is not None:
+            lines.append(f"Done: best validation loss {float(score):.4f} (perplexity {2.718281828 ** float(score):.1f})")
+    elif score is not None:
+        kind = SPLITS.get(validation.get("kind"), "validation")
+        size = f", {validation['reviews']:,} reviews" if validation.get("reviews") else ""
+        films = f" of {validation['films']:,} films" if validation.get("films") else ""
+        se = _figure(trainer.callback_metrics, "val/acc_se")
+        interval = f"{_interval(se)} (95%, from the last epoch's film-clustered standard error)" if se is not None else ""
+        lines.append(f"Done: best val/acc {float(score):.4f}{interval} on {kind}{size}{films}")
+    if run is not None:
+        lines.append(f"  run folder:      {run}")
+    if best:
+        lines.append(f"  best checkpoint: {best}")
+    if not best:
+        return "\n".join(lines)
+    lines.append("Next:")
+    if task == "language_model":
+        lines.append(f"  imdb-lightning fit --config experiments/pretrain/finetune_lstm.yaml --model.pretrained {best}")
+    else:
+        lines.append("  imdb-lightning test <the same --config and --data flags> --ckpt_path best"
+                     "   (--data.test_files FILE: your own test reviews)")
+        lines.append(f"  imdb-lightning predict --ckpt_path {best} \"a wonderful film\"")
+    if run is not None:
+        lines.append(f"  tensorboard --logdir {run.parent.parent}")
+    return "\n".join(lines)
+
+
+def test_summary(trainer) -> str:
+    metrics = trainer.callback_metrics
+    acc = _figure(metrics, "test/acc")
+    if acc is None:
+        return ""
+    se = _figure(metrics, "test/acc_se")
+    run = Path(trainer.log_dir) if trainer.logger and trainer.log_dir else None
+    where = f"; recorded in {run / 'run.json'}" if run is not None else ""
+    return f"Done: test/acc {acc:.4f}{_interval(se)} (95% interval, films as clusters){where}"
+
+
+def say(text: str, trainer) -> None:
+    if text and trainer.is_global_zero:
+        print(text, file=sys.stderr, flush=True)
