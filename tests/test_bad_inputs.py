@@ -282,6 +282,8 @@ CASES = [
     ("pretrain one review", [*PRETRAIN, "--data.unlabelled_files", f"{D}/onereview.parquet"],
      r"the corpus has 1 review\(s\): a language model needs at least two"),
     ("forecast without subcommand", ["forecast"], r"needs a subcommand: fit, validate, test, report"),
+    ("combine another task's run", ["linear", "--combine", f"{D}/lightning_logs/airline_lstm/version_0"],
+     r"holds a forecaster.*imdb-lightning linear --combine needs the latter"),
     ("negative seed", [*FIT, "--seed_everything", "-1"], r"--seed_everything: a seed is between 0 and 4294967295, got -1"),
     ("huge seed", [*FIT, "--seed_everything", "99999999999"], r"--seed_everything: a seed is between 0 and 4294967295"),
     ("negative split seed", [*FIT, "--data.split_seed", "-3"], r"--data\.split_seed: a seed is between 0 and"),

@@ -30,6 +30,7 @@ from ..data.datamodule import IMDBDataModule
 from ..data.split import clustered_standard_error
 from ..errors import DataError, UserError
 from ..helpers import ArgumentParser, comma_list
+from ..models.checkpoints import expect_kind, read_checkpoint
 from ..models.linear import DEFAULT_C, LINEAR_FILE, LinearReference, Stack
 from ..runs import atomic_write, best_checkpoint, last_checkpoint, run_folders, run_version
 from ..training import read_config
@@ -141,6 +142,8 @@ def partner_runs(folders: list[str], scratch: Path, overrides: list[str], device
         ckpt = best_checkpoint(run_dir) or last_checkpoint(run_dir)
         if not config.is_file() or ckpt is None:
             raise UserError(f"--combine {folder}: not a fit's run folder (it needs config.yaml and checkpoints/)")
+        # a language model's or a forecaster's run stacks with nothing: say so before reading its data settings
+        expect_kind(ckpt, read_checkpoint(ckpt), "sentiment", "imdb-lightning linear --combine")
         record_file = run_dir / "run.json"
         record = json.loads(record_file.read_text()) if record_file.is_file() else {}
         data_only = scratch / f"data{i}.yaml"  # the saved config also holds fit-only keys (ckpt_path, ...)
