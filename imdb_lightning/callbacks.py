@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -14,7 +13,7 @@ from typing import Optional
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from .runs import atomic_write
+from .runs import RECORD, read_record, write_record
 
 AGREE_EVERY = 10  # steps between multi-process checks for a Ctrl-C
 
@@ -137,7 +136,7 @@ class RunRecord(L.Callback):
     def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         # trainer.log_dir is a collective call under DDP (rank 0 broadcasts it): ask once, while every
         # process is here, never from a hook that one process alone may reach (an exception).
-        self._file = Path(trainer.log_dir) / "run.json" if trainer.logger and trainer.log_dir else None
+        self._file = Path(trainer.log_dir) / RECORD if trainer.logger and trainer.log_dir else None
 
     def _path(self, trainer: L.Trainer) -> Optional[Path]:
         return self._file
@@ -146,13 +145,12 @@ class RunRecord(L.Callback):
         self.record.update(fields)
         path = self._path(trainer)
         if trainer.is_global_zero and path:
-            text = json.dumps({**self.record, **self.extra}, indent=2)
-            atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+            write_record(path.parent, {**self.record, **self.extra})
 
     def _begin(self, trainer: L.Trainer, module: L.LightningModule, kind: str) -> None:
         path = self._path(trainer)
         if path and path.is_file():  # a resumed run keeps its totals so far
-            self.record = json.loads(path.read_text())
+            self.record = read_record(path.parent)
             self._train_s, self._samples = self.record.get("train_s", 0.0), self.record.get("train_samples", 0)
             self._tokens = self.record.get("train_tokens", 0)
         self.record.pop("error", None)

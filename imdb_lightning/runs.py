@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
+
+from .errors import UserError
 
 
 def run_version(folder: Path) -> Optional[int]:
@@ -30,6 +33,27 @@ def last_checkpoint(run: Path) -> Optional[Path]:
 def best_checkpoint(run: Path) -> Optional[Path]:
     best = sorted(Path(run).glob("checkpoints/best*.ckpt"), key=lambda p: p.stat().st_mtime)
     return best[-1] if best else None
+
+
+RECORD = "run.json"  # each run folder's record: kind, status, times, validation kind, figures (callbacks.RunRecord)
+
+
+def read_record(folder: Path | str) -> dict:
+    """A run folder's run.json as a dict ({} when it has none); one that is not a mapping is an error."""
+    path = Path(folder) / RECORD
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not readable JSON ({err})") from err
+    if not isinstance(record, dict):
+        raise UserError(f"{path}: holds a {type(record).__name__}, not a run record")
+    return record
+
+
+def write_record(folder: Path | str, record: dict) -> None:
+    atomic_write(Path(folder) / RECORD, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
 
 
 def experiment_root(save_dir: Optional[str], name: Optional[str], root_dir: Optional[str] = None) -> Optional[Path]:

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import SMALL
 from imdb_lightning.cli import cli_main
 
 EXPERIMENTS_DIR = Path(__file__).parents[1] / "experiments"
@@ -20,12 +21,6 @@ EXPERIMENTS = sorted(
 
 def run_name(config: Path) -> str:  # experiments/gru.yaml logs as gru, experiments/tuned/gru.yaml as tuned_gru
     return config.stem if config.parent == EXPERIMENTS_DIR else f"{config.parent.name}_{config.stem}"
-# Shrink any experiment to a few batches of synthetic data.
-SMALL = [
-    "--data.source", "synthetic", "--data.synthetic_size", "300", "--data.vocab_size", "300",
-    "--data.max_length", "60", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
-    "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2", "--trainer.enable_progress_bar", "false",
-]
 
 
 def test_experiments_exist():
@@ -157,7 +152,7 @@ def test_predict_config_finds_runs_under_default_root_dir_and_single_class_test_
 
 
 def test_fit_and_test_end_with_a_summary_and_no_unactionable_noise(tmp_path, cache_dir, monkeypatch, capsys):
-    from conftest import QUICKSTART, SMALL
+    from conftest import QUICKSTART
 
     monkeypatch.chdir(tmp_path)
     cli_main(["fit", "--config", str(QUICKSTART), *SMALL, "--data.cache_dir", cache_dir])

@@ -11,7 +11,7 @@ from imdb_lightning.cli import cli_main
 from imdb_lightning.tools.compare import Run, compare, find_runs, group, leaderboard, mean_std
 from imdb_lightning.tools.sweep import sweep_key
 
-SMALL = ["data.synthetic_size=400", "data.max_length=60", "trainer.max_epochs=2", "trainer.limit_train_batches=3",
+SWEEP_SETS = ["data.synthetic_size=400", "data.max_length=60", "trainer.max_epochs=2", "trainer.limit_train_batches=3",
          "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "trainer.enable_progress_bar=false",
          "trainer.log_every_n_steps=1"]
 
@@ -20,7 +20,7 @@ SMALL = ["data.synthetic_size=400", "data.max_length=60", "trainer.max_epochs=2"
 def swept(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     args = ["sweep", "--encoders", "rnn,gru", "--seeds", "0,1", "--config", str(QUICKSTART),
-            "--logdir", str(root / "logs"), *[a for s in SMALL for a in ("--set", s)],
+            "--logdir", str(root / "logs"), *[a for s in SWEEP_SETS for a in ("--set", s)],
             "--set", f"data.cache_dir={root / 'cache'}"]
     cli_main(args)
     return root, args
@@ -52,7 +52,7 @@ def test_rerun_skips_finished_and_resumes_unfinished(swept, capsys):
 
 def test_sweep_over_split_seeds_records_each_split_and_compare_pools_them(tmp_path, capsys):
     args = ["sweep", "--encoders", "gru", "--seeds", "0", "--split_seeds", "0,2", "--config", str(QUICKSTART),
-            "--logdir", str(tmp_path / "logs"), *[a for s in SMALL for a in ("--set", s)],
+            "--logdir", str(tmp_path / "logs"), *[a for s in SWEEP_SETS for a in ("--set", s)],
             "--set", f"data.cache_dir={tmp_path / 'cache'}"]
     cli_main(args)
     runs = sorted((tmp_path / "logs" / "gru").glob("version_*"))
@@ -163,7 +163,7 @@ def test_sweep_runs_the_bag_of_words_reference_from_a_per_encoder_config(tmp_pat
     (tmp_path / "cfg" / "nbow.yaml").write_text(QUICKSTART.read_text())
     template = str(tmp_path / "cfg" / "{encoder}.yaml")
     args = ["sweep", "--encoders", "nbow", "--seeds", "0", "--config", template, "--logdir", str(tmp_path / "logs"),
-            *[a for s in SMALL for a in ("--set", s)], "--set", f"data.cache_dir={tmp_path / 'cache'}"]
+            *[a for s in SWEEP_SETS for a in ("--set", s)], "--set", f"data.cache_dir={tmp_path / 'cache'}"]
     cli_main(args)
     run = next((tmp_path / "logs" / "nbow").glob("version_*"))
     assert "class_path: imdb_lightning.models.encoders.NBoWEncoder" in (run / "config.yaml").read_text()
@@ -243,4 +243,4 @@ def test_unreadable_run_files_are_skipped_with_a_line(tmp_path, capsys):
         (folder / "run.json").write_text(record)
     assert find_runs(tmp_path) == []
     out = capsys.readouterr().out
-    assert "config.yaml holds a list, not a mapping" in out and "run.json holds a list, not a run record" in out
+    assert "config.yaml holds a list, not a mapping" in out and "run.json: holds a list, not a run record" in out

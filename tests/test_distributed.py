@@ -1,7 +1,6 @@
 """Lightning DDP on CPU (gloo): two devices on one machine, and two "nodes" over loopback."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -9,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import QUICKSTART, free_port
+
 pytestmark = pytest.mark.ddp
-QUICKSTART = Path(__file__).parents[1] / "experiments" / "quickstart.yaml"
 
 
 def args(tmp_path, batch_size, *extra):
@@ -32,12 +32,6 @@ def best_val_acc(run_dir: Path) -> float:
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     state = next(v for k, v in ckpt["callbacks"].items() if "val/acc" in k)
     return float(state["best_model_score"])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_devices_one_machine(tmp_path):

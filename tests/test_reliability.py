@@ -12,8 +12,6 @@ from imdb_lightning.models.base import NonFiniteLossError
 from imdb_lightning.models.classifier import SentimentClassifier
 from imdb_lightning.models.encoders import RecurrentEncoder
 
-QUICKSTART = Path(__file__).parents[1] / "experiments" / "quickstart.yaml"
-
 
 def write(path: Path, text: str) -> str:
     path.write_text(text)

@@ -6,7 +6,6 @@ of one with recurrent checkpoints (`linear --combine`).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from ..models.checkpoints import data_state, expect_kind, read_checkpoint
 from ..models.classifier import SentimentClassifier
 from ..models.encoders import build_encoder
 from ..models.linear import LINEAR_FILE, LinearReference, Stack
+from ..runs import read_record
 from .runtime import BATCH_SIZE, padded_batches
 
 
@@ -57,8 +57,7 @@ class LinearPredictor(Predictor):
 
 def load_linear_run(folder: Path, device: torch.device) -> LinearPredictor:
     linear = LinearReference.load(folder / LINEAR_FILE)
-    record_file = folder / "run.json"
-    record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+    record = read_record(folder)
     if not record.get("checkpoints"):
         return LinearPredictor(linear)
     missing = [c for c in record["checkpoints"] if not Path(c).is_file()]

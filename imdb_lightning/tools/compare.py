@@ -21,7 +21,7 @@ import yaml
 
 from ..errors import UserError
 from ..helpers import ArgumentParser, pyplot
-from ..runs import run_version
+from ..runs import read_record, run_version
 
 # Settings that say where or how a run was logged, not what was trained.
 IGNORED = ("seed_everything", "trainer.logger", "trainer.callbacks", "trainer.enable_progress_bar", "data.cache_dir",
@@ -120,13 +120,11 @@ def find_runs(logdir: Path) -> list[Run]:
         folder = config.parent
         try:
             content = yaml.safe_load(config.read_text())
-            record = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
+            record = read_record(folder)
             if not isinstance(content, dict):
                 raise ValueError(f"config.yaml holds a {type(content).__name__}, not a mapping of settings")
-            if not isinstance(record, dict):
-                raise ValueError(f"run.json holds a {type(record).__name__}, not a run record")
             settings = {k: v for k, v in flatten(content).items() if not k.startswith(IGNORED)}
-        except (yaml.YAMLError, json.JSONDecodeError, OSError, UnicodeDecodeError, ValueError) as err:
+        except (yaml.YAMLError, OSError, UnicodeDecodeError, ValueError, UserError) as err:
             print(f"compare: skipped {folder}: {' '.join(str(err).split())}")
             continue
         if not record and not list(folder.glob("events.out.tfevents.*")):

@@ -32,7 +32,7 @@ from ..errors import DataError, UserError
 from ..helpers import ArgumentParser, comma_list
 from ..models.checkpoints import expect_kind, read_checkpoint
 from ..models.linear import DEFAULT_C, LINEAR_FILE, LinearReference, Stack
-from ..runs import atomic_write, best_checkpoint, last_checkpoint, run_folders, run_version
+from ..runs import atomic_write, best_checkpoint, last_checkpoint, read_record, run_folders, run_version, write_record
 from ..training import read_config
 from .compare import Z95
 
@@ -105,7 +105,7 @@ def run(kind: str, C: float, data: dict, logdir: str, name: str, partners: Optio
                                       **({"combined_with": "+".join(p["name"] for p in partners)} if partners else {})}}
     linear.save(folder / LINEAR_FILE)  # `predict --ckpt_path FOLDER` applies it (a stack with its runs' checkpoints)
     atomic_write(folder / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(config, sort_keys=False)))
-    atomic_write(folder / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
+    write_record(folder, record)
     with SummaryWriter(log_dir=str(folder)) as writer:
         for stage in ("val", "test"):
             for key, value in record.get(stage, {}).items():
@@ -144,8 +144,7 @@ def partner_runs(folders: list[str], scratch: Path, overrides: list[str], device
             raise UserError(f"--combine {folder}: not a fit's run folder (it needs config.yaml and checkpoints/)")
         # a language model's or a forecaster's run stacks with nothing: say so before reading its data settings
         expect_kind(ckpt, read_checkpoint(ckpt), "sentiment", "imdb-lightning linear --combine")
-        record_file = run_dir / "run.json"
-        record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+        record = read_record(run_dir)
         data_only = scratch / f"data{i}.yaml"  # the saved config also holds fit-only keys (ckpt_path, ...)
         data_only.write_text(yaml.safe_dump({"data": yaml.safe_load(config.read_text()).get("data") or {}}))
         settings = data_settings([str(data_only)], overrides)

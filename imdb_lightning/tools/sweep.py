@@ -17,7 +17,7 @@ from ..callbacks import RunRecord
 from ..errors import DataError, UserError
 from ..helpers import ArgumentParser, check_seed, comma_list
 from ..models.encoders import ENCODERS, class_path
-from ..runs import last_checkpoint, run_folders, run_version
+from ..runs import last_checkpoint, read_record, run_folders, run_version
 from ..training import compose, make_cli
 
 
@@ -32,7 +32,10 @@ def sweep_key(encoder: str, seed: int, configs: list[str], overrides: list[str],
 
 def existing_run(logdir: Path, encoder: str, key: str) -> tuple[Path | None, dict]:
     for run in run_folders(logdir / encoder):
-        record = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+        try:
+            record = read_record(run)
+        except UserError:  # a damaged record is not this cell's run
+            continue
         if record.get("sweep_key") == key:
             return run, record
     return None, {}
