@@ -10,6 +10,13 @@ SPLITS = {"grouped": "film-grouped validation (films unseen in training)",
           "random": "random validation (a split by review: on IMDB it shares films with training and reads high)"}
 
 
+def run_folder(trainer) -> Optional[Path]:
+    # the logger's own folder: trainer.log_dir would be a collective call under DDP, and after a fit the
+    # other processes may already have left it
+    folder = getattr(trainer.logger, "log_dir", None) if trainer.logger is not None else None
+    return Path(folder) if folder else None
+
+
 def _interval(se: Optional[float]) -> str:
     return f" ± {1.96 * se:.4f}" if se is not None and se == se else ""
 
@@ -23,7 +30,7 @@ def fit_summary(trainer, task: str = "sentiment") -> str:
     saver = trainer.checkpoint_callback
     best = getattr(saver, "best_model_path", "") or ""
     score = getattr(saver, "best_model_score", None)
-    run = Path(trainer.log_dir) if trainer.logger and trainer.log_dir else None
+    run = run_folder(trainer)
     validation = getattr(trainer.datamodule, "validation", None) or {}
     lines = []
     if task == "language_model":
@@ -60,11 +67,14 @@ def test_summary(trainer) -> str:
     if acc is None:
         return ""
     se = _figure(metrics, "test/acc_se")
-    run = Path(trainer.log_dir) if trainer.logger and trainer.log_dir else None
+    run = run_folder(trainer)
     where = f"; recorded in {run / 'run.json'}" if run is not None else ""
     return f"Done: test/acc {acc:.4f}{_interval(se)} (95% interval, films as clusters){where}"
 
 
-def say(text: str, trainer) -> None:
-    if text and trainer.is_global_zero:
-        print(text, file=sys.stderr, flush=True)
+def say(summary, trainer, *args) -> None:
+    """Print `summary(trainer, *args)` on the first process only (the others never compute it)."""
+    if trainer.is_global_zero:
+        text = summary(trainer, *args)
+        if text:
+            print(text, file=sys.stderr, flush=True)

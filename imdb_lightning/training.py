@@ -210,10 +210,10 @@ class ExperimentCLI(LightningCLI):
         self._check_data("fit")
 
     def after_fit(self) -> None:
-        say(fit_summary(self.trainer, self.task), self.trainer)
+        say(fit_summary, self.trainer, self.task)
 
     def after_test(self) -> None:
-        say(test_summary(self.trainer), self.trainer)
+        say(test_summary, self.trainer)
 
     def before_validate(self) -> None:
         self._check_precision()
