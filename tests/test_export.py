@@ -36,12 +36,17 @@ def checkpoints(tmp_path_factory):
         if name == "bigru":  # the token-id knobs too: bigram and word bags export, word and weight dropout stay out of inference
             kwargs = {**kwargs, "bigram_buckets": 50, "word_bag": True, "word_dropout": 0.2, "weight_drop": 0.3}
         model = SentimentClassifier(RecurrentEncoder(vocab_size=300, embed_dim=12, hidden_size=10, num_layers=2, **kwargs))
-        trainer = L.Trainer(max_steps=2, limit_val_batches=1, logger=False, enable_progress_bar=False,
-                            enable_model_summary=False, enable_checkpointing=False, default_root_dir=root)
-        trainer.fit(model, dm)
-        paths[name] = root / f"{name}.ckpt"
-        trainer.save_checkpoint(paths[name])
+        paths[name] = trained_checkpoint(model, dm, root / f"{name}.ckpt", steps=2)
     return paths
+
+
+def trained_checkpoint(model, dm, path, steps: int):
+    """A few training steps of `model` on `dm`, saved to `path`."""
+    trainer = L.Trainer(max_steps=steps, limit_val_batches=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=path.parent)
+    trainer.fit(model, dm)
+    trainer.save_checkpoint(path)
+    return path
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
@@ -137,11 +142,7 @@ def other_checkpoints(tmp_path_factory):
     for name, encoder in {"nbow": NBoWEncoder(vocab_size=300, embed_dim=12, bigram_buckets=40),
                           "scratch_rnn": ScratchRNNEncoder(vocab_size=300, embed_dim=12, hidden_size=10)}.items():
         L.seed_everything(0, verbose=False)
-        trainer = L.Trainer(max_steps=3, limit_val_batches=1, logger=False, enable_progress_bar=False,
-                            enable_model_summary=False, enable_checkpointing=False, default_root_dir=root)
-        trainer.fit(SentimentClassifier(encoder), dm)
-        paths[name] = root / f"{name}.ckpt"
-        trainer.save_checkpoint(paths[name])
+        paths[name] = trained_checkpoint(SentimentClassifier(encoder), dm, root / f"{name}.ckpt", steps=3)
     return paths
 
 
