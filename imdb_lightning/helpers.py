@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import re
 from collections.abc import Callable
 from typing import NoReturn
@@ -52,6 +54,44 @@ def comma_list(cast: Callable = str) -> Callable[[str], list]:
             raise argparse.ArgumentTypeError(f"{text!r}: {err}") from err
 
     return parse
+
+
+def digest(*parts) -> str:
+    """A short stable name for JSON-able parts (cache file names)."""
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+NO_BF16 = "this CPU has no bf16 arithmetic that oneDNN can use (it needs AVX-512; AVX-512-BF16 or AMX make it fast)"
+
+
+def cpu_runs_bf16() -> bool:
+    """Can oneDNN compute in bf16 on this CPU? It needs AVX-512 (fast with AVX-512-BF16 or AMX); without it
+    a bf16 LSTM fails inside torch and other layers are emulated at a tenth of fp32's speed."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch built without oneDNN
+        return False
+
+
+def clustered_standard_error(correct, groups) -> float:
+    """Standard error of an accuracy whose reviews come in correlated clusters (films).
+
+    The cluster-robust (sandwich) estimate: reviews of one film succeed or fail together, so a
+    split of 2,500 reviews from ~340 films is noisier than 2,500 independent reviews would be.
+    """
+    import numpy as np
+
+    n = len(correct)
+    if n < 2:
+        return float("nan")
+    _, cluster = np.unique(groups, return_inverse=True)
+    clusters = cluster.max() + 1
+    if clusters < 2:
+        return float("nan")
+    residuals = np.bincount(cluster, weights=correct - correct.mean())  # (clusters,)
+    return float(np.sqrt(clusters / (clusters - 1) * np.sum(residuals**2)) / n)
 
 
 def pyplot():

@@ -17,32 +17,21 @@ import torch
 import yaml
 from lightning.pytorch.cli import LightningCLI
 
+from .checkpoints import expect_kind, read_checkpoint
 from .data.corpus import CorpusDataModule
 from .data.datamodule import IMDBDataModule
 from .errors import UserError
-from .helpers import check_seed
+from .helpers import NO_BF16, check_seed, cpu_runs_bf16
 from .models.base import sized_by_steps
-from .models.checkpoints import expect_kind, read_checkpoint
 from .models.classifier import SentimentClassifier
-from .models.language_model import LanguageModel, read_language_model
+from .models.language_model import LanguageModel, check_unread, read_language_model
 from .runs import experiment_root, newest_checkpoint, run_version
 from .summary import fit_summary, say, test_summary
 
 CONFIG_DIR = Path(__file__).with_name("config")
+COMMON_DEFAULTS = str(CONFIG_DIR / "common.yaml")  # read before each command's own defaults
 DEFAULTS = str(CONFIG_DIR / "defaults.yaml")
 PRETRAIN_DEFAULTS = str(CONFIG_DIR / "pretrain_defaults.yaml")
-
-
-NO_BF16 = "this CPU has no bf16 arithmetic that oneDNN can use (it needs AVX-512; AVX-512-BF16 or AMX make it fast)"
-
-
-def cpu_runs_bf16() -> bool:
-    """Can oneDNN compute in bf16 on this CPU? It needs AVX-512 (fast with AVX-512-BF16 or AMX); without it
-    a bf16 LSTM fails inside torch and other layers are emulated at a tenth of fp32's speed."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch built without oneDNN
-        return False
 
 
 # Top-level keys whose value is a mapping of options, with an example of one.
@@ -167,7 +156,7 @@ class ExperimentCLI(LightningCLI):
     - `--trainer.default_root_dir DIR` moves the runs under DIR (the logger's relative save_dir).
     """
 
-    task = "sentiment"  # the kind of checkpoint this command reads (models/checkpoints.py)
+    task = "sentiment"  # the kind of checkpoint this command reads (checkpoints.py)
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -276,6 +265,12 @@ class SentimentCLI(ExperimentCLI):
             config.data.tokenizer_from, config.data.vocab_size = pretrained, vocab
             config.model.encoder.init_args.vocab_size = vocab
 
+    def _check_data(self, stage: str) -> None:
+        super()._check_data(stage)
+        if self.model.hparams.get("pretrained"):  # the language model must not have read what is scored
+            split = "test" if stage == "test" else "val"
+            check_unread(self.model.hparams.pretrained, self.datamodule.reviews(split).texts, split)
+
 
 class PretrainCLI(ExperimentCLI):
     """`imdb-lightning pretrain`: the language model over the corpus, with fit's checkpoints and resume."""
@@ -300,7 +295,7 @@ def make_cli(args: Optional[list[str]] = None, run: bool = True, cli_class: type
     the subcommand when `run` is False."""
     args = expand_configs(list(sys.argv[1:] if args is None else args), datamodule_class, other_command)
     # Errors raise instead of printing usage: cli_main prints them as one line.
-    kwargs = {"default_config_files": [defaults], "exit_on_error": False}
+    kwargs = {"default_config_files": [COMMON_DEFAULTS, defaults], "exit_on_error": False}
     with warnings.catch_warnings():  # args come from our own command table, not sys.argv: that is intended
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
         return cli_class(

@@ -17,7 +17,7 @@ import pytest
 from conftest import EXPERIMENTS, QUICKSTART
 from imdb_lightning.cli import cli_main
 from imdb_lightning.data.synthetic import synthetic_reviews
-from imdb_lightning.training import cpu_runs_bf16
+from imdb_lightning.helpers import cpu_runs_bf16
 
 FIT = ["fit", "--config", str(QUICKSTART), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
        "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false", "--data.synthetic_size", "200"]

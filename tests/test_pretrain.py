@@ -14,7 +14,7 @@ from imdb_lightning.data.corpus import CorpusDataModule
 from imdb_lightning.data.datamodule import IMDBDataModule
 from imdb_lightning.data.synthetic import synthetic_reviews
 from imdb_lightning.errors import ConfigError, UserError
-from imdb_lightning.models.checkpoints import checkpoint_kind, data_state, read_checkpoint
+from imdb_lightning.checkpoints import checkpoint_kind, data_state, read_checkpoint
 from imdb_lightning.models.classifier import FineTuningCollapsed, SentimentClassifier
 from imdb_lightning.models.encoders import NBoWEncoder, RecurrentEncoder, build_encoder
 from imdb_lightning.models.language_model import LanguageModel
@@ -97,6 +97,14 @@ def test_every_recipe_pretrains_then_fine_tunes_through_the_command_line(texts, 
               "--model.pretrained", str(lm_path), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"])
     fitted = read_checkpoint(last_checkpoint(run_folders(tmp_path / "lightning_logs" / fit_recipe)[-1]))
     assert checkpoint_kind(fitted) == "sentiment"
+
+    # another split would validate on training reviews the language model read: refused before a run folder exists
+    runs = run_folders(tmp_path / "lightning_logs" / fit_recipe)
+    with pytest.raises(SystemExit, match=r"its language model read \d+ of this run's \d+ val reviews \(it was pretrained "
+                                         r"beside the split split_seed 0, val_split auto, val_fraction 0.1\)"):
+        cli_main(["fit", "--config", str(EXPERIMENTS / "pretrain" / f"{fit_recipe}.yaml"), *data, *SIZES,
+                  "--model.pretrained", str(lm_path), "--data.split_seed", "1", "--trainer.max_epochs", "1"])
+    assert run_folders(tmp_path / "lightning_logs" / fit_recipe) == runs
     assert data_state(fitted)["tokenizer"] == data_state(lm)["tokenizer"]  # the LM's vocabulary, reused
 
     # the classifier starts from exactly the language model's embedding and recurrent weights
@@ -261,3 +269,20 @@ def test_a_resumed_pretraining_is_the_run_never_stopped(texts, tmp_path):
         torch.testing.assert_close(resumed_model.state_dict()[name], tensor, atol=1e-6, rtol=0, msg=name)
     for name in ("train/loss_epoch", "train/ppl", "val/loss", "val/ppl"):
         torch.testing.assert_close(resumed.callback_metrics[name], reference.callback_metrics[name], atol=1e-6, rtol=0)
+
+
+def test_a_fine_tuning_run_is_checked_against_the_reviews_its_language_model_read(texts, lm_path, tmp_path, capsys):
+    from imdb_lightning.data.sources import FileSource
+    from imdb_lightning.models.language_model import check_unread
+
+    unlabelled = FileSource([], [], None, [texts["unlabelled"]]).load("unlabelled").texts
+    labelled = IMDBDataModule(train_files=[texts["train"]]).reviews("val").texts
+    check_unread(lm_path, labelled, "val")  # the LM read the unlabelled reviews only
+    with pytest.raises(UserError, match=r"read 3 of this run's 5 test reviews"):
+        check_unread(lm_path, unlabelled[:3] + labelled[:2], "test")
+
+    old = torch.load(lm_path, weights_only=True)  # a language model from before the record
+    del data_state(old)["read"]
+    torch.save(old, tmp_path / "old.ckpt")
+    check_unread(str(tmp_path / "old.ckpt"), unlabelled, "val")
+    assert "predates the record of the reviews it read" in capsys.readouterr().err

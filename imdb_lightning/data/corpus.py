@@ -7,11 +7,13 @@ can carry its state from one window to the next (truncated backpropagation throu
 
 Never in the corpus: test reviews, and the classifier's validation reviews (the same split
 `fit` carves with the same data settings), or the validation figure of the fine-tuned model
-would stop being honest.
+would stop being honest. The checkpoint records a digest of every review the corpus holds, so a
+fine-tuning run on another split is refused (models/language_model.check_unread).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Literal, Optional, Union
@@ -22,11 +24,20 @@ import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..callbacks import train_position
 from ..errors import ConfigError, DataError
+from ..helpers import digest
 from ..runs import atomic_write
-from .datamodule import IMDBDataModule, _digest, default_cache_dir, train_position
-from .sources import PRETRAIN_HUB_HELP, AclImdbSource, FileSource, HubSource, SyntheticSource
+from .datamodule import IMDBDataModule, default_cache_dir
+from .sources import PRETRAIN_HUB_HELP, FileSource, open_source
 from .tokenizer import build_tokenizer, encode
+
+
+def text_digests(texts: list[str]) -> np.ndarray:
+    """An 8-byte digest of each review, sorted: what a language model's checkpoint keeps of the reviews it read,
+    so a fine-tuning run can check that it validates and tests on none of them."""
+    digests = [int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little", signed=True) for t in texts]
+    return np.unique(np.array(digests, dtype=np.int64))
 
 
 class Windows(Dataset):
@@ -114,16 +125,11 @@ class CorpusDataModule(L.LightningDataModule):
             raise ConfigError(f"data.heldout_fraction must be between 0 and 1, got {heldout_fraction}")
         unlabelled_files = [unlabelled_files] if isinstance(unlabelled_files, str) else unlabelled_files or []
         train_files = [train_files] if isinstance(train_files, str) else train_files or []
-        source = source or ("files" if unlabelled_files or train_files else "aclimdb" if aclimdb_dir else "hub")
-        if source == "aclimdb" and not aclimdb_dir:
-            raise ConfigError("data.source is 'aclimdb' but data.aclimdb_dir is not set")
+        # (the labelled train_files are read by the classifier's data module below, not by this source)
+        source, self.source = open_source(source or ("files" if train_files else None), unlabelled_files=unlabelled_files,
+                                          aclimdb_dir=aclimdb_dir, hub_name=hub_name, synthetic_size=synthetic_size,
+                                          seed=split_seed, hub_help=PRETRAIN_HUB_HELP)
         self.save_hyperparameters()
-        self.source = {
-            "files": lambda: FileSource([], [], None, unlabelled_files),
-            "aclimdb": lambda: AclImdbSource(aclimdb_dir),
-            "synthetic": lambda: SyntheticSource(synthetic_size, 60, split_seed),
-            "hub": lambda: HubSource(hub_name, PRETRAIN_HUB_HELP),
-        }[source]()
         # The classifier's data: only its training split is read, carved exactly as `fit` carves it.
         if source == "files":
             labelled = dict(train_files=train_files)
@@ -136,6 +142,7 @@ class CorpusDataModule(L.LightningDataModule):
         self.cache_dir = Path(cache_dir or default_cache_dir())
         self.tokenizer: Optional[Tokenizer] = None
         self._streams: dict[str, np.ndarray] = {}
+        self._read: Optional[np.ndarray] = None  # text_digests of every review in the corpus
         self._resume_at: Optional[dict] = None  # where a resumed pretraining's windows continue
 
     def texts(self) -> list[str]:
@@ -155,7 +162,7 @@ class CorpusDataModule(L.LightningDataModule):
         parts = [self.source.fingerprint("unlabelled") if self._has_unlabelled() else None]
         if self.labelled is not None:
             parts.append(self.labelled.split_key())
-        return _digest("corpus", parts, hp.vocab_size, hp.min_frequency, hp.lowercase, hp.heldout_fraction, hp.split_seed)
+        return digest("corpus", 2, parts, hp.vocab_size, hp.min_frequency, hp.lowercase, hp.heldout_fraction, hp.split_seed)
 
     def stream(self, split: Literal["train", "val"]) -> np.ndarray:
         """The split's reviews' token ids, joined in a seeded order: (tokens,)."""
@@ -164,6 +171,7 @@ class CorpusDataModule(L.LightningDataModule):
             if path.is_file():
                 with np.load(path, allow_pickle=False) as z:
                     self._streams = {"train": z["train"], "val": z["val"]}
+                    self._read = z["read"]
                     self.tokenizer = self.tokenizer or Tokenizer.from_str(str(z["tokenizer"]))
             else:
                 hp = self.hparams
@@ -178,9 +186,10 @@ class CorpusDataModule(L.LightningDataModule):
                 pieces = {"val": order[:held], "train": order[held:]}
                 self._streams = {name: np.concatenate([ids[offsets[i] : offsets[i + 1]] for i in rows])
                                  for name, rows in pieces.items()}
-                self.tokenizer = tokenizer
+                self.tokenizer, self._read = tokenizer, text_digests(texts)
                 self.cache_dir.mkdir(parents=True, exist_ok=True)
-                atomic_write(path, lambda tmp: np.savez(open(tmp, "wb"), tokenizer=tokenizer.to_str(), **self._streams))
+                atomic_write(path, lambda tmp: np.savez(open(tmp, "wb"), tokenizer=tokenizer.to_str(), read=self._read,
+                                                        **self._streams))
         return self._streams[split]
 
     def get_tokenizer(self) -> Tokenizer:
@@ -202,9 +211,10 @@ class CorpusDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict:
         # What the classifier reuses: the vocabulary. (`kind` lets a reader tell it from a classifier's.)
+        # Which reviews it read (`read`: text_digests), so a fine-tuning run can refuse to validate on them.
         # And, as for `fit`, how many windows of the current epoch were trained (see IMDBDataModule.state_dict).
         return {"tokenizer": self.get_tokenizer().to_str(), "corpus": json.dumps({"tokens": int(len(self.stream("train")))}),
-                **train_position(self)}
+                "read": torch.from_numpy(self._read), **train_position(self)}
 
     def load_state_dict(self, state: dict) -> None:
         self.tokenizer = Tokenizer.from_str(state["tokenizer"])

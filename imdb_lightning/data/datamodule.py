@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -17,9 +16,12 @@ from lightning.pytorch.utilities import rank_zero_info
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from ..callbacks import train_position, training_progress
+from ..checkpoints import data_state, read_checkpoint
 from ..errors import ConfigError, DataError
+from ..helpers import digest
 from ..runs import atomic_write
-from .sources import AclImdbSource, FileSource, HubSource, Reviews, SyntheticSource
+from .sources import Reviews, open_source
 from .split import grouped_split, stratified_split
 from .tokenizer import PAD_ID, UNK_ID, build_tokenizer, encode
 
@@ -148,27 +150,6 @@ class ResumableLoader(DataLoader):
         self.batch_sampler.resume_at(state["epoch"], state["batches_done"])
 
 
-def training_progress(trainer: L.Trainer) -> tuple[int, int]:
-    """(epoch, batches of it trained) for the epoch the fit loop is in, or is about to start."""
-    epochs = trainer.fit_loop.epoch_progress.current
-    if epochs.started == epochs.processed:  # between epochs: the next one has not begun
-        return epochs.processed, 0
-    return epochs.processed, trainer.fit_loop.epoch_loop.batch_progress.current.processed
-
-
-def train_position(datamodule: L.LightningDataModule) -> dict:
-    """{"train_position": {epoch, batches_done}} while its trainer fits, for the data module's state_dict; else {}."""
-    trainer = getattr(datamodule, "trainer", None)
-    if trainer is None or trainer.state.fn != "fit":
-        return {}
-    epoch, done = training_progress(trainer)
-    return {"train_position": {"epoch": epoch, "batches_done": done}}
-
-
-def _digest(*parts) -> str:
-    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _save_arrays(path: str, **arrays: np.ndarray) -> None:
     with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a bare name
         np.savez(f, **arrays)
@@ -252,11 +233,12 @@ class IMDBDataModule(L.LightningDataModule):
             raise ConfigError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
         train_files = [train_files] if isinstance(train_files, str) else train_files
         test_files = [test_files] if isinstance(test_files, str) else test_files
-        source = source or ("files" if train_files or test_files else "aclimdb" if aclimdb_dir else "hub")
+        source, self.source = open_source(source, train_files=train_files or [], test_files=test_files or [],
+                                          group_column=group_column, aclimdb_dir=aclimdb_dir, hub_name=hub_name,
+                                          synthetic_size=synthetic_size, synthetic_median_words=synthetic_median_words,
+                                          seed=split_seed)
         if source == "files" and not (train_files or test_files):
             raise ConfigError("data.source is 'files' but neither data.train_files nor data.test_files is set")
-        if source == "aclimdb" and not aclimdb_dir:
-            raise ConfigError("data.source is 'aclimdb' but data.aclimdb_dir is not set")
         if source != "files" and (train_files or test_files):
             raise ConfigError(f"data.train_files/test_files are given but data.source is {source!r} "
                               "(set --data.source files, or leave data.source out)")
@@ -264,12 +246,6 @@ class IMDBDataModule(L.LightningDataModule):
             raise ConfigError(f"data.group_column names a column of data files; data.source is {source!r}")
         self.save_hyperparameters()
         self.source_name = source
-        self.source = {
-            "files": lambda: FileSource(train_files, test_files, group_column),
-            "aclimdb": lambda: AclImdbSource(aclimdb_dir),
-            "synthetic": lambda: SyntheticSource(synthetic_size, synthetic_median_words, split_seed),
-            "hub": lambda: HubSource(hub_name),
-        }[source]()
         self.cache_dir = Path(cache_dir or default_cache_dir())
         self.tokenizer: Optional[Tokenizer] = None
         self.validation: dict = {}  # how validation was carved: kind, fraction, reviews, films
@@ -331,14 +307,11 @@ class IMDBDataModule(L.LightningDataModule):
 
     def _tokenizer_key(self) -> str:
         hp = self.hparams
-        return _digest(self.split_key(), hp.vocab_size, hp.min_frequency, hp.lowercase)
+        return digest(self.split_key(), hp.vocab_size, hp.min_frequency, hp.lowercase)
 
     def get_tokenizer(self) -> Tokenizer:
         if self.tokenizer is None and self.hparams.tokenizer_from:
-            # (the command line has checked the file: models/checkpoints.read_checkpoint)
-            ckpt = torch.load(self.hparams.tokenizer_from, map_location="cpu", weights_only=True, mmap=True)
-            state = next(v for v in ckpt.values() if isinstance(v, dict) and "tokenizer" in v)
-            self.tokenizer = Tokenizer.from_str(state["tokenizer"])
+            self.tokenizer = Tokenizer.from_str(data_state(read_checkpoint(self.hparams.tokenizer_from))["tokenizer"])
         if self.tokenizer is None:
             path = self.cache_dir / f"tokenizer-{self._tokenizer_key()}.json"
             if path.is_file():
@@ -352,7 +325,7 @@ class IMDBDataModule(L.LightningDataModule):
     def dataset(self, split: Literal["train", "val", "test"]) -> TokenizedReviews:
         if split not in self._datasets:
             tokenizer = self.get_tokenizer()
-            key = _digest(split, self.source.fingerprint("test") if split == "test" else self.split_key(), tokenizer.to_str())
+            key = digest(split, self.source.fingerprint("test") if split == "test" else self.split_key(), tokenizer.to_str())
             path = self.cache_dir / f"{split}-{key}.npz"
             if path.is_file():
                 with np.load(path, allow_pickle=False) as z:

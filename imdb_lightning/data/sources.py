@@ -16,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .synthetic import synthetic_reviews
 
 PRETRAIN_HUB_HELP = (
@@ -326,3 +326,19 @@ def write_reviews(texts: list[str], labels: list[int], path: Path, groups: Optio
     pq.write_table(pa.table(columns), path)
     return str(path)
 
+
+def open_source(source: Optional[str], *, train_files: list[str] = (), test_files: list[str] = (),
+                unlabelled_files: list[str] = (), group_column: Optional[str] = None, aclimdb_dir: Optional[str] = None,
+                hub_name: str = "stanfordnlp/imdb", synthetic_size: int = 4000, synthetic_median_words: int = 60,
+                seed: int = 0, hub_help: str = HUB_HELP) -> tuple[str, object]:
+    """(name, source) for the data options of `fit` and `pretrain`: `files` when files are given, `aclimdb`
+    when a folder is, else the hub (which needs the network)."""
+    name = source or ("files" if train_files or test_files or unlabelled_files else "aclimdb" if aclimdb_dir else "hub")
+    if name == "aclimdb" and not aclimdb_dir:
+        raise ConfigError("data.source is 'aclimdb' but data.aclimdb_dir is not set")
+    return name, {
+        "files": lambda: FileSource(list(train_files), list(test_files), group_column, list(unlabelled_files)),
+        "aclimdb": lambda: AclImdbSource(aclimdb_dir),
+        "synthetic": lambda: SyntheticSource(synthetic_size, synthetic_median_words, seed),
+        "hub": lambda: HubSource(hub_name, hub_help),
+    }[name]()

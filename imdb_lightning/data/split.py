@@ -42,20 +42,3 @@ def grouped_split(labels: np.ndarray, groups: np.ndarray, fraction: float, seed:
                 break
     held = np.isin(group_of, chosen)
     return np.flatnonzero(~held), np.flatnonzero(held)
-
-
-def clustered_standard_error(correct: np.ndarray, groups: np.ndarray) -> float:
-    """Standard error of an accuracy whose reviews come in correlated clusters (films).
-
-    The cluster-robust (sandwich) estimate: reviews of one film succeed or fail together, so a
-    split of 2,500 reviews from ~340 films is noisier than 2,500 independent reviews would be.
-    """
-    n = len(correct)
-    if n < 2:
-        return float("nan")
-    _, cluster = np.unique(groups, return_inverse=True)
-    clusters = cluster.max() + 1
-    if clusters < 2:
-        return float("nan")
-    residuals = np.bincount(cluster, weights=correct - correct.mean())  # (clusters,)
-    return float(np.sqrt(clusters / (clusters - 1) * np.sum(residuals**2)) / n)

@@ -13,8 +13,8 @@ from torch import nn
 from torchmetrics import CatMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryConfusionMatrix, BinaryF1Score, BinaryROC
 
-from ..data.split import clustered_standard_error
 from ..errors import ConfigError, UserError
+from ..helpers import clustered_standard_error
 from .base import EncoderModule, NonFiniteLossError, compute_and_reset, plateau  # noqa: F401  (NonFiniteLossError: part of this API)
 from .encoders import layer_groups
 from .language_model import load_pretrained

@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from typing import Optional
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric
 
-from ..data.datamodule import training_progress
+from ..callbacks import training_progress
+from ..checkpoints import data_state, expect_kind, read_checkpoint
+from ..data.corpus import text_digests
 from ..errors import ConfigError, UserError
 from .base import DeferredFigures, RandomStateResume, ResumedLearningRate, compute_and_reset, sized_by_steps
-from .checkpoints import expect_kind, read_checkpoint
 from .encoders import RecurrentEncoder, encoder_spec
 
 
@@ -213,6 +216,26 @@ def read_language_model(path: str) -> dict:
     ckpt = read_checkpoint(path)
     expect_kind(path, ckpt, "language_model", "fit --model.pretrained")
     return ckpt
+
+
+def check_unread(path: str, texts: list[str], split: str) -> None:
+    """Refuse a fine-tuning run whose validation (or test) reviews its language model read: the LM was
+    pretrained beside another split of the labelled reviews (another data.split_seed, val_split, val_fraction
+    or train_files), so its figure would not be a held-out one."""
+    ckpt = read_language_model(path)
+    read = data_state(ckpt).get("read")
+    if read is None:
+        print(f"imdb-lightning: model.pretrained {path} predates the record of the reviews it read: nothing checks that "
+              f"this run's {split} reviews are not among them (pretrain again to have it checked)", file=sys.stderr)
+        return
+    seen = int(np.isin(text_digests(texts), read.numpy()).sum())
+    if seen:
+        settings = ckpt.get("datamodule_hyper_parameters", {})
+        split_of = ", ".join(f"{k} {settings[k]}" for k in ("split_seed", "val_split", "val_fraction") if k in settings)
+        raise UserError(f"model.pretrained {path}: its language model read {seen} of this run's {len(texts)} {split} reviews "
+                        f"(it was pretrained beside the split {split_of or 'of other data'}), so its {split} figures would "
+                        "not be held out; pretrain with this run's data settings (--data.split_seed, --data.val_split, "
+                        "--data.val_fraction, --data.train_files) or use that split")
 
 
 def load_pretrained(encoder: nn.Module, path: str, layers: str = "all") -> None:

@@ -13,7 +13,7 @@ import torch
 from tokenizers import Tokenizer
 
 from ..errors import UserError
-from ..models.checkpoints import data_state, expect_kind, read_checkpoint
+from ..checkpoints import data_state, expect_kind, read_checkpoint
 from ..models.classifier import SentimentClassifier
 from ..models.encoders import build_encoder
 from ..models.linear import LINEAR_FILE, LinearReference, Stack

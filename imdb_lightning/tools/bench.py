@@ -30,13 +30,12 @@ import torch.nn.functional as F
 from ..data.datamodule import IMDBDataModule
 from ..data.sources import FileSource, write_reviews
 from ..data.synthetic import synthetic_reviews
-from ..helpers import ArgumentParser, comma_list
+from ..helpers import NO_BF16, ArgumentParser, comma_list, cpu_runs_bf16
 from ..models.classifier import SentimentClassifier
 from ..models.encoders import RECURRENT, class_path, encoder_spec, named_encoder
 from ..serve.export import export_predictor
 from ..serve.predictor import Predictor
 from ..serve.runtime import ExportedClassifier
-from ..training import NO_BF16, cpu_runs_bf16
 
 SETTINGS = ("embed_dim", "hidden_size", "max_length", "batch_size", "steps", "warmup", "rounds", "precision")
 LOG_EVERY_N_STEPS = 20  # as config/defaults.yaml: the steps whose figures the host reads

@@ -26,11 +26,10 @@ from typing import Optional
 import numpy as np
 import yaml
 
+from ..checkpoints import expect_kind, read_checkpoint
 from ..data.datamodule import IMDBDataModule
-from ..data.split import clustered_standard_error
 from ..errors import DataError, UserError
-from ..helpers import ArgumentParser, comma_list
-from ..models.checkpoints import expect_kind, read_checkpoint
+from ..helpers import ArgumentParser, clustered_standard_error, comma_list
 from ..models.linear import DEFAULT_C, LINEAR_FILE, LinearReference, Stack
 from ..runs import atomic_write, best_checkpoint, last_checkpoint, read_record, run_folders, run_version, write_record
 from ..training import read_config

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
+from .errors import UserError
 
 # What a checkpoint holds: a language model says so in its hyperparameters (`task`), a classifier
 # carries its tokenizer in the data module's state, a forecaster has neither.
