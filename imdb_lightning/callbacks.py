@@ -218,7 +218,9 @@ class RunRecord(L.Callback):
 
     def on_exception(self, trainer, module, exception: BaseException) -> None:
         if self.record:
-            status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "crashed"
+            # (an Optuna trial stopped by its pruner is an outcome, not a crash: `imdb-lightning tune`)
+            status = ("interrupted" if isinstance(exception, KeyboardInterrupt) else
+                      "pruned" if type(exception).__name__ == "TrialPruned" else "crashed")
             self._write(trainer, status=status, error=f"{type(exception).__name__}: {exception}"[:500], **self._speed())
 
 

@@ -19,6 +19,7 @@ COMMANDS = {
     "export": ("imdb_lightning.serve.export", "a checkpoint as ONNX or TorchScript, with a loader needing no Lightning"),
     "linear": ("imdb_lightning.tools.linear", "the linear references (TF-IDF and NBSVM logistic regression) as runs"),
     "sweep": ("imdb_lightning.tools.sweep", "encoders x seeds x settings, one run after another"),
+    "tune": ("imdb_lightning.tools.tune", "an Optuna study of a recipe's settings, on any number of workers"),
     "compare": ("imdb_lightning.tools.compare", "a leaderboard and plots from the runs of a log folder"),
     "bench": ("imdb_lightning.tools.bench", "speed and memory against a hand-written PyTorch loop"),
     "memory": ("imdb_lightning.tools.memory", "can an encoder carry a cue to the end of a review?"),

@@ -23,6 +23,19 @@ def run_folders(root: Path) -> list[Path]:
     return sorted(folders, key=run_version)
 
 
+def claim_version(root: Path) -> int:
+    """The next free N under an experiment's folder, made as an empty `version_N` (mkdir is atomic:
+    two processes never get the same one)."""
+    root.mkdir(parents=True, exist_ok=True)
+    number = max((run_version(p) for p in run_folders(root)), default=-1) + 1
+    while True:
+        try:
+            (root / f"version_{number}").mkdir()
+            return number
+        except FileExistsError:
+            number += 1
+
+
 def last_checkpoint(run: Path) -> Optional[Path]:
     """A run's `checkpoints/last.ckpt` (the newest state of its fit); runs from before it was the only
     one may have `last-v1.ckpt` beside it: the newest file wins."""

@@ -1,5 +1,6 @@
 """`imdb-lightning sweep`: encoders x seeds (x split seeds) x overrides, one run after another, each then tested.
 
+The cells are an Optuna grid study; with `--storage URL` any number of workers share them.
 Each run lands in lightning_logs/<encoder>/version_N with a `run.json` that carries the run's
 sweep key. Running the same sweep again skips finished runs and resumes unfinished ones from
 their last.ckpt (or starts them again in the same folder).
@@ -17,8 +18,9 @@ from ..callbacks import RunRecord
 from ..errors import DataError, UserError
 from ..helpers import ArgumentParser, check_seed, comma_list
 from ..models.encoders import ENCODERS, class_path
-from ..runs import last_checkpoint, read_record, run_folders, run_version
+from ..runs import claim_version, last_checkpoint, read_record, run_folders, run_version
 from ..training import compose, make_cli
+from .studies import load_study, open_storage
 
 
 def sweep_key(encoder: str, seed: int, configs: list[str], overrides: list[str], split_seed: int | None = None) -> str:
@@ -41,7 +43,10 @@ def existing_run(logdir: Path, encoder: str, key: str) -> tuple[Path | None, dic
     return None, {}
 
 
-def run_one(args: list[str], extra: dict, version: int | None, ckpt: Path | None) -> None:
+def run_one(args: list[str], extra: dict, version: int | None, ckpt: Path | None, callbacks: tuple = (),
+            test: bool = True, test_only: Path | None = None) -> None:
+    """One run of a sweep (or a tuning trial) in this process: fit (from `ckpt` if given), then test the best
+    checkpoint when there are test data; `test_only`: test that checkpoint, no fit."""
     if version is not None:
         args = [*args, "--trainer.logger.init_args.version", str(version)]
     cli = make_cli(args, run=False)
@@ -49,8 +54,15 @@ def run_one(args: list[str], extra: dict, version: int | None, ckpt: Path | None
     if not records:
         raise UserError("the sweep needs the RunRecord callback (imdb_lightning.callbacks.RunRecord) in trainer.callbacks")
     records[0].extra = extra
+    cli.trainer.callbacks.extend(callbacks)
+    if test_only is not None:
+        cli.before_test()
+        cli.trainer.test(cli.model, cli.datamodule, ckpt_path=str(test_only))
+        return
     cli.before_fit()  # fit's own checks (precision, monitors, data), which a run=False CLI skips
     cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=str(ckpt) if ckpt else None)
+    if not test:
+        return
     try:
         cli.datamodule.dataset("test")
     except DataError as err:
@@ -59,8 +71,33 @@ def run_one(args: list[str], extra: dict, version: int | None, ckpt: Path | None
     cli.trainer.test(cli.model, cli.datamodule, ckpt_path="best")
 
 
+def override_flags(overrides: list[str]) -> list[str]:
+    """["trainer.max_epochs=5"] -> ["--trainer.max_epochs", "5"]."""
+    flags = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--set {item!r}: write KEY=VALUE, e.g. trainer.max_epochs=5")
+        flags += [f"--{key}", value]
+    return flags
+
+
+def encoder_args(encoder: str | None) -> list[str]:
+    """The command-line flags that make the encoder a registered name stands for (none for None)."""
+    if encoder is None:
+        return []
+    cls, preset_args = ENCODERS[encoder]
+    return ["--model.encoder", class_path(cls), *[f"--model.encoder.init_args.{k}={str(v).lower()}"
+                                                   for k, v in preset_args.items()]]
+
+
 def sweep(encoders: list[str], seeds: list[int], configs: list[str], overrides: list[str], logdir: str,
-          split_seeds: list[int] | None = None) -> list[dict]:
+          split_seeds: list[int] | None = None, storage: str | None = None, study: str | None = None,
+          heartbeat: int = 60) -> list[dict]:
+    from optuna.distributions import CategoricalDistribution
+    from optuna.exceptions import TrialPruned
+    from optuna.samplers import GridSampler
+
     unknown = set(encoders) - set(ENCODERS)
     if unknown:
         raise UserError(f"unknown encoder(s) {', '.join(sorted(unknown))}; choose from {', '.join(ENCODERS)}")
@@ -69,39 +106,63 @@ def sweep(encoders: list[str], seeds: list[int], configs: list[str], overrides: 
     for config in sorted({c for files in per_encoder.values() for c in files}):
         if not Path(config).is_file():
             raise UserError(f"{config}: no such config file")
-    flags = []
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UserError(f"--set {item!r}: write KEY=VALUE, e.g. trainer.max_epochs=5")
-        flags += [f"--{key}", value]
+    flags = override_flags(overrides)
     if split_seeds and any(item.partition("=")[0] == "data.split_seed" for item in overrides):
         raise UserError("--split_seeds and --set data.split_seed=... both name the split; give one of them")
-    done = []
-    for encoder, split_seed, seed in product(encoders, split_seeds or [None], seeds):
+    cells = list(product(encoders, split_seeds or [None], seeds))
+    labels = [f"{e} seed {seed}" + ("" if split is None else f" split seed {split}") for e, split, seed in cells]
+
+    def run_cell(encoder: str, split_seed: int | None, seed: int, label: str) -> dict:
         key = sweep_key(encoder, seed, per_encoder[encoder], overrides, split_seed)
         folder, record = existing_run(Path(logdir), encoder, key)
-        label = f"{encoder} seed {seed}" + ("" if split_seed is None else f" split seed {split_seed}")
         info = {"encoder": encoder, "seed": seed, **({} if split_seed is None else {"split_seed": split_seed})}
         if record.get("status") == "finished":
             print(f"[sweep] {label}: finished in {folder}, skipped", file=sys.stderr)
-            done.append({**info, "folder": str(folder), "skipped": True})
-            continue
-        version = run_version(folder) if folder else None
+            return {**info, "folder": str(folder), "skipped": True}
+        # a new run's folder is claimed before it starts, so workers starting together never share one
+        version = run_version(folder) if folder else claim_version(Path(logdir) / encoder)
         ckpt = last_checkpoint(folder) if folder else None
         print(f"[sweep] {label}: " + (f"resuming {ckpt}" if ckpt else "starting"), file=sys.stderr)
-        cls, preset_args = ENCODERS[encoder]
-        preset = [f"--model.encoder.init_args.{k}={str(v).lower()}" for k, v in preset_args.items()]
         args = [
             *[a for c in per_encoder[encoder] for a in ("--config", c)],
-            "--model.encoder", class_path(cls), *preset,
+            *encoder_args(encoder),
             "--seed_everything", str(seed),
             "--trainer.logger.init_args.save_dir", logdir, "--trainer.logger.init_args.name", encoder, *flags,
             *([] if split_seed is None else ["--data.split_seed", str(split_seed)]),
         ]
         run_one(args, {"sweep_key": key, **info}, version, ckpt)
-        done.append({**info, "skipped": False})
+        return {**info, "skipped": False}
+
+    done = []
+
+    def objective(trial) -> float:
+        label = trial.suggest_categorical("cell", labels)
+        earlier = running_or_done(trial, "cell", label)
+        if earlier is not None:  # another worker has this cell (the grid hands out a busy cell near the end)
+            trial.set_user_attr("duplicate_of", earlier)
+            raise TrialPruned(f"cell {label} is trial {earlier}'s")
+        done.append(run_cell(*cells[labels.index(label)], label))
+        return 0.0
+
+    # The grid is a study: alone (in memory) it runs the cells in order; on a shared --storage, every
+    # worker started with the same sweep takes the next cell no one has, and a dead worker's cell is
+    # run again (resumed from its last.ckpt) by the next worker to start a cell.
+    backend = open_storage(storage, Path(logdir), heartbeat) if storage else None
+    name = study or "sweep-" + sweep_key("grid", 0, sorted({c for f in per_encoder.values() for c in f}), overrides,
+                                         None) + "-" + hashlib.sha1(json.dumps(labels).encode()).hexdigest()[:8]
+    grid = load_study(backend, name, {"cell": CategoricalDistribution(labels)}, sampler=GridSampler({"cell": labels}))
+    grid.optimize(objective, catch=())
     return done
+
+
+def running_or_done(trial, param: str, value) -> int | None:
+    """The number of an earlier trial of the study holding the same value that is running or complete, else None."""
+    from optuna.trial import TrialState
+
+    for other in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE)):
+        if other.number < trial.number and other.params.get(param) == value:
+            return other.number
+    return None
 
 
 def main(argv: list[str]) -> None:
@@ -117,10 +178,16 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override, as on the fit command line without '--', e.g. trainer.max_epochs=5")
     parser.add_argument("--logdir", default="lightning_logs")
+    parser.add_argument("--storage", default=None,
+                        help="a database URL (sqlite:///sweep.db, postgresql://...): every sweep started with it "
+                        "and the same cells shares them out, none run twice")
+    parser.add_argument("--study", default=None, help="the grid's study name (default: one named after the cells)")
+    parser.add_argument("--heartbeat", type=int, default=60, help="seconds between a worker's heartbeats (with --storage)")
     opts = parser.parse_args(argv)
     for option, seeds in (("--seeds", opts.seeds), ("--split_seeds", opts.split_seeds or [])):
         for seed in seeds:
             check_seed(option, seed)
-    sweep(opts.encoders, opts.seeds, opts.config, opts.set, opts.logdir, opts.split_seeds)
+    sweep(opts.encoders, opts.seeds, opts.config, opts.set, opts.logdir, opts.split_seeds, opts.storage, opts.study,
+          opts.heartbeat)
     pool = " --over_splits" if opts.split_seeds else ""
     print(f"[sweep] done; compare with: imdb-lightning compare {opts.logdir}{pool}", file=sys.stderr)
