@@ -13,7 +13,6 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
-import torch
 import yaml
 from lightning.pytorch.cli import LightningCLI
 

@@ -12,10 +12,11 @@ from imdb_lightning.cli import cli_main
 EXPERIMENTS_DIR = Path(__file__).parents[1] / "experiments"
 # Sentiment experiments and their tuned versions; airline_*.yaml are forecasting ones (tests/test_forecast.py),
 # recipe.yaml the shared bases the others name; pretrain/ holds language models and the classifiers
-# fine-tuned from them, which need a language model first (tests/test_pretrain.py runs both).
+# fine-tuned from them, which need a language model first (tests/test_pretrain.py runs both); search/ holds
+# search spaces for `tune` (tests/test_tune.py).
 EXPERIMENTS = sorted(
     p for p in [*EXPERIMENTS_DIR.glob("*.yaml"), *EXPERIMENTS_DIR.glob("*/*.yaml")]
-    if not p.stem.startswith("airline") and p.stem != "recipe" and p.parent.name != "pretrain"
+    if not p.stem.startswith("airline") and p.stem != "recipe" and p.parent.name not in ("pretrain", "search")
 )
 
 

@@ -9,12 +9,12 @@ import torch.nn.functional as F
 from test_resume import Killed, Stop
 
 from conftest import EXPERIMENTS, quick_trainer, write_reviews
+from imdb_lightning.checkpoints import checkpoint_kind, data_state, read_checkpoint
 from imdb_lightning.cli import cli_main
 from imdb_lightning.data.corpus import CorpusDataModule
 from imdb_lightning.data.datamodule import IMDBDataModule
 from imdb_lightning.data.synthetic import synthetic_reviews
 from imdb_lightning.errors import ConfigError, UserError
-from imdb_lightning.checkpoints import checkpoint_kind, data_state, read_checkpoint
 from imdb_lightning.models.classifier import FineTuningCollapsed, SentimentClassifier
 from imdb_lightning.models.encoders import NBoWEncoder, RecurrentEncoder, build_encoder
 from imdb_lightning.models.language_model import LanguageModel

@@ -30,6 +30,18 @@ def tune_args(tmp_path, *extra, trials=4):
             "--logdir", str(tmp_path / "logs"), *SETS, "--set", f"data.cache_dir={tmp_path / 'cache'}", *extra]
 
 
+@pytest.mark.parametrize("space, recipes", [("recurrent", ["rnn", "lstm", "gru", "bilstm", "bigru"]), ("nbow", ["nbow"])])
+def test_every_shipped_search_space_names_options_of_its_recipes(space, recipes):
+    from imdb_lightning.tools.tune import Tuner, read_space
+
+    assert {p.stem for p in (EXPERIMENTS / "search").glob("*.yaml")} == {"recurrent", "nbow"}
+    distributions = read_space(str(EXPERIMENTS / "search" / f"{space}.yaml"))
+    assert len(distributions) >= 6
+    for recipe in recipes:  # parses every key against the recipe; an unknown one raises
+        Tuner(recipe, [str(EXPERIMENTS / "tuned" / f"{recipe}.yaml")], distributions, [], EXPERIMENTS, "check",
+              None, True).check()
+
+
 class PruneTrialOne(optuna.pruners.BasePruner):
     def prune(self, study, trial) -> bool:
         return trial.number == 1

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from ..errors import UserError
 from ..checkpoints import data_state, expect_kind, read_checkpoint
+from ..errors import UserError
 from ..models.classifier import SentimentClassifier
 from ..models.encoders import build_encoder
 from ..models.linear import LINEAR_FILE, LinearReference, Stack

@@ -144,9 +144,9 @@ def sweep(encoders: list[str], seeds: list[int], configs: list[str], overrides: 
         done.append(run_cell(*cells[labels.index(label)], label))
         return 0.0
 
-    # The grid is a study: alone (in memory) it runs the cells in order; on a shared --storage, every
-    # worker started with the same sweep takes the next cell no one has, and a dead worker's cell is
-    # run again (resumed from its last.ckpt) by the next worker to start a cell.
+    # The grid is a study: alone (in memory) it runs every cell once, in the grid's fixed (seeded) order;
+    # on a shared --storage, every worker started with the same sweep takes the next cell no one has, and
+    # a dead worker's cell is run again (resumed from its last.ckpt) by the next worker to start a cell.
     backend = open_storage(storage, Path(logdir), heartbeat) if storage else None
     name = study or "sweep-" + sweep_key("grid", 0, sorted({c for f in per_encoder.values() for c in f}), overrides,
                                          None) + "-" + hashlib.sha1(json.dumps(labels).encode()).hexdigest()[:8]
