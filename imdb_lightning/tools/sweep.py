@@ -82,6 +82,19 @@ def override_flags(overrides: list[str]) -> list[str]:
     return flags
 
 
+def encoder_configs(encoders: list[str | None], configs: list[str]) -> dict:
+    """{encoder: its config files}, every file checked: "{encoder}" in a path names one file per encoder
+    (--config 'experiments/tuned/{encoder}.yaml'); None stands for "the configs as given"."""
+    unknown = set(encoders) - set(ENCODERS) - {None}
+    if unknown:
+        raise UserError(f"unknown encoder(s) {', '.join(sorted(unknown))}; choose from {', '.join(ENCODERS)}")
+    per_encoder = {e: [c.replace("{encoder}", e or "") for c in configs] for e in encoders}
+    for config in sorted({c for files in per_encoder.values() for c in files}):
+        if not Path(config).is_file():
+            raise UserError(f"{config}: no such config file")
+    return per_encoder
+
+
 def encoder_args(encoder: str | None) -> list[str]:
     """The command-line flags that make the encoder a registered name stands for (none for None)."""
     if encoder is None:
@@ -98,14 +111,7 @@ def sweep(encoders: list[str], seeds: list[int], configs: list[str], overrides: 
     from optuna.exceptions import TrialPruned
     from optuna.samplers import GridSampler
 
-    unknown = set(encoders) - set(ENCODERS)
-    if unknown:
-        raise UserError(f"unknown encoder(s) {', '.join(sorted(unknown))}; choose from {', '.join(ENCODERS)}")
-    # "{encoder}" in a config path names one file per encoder: --config 'experiments/tuned/{encoder}.yaml'
-    per_encoder = {e: [c.replace("{encoder}", e) for c in configs] for e in encoders}
-    for config in sorted({c for files in per_encoder.values() for c in files}):
-        if not Path(config).is_file():
-            raise UserError(f"{config}: no such config file")
+    per_encoder = encoder_configs(encoders, configs)
     flags = override_flags(overrides)
     if split_seeds and any(item.partition("=")[0] == "data.split_seed" for item in overrides):
         raise UserError("--split_seeds and --set data.split_seed=... both name the split; give one of them")

@@ -25,7 +25,7 @@ from ..models.encoders import ENCODERS
 from ..runs import best_checkpoint, last_checkpoint, read_record, write_record
 from ..training import load_yaml, read_config
 from .studies import load_study, open_storage
-from .sweep import encoder_args, override_flags, run_one
+from .sweep import encoder_args, encoder_configs, override_flags, run_one
 
 DISTRIBUTIONS = {"uniform": "a float in [low, high]", "log_uniform": "a float in [low, high], log scale",
                  "int": "an integer in [low, high] (step: optional)", "choice": "one of a list"}
@@ -114,6 +114,10 @@ class Tuner:
                 "--seed_everything", str(seed), "--trainer.logger.init_args.save_dir", str(self.logdir),
                 "--trainer.logger.init_args.name", name, *self.flags, *trial_flags(params)]
 
+    def run_name(self, split_seed: Optional[int]) -> str:
+        """The experiment folder of the trials' runs on one split (the plain study name without --split_seeds)."""
+        return self.study_name if split_seed is None else f"{self.study_name}_split{split_seed}"
+
     def check(self) -> None:
         """Every key of the space is an option of the recipe (parsed, nothing trained)."""
         example = {k: (v.choices[0] if hasattr(v, "choices") else v.low) for k, v in self.space.items()}
@@ -126,7 +130,7 @@ class Tuner:
         params = {key: suggest(trial, key, dist) for key, dist in self.space.items()}
         scores = []
         for index, split_seed in enumerate(self.split_seeds or [None]):
-            name = self.study_name if split_seed is None else f"{self.study_name}_split{split_seed}"
+            name = self.run_name(split_seed)
             args = self.args(params, name)
             if split_seed is not None:
                 args += ["--data.split_seed", str(split_seed)]
@@ -181,8 +185,7 @@ class Tuner:
         if not self.test_files or study.user_attrs.get("tested"):
             return
         best = study.best_trial
-        name = self.study_name if not self.split_seeds else f"{self.study_name}_split{self.split_seeds[0]}"
-        ckpt = best_checkpoint(self.logdir / name / f"version_{best.number}")
+        ckpt = best_checkpoint(self.logdir / self.run_name((self.split_seeds or [None])[0]) / f"version_{best.number}")
         study.set_user_attr("tested", best.number)
         args = self.args(best.params, f"{self.study_name}_test")
         if self.split_seeds:
@@ -196,21 +199,15 @@ def tune(encoders: Optional[list[str]], configs: list[str], space_path: str, tri
          heartbeat: int = 60) -> list[dict]:
     import optuna
 
-    if encoders:
-        unknown = set(encoders) - set(ENCODERS)
-        if unknown:
-            raise UserError(f"unknown encoder(s) {', '.join(sorted(unknown))}; choose from {', '.join(ENCODERS)}")
-    for config in {c.replace("{encoder}", e) for c in configs for e in (encoders or [""])}:
-        if not Path(config).is_file():
-            raise UserError(f"{config}: no such config file")
+    per_encoder = encoder_configs(encoders or [None], configs)
     if not configs:
         raise UserError("--config RECIPE.yaml is required: the recipe whose settings are searched")
     if trials < 1:
         raise UserError(f"--trials must be at least 1, got {trials}")
     space = read_space(space_path)
     root = Path(logdir)
-    tuners = [Tuner(e, [c.replace("{encoder}", e or "") for c in configs], space, overrides, root,
-                    f"{study}-{e}" if e else study, split_seeds, prune) for e in (encoders or [None])]
+    tuners = [Tuner(e, files, space, overrides, root, f"{study}-{e}" if e else study, split_seeds, prune)
+              for e, files in per_encoder.items()]
     for tuner in tuners:  # every key, for every encoder, before any database or run folder is made
         tuner.check()
     backend = open_storage(storage, root, heartbeat)
