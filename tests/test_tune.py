@@ -147,7 +147,9 @@ def test_two_workers_on_one_storage_share_the_trials(tmp_path):
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_trial_has_its_trial_run_again_by_another(tmp_path):
-    slow = ["--heartbeat", "1", "--set", "trainer.limit_train_batches=40", "--set", "trainer.max_epochs=3"]
+    # long enough (40 batches x 3 epochs) that the kill lands mid-trial, after epoch 0's last.ckpt
+    slow = ["--heartbeat", "1", "--set", "data.synthetic_size=3000", "--set", "trainer.limit_train_batches=40",
+            "--set", "trainer.max_epochs=3"]
     first = worker(tmp_path, *slow, trials=2)
     run = tmp_path / "logs" / "tune" / "version_0"
     deadline = time.monotonic() + 300
@@ -198,7 +200,8 @@ def test_two_sweep_workers_on_one_storage_run_every_cell_exactly_once(tmp_path):
 
 @pytest.mark.slow
 def test_a_sweep_cell_whose_worker_was_killed_is_resumed_by_the_next_worker(tmp_path):
-    slow = ["--heartbeat", "1", "--set", "trainer.max_epochs=3"]
+    slow = ["--heartbeat", "1", "--set", "data.synthetic_size=3000", "--set", "trainer.limit_train_batches=40",
+            "--set", "trainer.max_epochs=3"]
     first = sweep_worker(tmp_path, *slow)
     deadline = time.monotonic() + 300
     while not list((tmp_path / "logs").glob("*/version_*/checkpoints/last.ckpt")):
