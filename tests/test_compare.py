@@ -8,6 +8,7 @@ import yaml
 
 from conftest import EXPERIMENTS, QUICKSTART
 from imdb_lightning.cli import cli_main
+from imdb_lightning.models.encoders import ENCODERS
 from imdb_lightning.tools.compare import Run, compare, find_runs, group, leaderboard, mean_std
 from imdb_lightning.tools.sweep import sweep_key
 
@@ -160,7 +161,10 @@ def test_test_and_validate_runs_join_their_fit(tmp_path, cache_dir, monkeypatch)
 
 def test_sweep_runs_the_bag_of_words_reference_from_a_per_encoder_config(tmp_path):
     (tmp_path / "cfg").mkdir()
-    (tmp_path / "cfg" / "nbow.yaml").write_text(QUICKSTART.read_text())
+    # the encoder's own recipe: its encoder stands (the quickstart's LSTM swapped for the NBoW, as tuned/nbow.yaml)
+    (tmp_path / "cfg" / "nbow.yaml").write_text(QUICKSTART.read_text().replace(
+        "RecurrentEncoder\n    init_args:\n      cell: lstm\n", "NBoWEncoder\n    init_args:\n").replace(
+        "      hidden_size: 32\n", ""))
     template = str(tmp_path / "cfg" / "{encoder}.yaml")
     args = ["sweep", "--encoders", "nbow", "--seeds", "0", "--config", template, "--logdir", str(tmp_path / "logs"),
             *[a for s in SWEEP_SETS for a in ("--set", s)], "--set", f"data.cache_dir={tmp_path / 'cache'}"]
@@ -168,6 +172,28 @@ def test_sweep_runs_the_bag_of_words_reference_from_a_per_encoder_config(tmp_pat
     run = next((tmp_path / "logs" / "nbow").glob("version_*"))
     assert "class_path: imdb_lightning.models.encoders.NBoWEncoder" in (run / "config.yaml").read_text()
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.parametrize("encoder", ["rnn", "lstm", "gru", "bilstm", "bigru"])
+def test_an_encoders_own_recipe_keeps_its_encoder_and_a_shared_config_gets_the_registry_preset(encoder):
+    from imdb_lightning.tools.sweep import encoder_configs
+    from imdb_lightning.training import read_config
+
+    def encoder_settings(configs):
+        files, preset = encoder_configs([encoder], configs)[encoder]
+        init = read_config(files, preset).model.encoder.init_args
+        return init.cell, init.bidirectional
+
+    recipe = yaml.safe_load((EXPERIMENTS / "tuned" / f"{encoder}.yaml").read_text())["model"]["encoder"]["init_args"]
+    # tuned/rnn.yaml reads both ways, where the registry's "rnn" reads one: the recipe is what runs
+    assert encoder_settings([str(EXPERIMENTS / "tuned" / "{encoder}.yaml")]) == (recipe["cell"], recipe["bidirectional"])
+    preset = ENCODERS[encoder][1]
+    assert encoder_settings([str(QUICKSTART)]) == (preset["cell"], preset["bidirectional"])
+
+
+def test_runs_of_an_own_recipe_made_with_the_preset_laid_over_it_are_not_reused():
+    recipe = [str(EXPERIMENTS / "tuned" / "rnn.yaml")]
+    assert sweep_key("rnn", 0, recipe, [], own_recipe=True) != sweep_key("rnn", 0, recipe, [])
 
 
 def test_a_sweep_key_reads_every_tuned_recipe_and_changes_with_their_shared_base(tmp_path):

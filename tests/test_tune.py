@@ -38,7 +38,7 @@ def test_every_shipped_search_space_names_options_of_its_recipes(space, recipes)
     distributions = read_space(str(EXPERIMENTS / "search" / f"{space}.yaml"))
     assert len(distributions) >= 6
     for recipe in recipes:  # parses every key against the recipe; an unknown one raises
-        Tuner(recipe, [str(EXPERIMENTS / "tuned" / f"{recipe}.yaml")], distributions, [], EXPERIMENTS, "check",
+        Tuner(recipe, [str(EXPERIMENTS / "tuned" / f"{recipe}.yaml")], [], distributions, [], EXPERIMENTS, "check",
               None, True).check()
 
 

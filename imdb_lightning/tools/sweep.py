@@ -23,12 +23,16 @@ from ..training import compose, make_cli
 from .studies import load_study, open_storage
 
 
-def sweep_key(encoder: str, seed: int, configs: list[str], overrides: list[str], split_seed: int | None = None) -> str:
+def sweep_key(encoder: str, seed: int, configs: list[str], overrides: list[str], split_seed: int | None = None,
+              own_recipe: bool = False) -> str:
     # the contents of the configs and of their base: files, so editing a shared recipe makes new runs
     # (compose gives file paths and, for a file with a base:, its own keys as YAML text, never a path)
     contents = [a if "\n" in a or not Path(a).is_file() else Path(a).read_text() for c in configs for a in compose(c)]
     # without --split_seeds the key is what it was before that option, so earlier sweeps still resume
     key = [encoder, seed, contents, overrides] + ([] if split_seed is None else [split_seed])
+    # runs of an encoder's own recipe made before it kept its encoder settings had the registry's preset
+    # laid over them (a one-way tuned SimpleRNN): they are not this cell's runs
+    key += ["own recipe"] if own_recipe else []
     return hashlib.sha1(json.dumps(key).encode()).hexdigest()[:12]
 
 
@@ -83,16 +87,24 @@ def override_flags(overrides: list[str]) -> list[str]:
 
 
 def encoder_configs(encoders: list[str | None], configs: list[str]) -> dict:
-    """{encoder: its config files}, every file checked: "{encoder}" in a path names one file per encoder
-    (--config 'experiments/tuned/{encoder}.yaml'); None stands for "the configs as given"."""
+    """{encoder: (its config files, the flags that make it that encoder)}, every file checked. "{encoder}" in a
+    path names each encoder's own recipe (--config 'experiments/tuned/{encoder}.yaml'), whose encoder settings
+    stand: tuned/rnn.yaml reads both ways where the registry's "rnn" reads one. Configs shared by every encoder
+    get the registry's preset for each. None stands for "the configs as given"."""
     unknown = set(encoders) - set(ENCODERS) - {None}
     if unknown:
         raise UserError(f"unknown encoder(s) {', '.join(sorted(unknown))}; choose from {', '.join(ENCODERS)}")
-    per_encoder = {e: [c.replace("{encoder}", e or "") for c in configs] for e in encoders}
-    for config in sorted({c for files in per_encoder.values() for c in files}):
+    own = own_recipes(configs)
+    per_encoder = {e: ([c.replace("{encoder}", e or "") for c in configs], [] if own else encoder_args(e))
+                   for e in encoders}
+    for config in sorted({c for files, _ in per_encoder.values() for c in files}):
         if not Path(config).is_file():
             raise UserError(f"{config}: no such config file")
     return per_encoder
+
+
+def own_recipes(configs: list[str]) -> bool:
+    return any("{encoder}" in c for c in configs)
 
 
 def encoder_args(encoder: str | None) -> list[str]:
@@ -119,7 +131,8 @@ def sweep(encoders: list[str], seeds: list[int], configs: list[str], overrides: 
     labels = [f"{e} seed {seed}" + ("" if split is None else f" split seed {split}") for e, split, seed in cells]
 
     def run_cell(encoder: str, split_seed: int | None, seed: int, label: str) -> dict:
-        key = sweep_key(encoder, seed, per_encoder[encoder], overrides, split_seed)
+        files, preset = per_encoder[encoder]
+        key = sweep_key(encoder, seed, files, overrides, split_seed, own_recipe=own_recipes(configs))
         folder, record = existing_run(Path(logdir), encoder, key)
         info = {"encoder": encoder, "seed": seed, **({} if split_seed is None else {"split_seed": split_seed})}
         if record.get("status") == "finished":
@@ -130,8 +143,7 @@ def sweep(encoders: list[str], seeds: list[int], configs: list[str], overrides: 
         ckpt = last_checkpoint(folder) if folder else None
         print(f"[sweep] {label}: " + (f"resuming {ckpt}" if ckpt else "starting"), file=sys.stderr)
         args = [
-            *[a for c in per_encoder[encoder] for a in ("--config", c)],
-            *encoder_args(encoder),
+            *[a for c in files for a in ("--config", c)], *preset,
             "--seed_everything", str(seed),
             "--trainer.logger.init_args.save_dir", logdir, "--trainer.logger.init_args.name", encoder, *flags,
             *([] if split_seed is None else ["--data.split_seed", str(split_seed)]),
@@ -154,7 +166,7 @@ def sweep(encoders: list[str], seeds: list[int], configs: list[str], overrides: 
     # on a shared --storage, every worker started with the same sweep takes the next cell no one has, and
     # a dead worker's cell is run again (resumed from its last.ckpt) by the next worker to start a cell.
     backend = open_storage(storage, Path(logdir), heartbeat) if storage else None
-    name = study or "sweep-" + sweep_key("grid", 0, sorted({c for f in per_encoder.values() for c in f}), overrides,
+    name = study or "sweep-" + sweep_key("grid", 0, sorted({c for f, _ in per_encoder.values() for c in f}), overrides,
                                          None) + "-" + hashlib.sha1(json.dumps(labels).encode()).hexdigest()[:8]
     grid = load_study(backend, name, {"cell": CategoricalDistribution(labels)}, sampler=GridSampler({"cell": labels}))
     grid.optimize(objective, catch=())

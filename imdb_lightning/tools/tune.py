@@ -25,7 +25,7 @@ from ..models.encoders import ENCODERS
 from ..runs import best_checkpoint, last_checkpoint, read_record, write_record
 from ..training import load_yaml, read_config
 from .studies import load_study, open_storage
-from .sweep import encoder_args, encoder_configs, override_flags, run_one
+from .sweep import encoder_configs, override_flags, run_one
 
 DISTRIBUTIONS = {"uniform": "a float in [low, high]", "log_uniform": "a float in [low, high], log scale",
                  "int": "an integer in [low, high] (step: optional)", "choice": "one of a list"}
@@ -102,15 +102,15 @@ def trial_flags(params: dict) -> list[str]:
 class Tuner:
     """One encoder's study: its configs, space and runs."""
 
-    def __init__(self, encoder: Optional[str], configs: list[str], space: dict, overrides: list[str], logdir: Path,
-                 study_name: str, split_seeds: Optional[list[int]], prune: bool):
-        self.encoder, self.configs, self.space, self.logdir = encoder, configs, space, logdir
+    def __init__(self, encoder: Optional[str], configs: list[str], preset: list[str], space: dict, overrides: list[str],
+                 logdir: Path, study_name: str, split_seeds: Optional[list[int]], prune: bool):
+        self.encoder, self.configs, self.preset, self.space, self.logdir = encoder, configs, preset, space, logdir
         self.flags, self.study_name = override_flags(overrides), study_name
         self.split_seeds, self.prune = split_seeds, prune
         self.test_files = [v for item in overrides for k, _, v in [item.partition("=")] if k == "data.test_files"]
 
     def args(self, params: dict, name: str, seed: int = 0) -> list[str]:
-        return [*[a for c in self.configs for a in ("--config", c)], *encoder_args(self.encoder),
+        return [*[a for c in self.configs for a in ("--config", c)], *self.preset,
                 "--seed_everything", str(seed), "--trainer.logger.init_args.save_dir", str(self.logdir),
                 "--trainer.logger.init_args.name", name, *self.flags, *trial_flags(params)]
 
@@ -206,8 +206,8 @@ def tune(encoders: Optional[list[str]], configs: list[str], space_path: str, tri
         raise UserError(f"--trials must be at least 1, got {trials}")
     space = read_space(space_path)
     root = Path(logdir)
-    tuners = [Tuner(e, files, space, overrides, root, f"{study}-{e}" if e else study, split_seeds, prune)
-              for e, files in per_encoder.items()]
+    tuners = [Tuner(e, files, preset, space, overrides, root, f"{study}-{e}" if e else study, split_seeds, prune)
+              for e, (files, preset) in per_encoder.items()]
     for tuner in tuners:  # every key, for every encoder, before any database or run folder is made
         tuner.check()
     backend = open_storage(storage, root, heartbeat)
