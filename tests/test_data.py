@@ -4,7 +4,8 @@ import torch
 
 from conftest import write_reviews
 from imdb_lightning.data import datamodule as data_module
-from imdb_lightning.data.datamodule import BucketBatchSampler, IMDBDataModule
+from imdb_lightning.data.batching import BucketBatchSampler
+from imdb_lightning.data.datamodule import IMDBDataModule
 from imdb_lightning.data.split import grouped_split, stratified_split
 from imdb_lightning.data.synthetic import synthetic_reviews
 from imdb_lightning.data.tokenizer import PAD_ID

@@ -1,10 +1,14 @@
 """`imdb-lightning tune` (Optuna studies in a database) and the sweep's grid on the same engine, on generated data."""
 
+import glob
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import optuna
@@ -126,6 +130,73 @@ def test_an_unreachable_database_and_a_study_of_another_space_are_refused(tmp_pa
         cli_main(tune_args(tmp_path, "--storage", storage))
 
 
+def test_a_time_budget_stops_new_trials_and_the_study_resumes_to_its_trial_budget(tmp_path):
+    cli_main(tune_args(tmp_path, "--timeout", "0.0001", "--no_pruning"))  # the first trial outlasts it
+    assert len(run_folders(tmp_path / "logs" / "tune")) == 1
+    cli_main(tune_args(tmp_path, "--no_pruning", trials=2))  # the same study, resumed: one more trial
+    study = optuna.load_study(study_name="tune", storage=f"sqlite:///{tmp_path / 'logs' / 'tune.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    with pytest.raises(SystemExit, match=r"--timeout must be a positive number of minutes, got 0"):
+        cli_main(tune_args(tmp_path, "--timeout", "0"))
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway PostgreSQL server from the system's own package (initdb + postgres), on a Unix socket."""
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin")) + [os.path.dirname(shutil.which("initdb") or "/none/x")]
+    found = [b for b in bins if os.path.isfile(os.path.join(b, "initdb")) and os.path.isfile(os.path.join(b, "postgres"))]
+    if not found:
+        pytest.skip("no PostgreSQL server on this machine (initdb and postgres not found; apt install postgresql)")
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[postgres]')")
+    as_user = []
+    if os.geteuid() == 0:  # the server refuses to run as root: run it as the package's own user
+        if shutil.which("runuser") is None or subprocess.run(["id", "postgres"], capture_output=True).returncode:
+            pytest.skip("running as root with no 'postgres' user to run the server as")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    root = tempfile.mkdtemp(prefix="imdb-pg-")
+    os.chmod(root, 0o777)
+    data = os.path.join(root, "data")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([*as_user, f"{found[-1]}/initdb", "-D", data, "-U", "postgres", "--auth=trust"], check=True,
+                   capture_output=True)
+    server = subprocess.Popen([*as_user, f"{found[-1]}/postgres", "-D", data, "-k", root, "-p", str(port),
+                               "-c", "listen_addresses="], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"postgresql://postgres@/postgres?host={root}&port={port}"
+    try:
+        import psycopg
+
+        for _ in range(100):
+            try:
+                psycopg.connect(dbname="postgres", user="postgres", host=root, port=port).close()
+                break
+            except psycopg.OperationalError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("the PostgreSQL server did not start in 10 s")
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_study_on_a_postgresql_server_runs_resumes_and_refuses_another_space(tmp_path, postgres_url):
+    cli_main(tune_args(tmp_path, "--storage", postgres_url, "--no_pruning", trials=2))
+    cli_main(tune_args(tmp_path, "--storage", postgres_url, "--no_pruning", trials=3))  # resumed: one more
+    study = optuna.load_study(study_name="tune", storage=postgres_url)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert len(run_folders(tmp_path / "logs" / "tune")) == 3
+    assert (tmp_path / "logs" / "tune" / "best.yaml").is_file()
+    assert not (tmp_path / "logs" / "tune.db").exists()  # nothing fell back to the SQLite default
+    space = write_space(tmp_path / "logs", "model.dropout: {uniform: [0.0, 0.5]}\n")
+    args = tune_args(tmp_path, "--storage", postgres_url)
+    args[args.index("--space") + 1] = space
+    with pytest.raises(SystemExit, match=r"study 'tune' was created with another search space"):
+        cli_main(args)
+
+
 def worker(tmp_path, *extra, trials=4):
     args = [sys.executable, "-m", "imdb_lightning", *tune_args(tmp_path, *extra, trials=trials)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -187,13 +258,23 @@ def swept_cells(tmp_path) -> list[tuple]:
 
 @pytest.mark.slow
 def test_two_sweep_workers_on_one_storage_run_every_cell_exactly_once(tmp_path):
-    workers = [sweep_worker(tmp_path) for _ in range(2)]
+    two_sweep_workers_share_a_grid(tmp_path)
+
+
+@pytest.mark.slow
+def test_two_sweep_workers_on_a_postgresql_server_run_every_cell_exactly_once(tmp_path, postgres_url):
+    two_sweep_workers_share_a_grid(tmp_path, "--storage", postgres_url)
+    assert not (tmp_path / "sweep.db").exists()
+
+
+def two_sweep_workers_share_a_grid(tmp_path, *extra):
+    workers = [sweep_worker(tmp_path, *extra) for _ in range(2)]
     for w in workers:
         assert w.wait(timeout=600) == 0, w.stderr.read()[-2000:]
     assert swept_cells(tmp_path) == [("gru", 0, "finished"), ("gru", 1, "finished"),
                                      ("nbow", 0, "finished"), ("nbow", 1, "finished")]
     # started again on the finished grid: nothing is run twice
-    again = sweep_worker(tmp_path)
+    again = sweep_worker(tmp_path, *extra)
     assert again.wait(timeout=600) == 0
     assert len(swept_cells(tmp_path)) == 4
 

@@ -4,150 +4,27 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
-from functools import cached_property
 from pathlib import Path
 from typing import Literal, Optional, Union
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from tokenizers import Tokenizer
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from ..callbacks import train_position, training_progress
 from ..checkpoints import data_state, read_checkpoint
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..helpers import digest
 from ..runs import atomic_write
+from .batching import BucketBatchSampler, ResumableLoader, TokenizedReviews, collate
 from .sources import Reviews, open_source
-from .split import grouped_split, stratified_split
-from .tokenizer import PAD_ID, UNK_ID, build_tokenizer, encode
+from .split import carve_validation
+from .tokenizer import build_tokenizer, encode
 
 SourceName = Literal["hub", "files", "aclimdb", "synthetic"]
 ValSplit = Literal["auto", "grouped", "random"]
-
-
-class TokenizedReviews(Dataset):
-    """Ragged token ids (flat array + offsets), truncated on access so the cache serves any max_length.
-
-    `groups` numbers each review's film within the split (reviews of unknown films get their own
-    number), which the classifier uses for the film-clustered error of validation accuracy.
-    """
-
-    def __init__(self, ids: np.ndarray, offsets: np.ndarray, labels: np.ndarray, groups: np.ndarray,
-                 max_length: int, truncation: str):
-        self.ids, self.offsets, self.labels, self.groups = ids, offsets, labels, groups
-        self.max_length, self.keep_tail = max_length, truncation == "tail"
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @cached_property
-    def lengths(self) -> np.ndarray:
-        return np.clip(np.diff(self.offsets), 1, self.max_length)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, int, int]:
-        ids = self.ids[self.offsets[i] : self.offsets[i + 1]]
-        if len(ids) > self.max_length:
-            ids = ids[-self.max_length :] if self.keep_tail else ids[: self.max_length]
-        if len(ids) == 0:  # an empty review reads as one unknown word, so every length is >= 1
-            ids = np.array([UNK_ID], dtype=np.int32)
-        return ids, int(self.labels[i]), int(self.groups[i])
-
-
-def collate(samples: list[tuple[np.ndarray, int, int]]) -> dict[str, torch.Tensor]:
-    lengths = np.array([len(ids) for ids, _, _ in samples], dtype=np.int64)
-    input_ids = np.full((len(samples), lengths.max()), PAD_ID, dtype=np.int64)  # (batch, time)
-    for row, (ids, _, _) in enumerate(samples):
-        input_ids[row, : len(ids)] = ids
-    return {
-        "input_ids": torch.from_numpy(input_ids),
-        "lengths": torch.from_numpy(lengths),
-        "labels": torch.tensor([label for _, label, _ in samples], dtype=torch.long),
-        "groups": torch.tensor([group for _, _, group in samples], dtype=torch.long),
-    }
-
-
-class BucketBatchSampler(Sampler[list[int]]):
-    """Batches of similar-length reviews, so padding stays short.
-
-    `sampler` picks this process's share of the data in a seeded order (a DistributedSampler,
-    also with one process: Lightning calls its `set_epoch`). Within pools of `pool` batches the
-    reviews are sorted by length and cut into batches; the batches are then shuffled. Without
-    shuffling, all reviews are sorted by length (fastest for evaluation). `pool=0` keeps the
-    sampler's order as it is (no bucketing).
-
-    `resume_at(epoch, done)` makes the next pass over `epoch` skip the `done` batches an
-    interrupted run already trained on, so a resumed epoch sees exactly the batches it had left.
-    """
-
-    def __init__(self, sampler: DistributedSampler, lengths: np.ndarray, batch_size: int, pool: int = 50):
-        self.sampler, self.lengths, self.batch_size, self.pool = sampler, lengths, batch_size, pool
-        self._skip: tuple[int, int] | None = None
-
-    def __len__(self) -> int:
-        return -(-len(self.sampler) // self.batch_size)
-
-    def batches(self) -> list[list[int]]:
-        order = np.fromiter(self.sampler, dtype=np.int64)
-        if self.pool == 0:
-            return [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
-        shuffle = self.sampler.shuffle
-        size = self.batch_size * self.pool if shuffle else len(order)
-        chunks = [order[i : i + size] for i in range(0, len(order), size)]
-        order = np.concatenate([c[np.argsort(self.lengths[c], kind="stable")] for c in chunks])
-        batches = [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
-        if shuffle:
-            rng = np.random.default_rng([self.sampler.seed, self.sampler.epoch])
-            batches = [batches[i] for i in rng.permutation(len(batches))]
-        return batches
-
-    def resume_at(self, epoch: int, done: int) -> None:
-        self._skip = (epoch, done)
-
-    def __iter__(self):
-        batches = self.batches()
-        if self._skip is not None:
-            epoch, done = self._skip
-            self._skip = None
-            if epoch == self.sampler.epoch:
-                batches = batches[done:]
-        return iter(batches)
-
-
-class ResumableLoader(DataLoader):
-    """A DataLoader over a BucketBatchSampler whose position survives a checkpoint.
-
-    Lightning saves `state_dict()` in every checkpoint and hands it back on resume; `progress()`
-    answers (epoch, batches trained in it) from the trainer, the only one who knows how many of
-    the batches this loader has yielded were trained on (Lightning fetches one ahead).
-    `sampler` is the batch sampler's DistributedSampler, so Lightning, seeing the data already
-    sharded per process, never replaces it.
-    """
-
-    def __init__(self, dataset: Dataset, batch_sampler: BucketBatchSampler, progress: Callable[[], tuple[int, int]], **kwargs):
-        super().__init__(dataset, batch_sampler=batch_sampler, **kwargs)
-        self.progress = progress
-
-    @property
-    def sampler(self):
-        return self.batch_sampler.sampler
-
-    @sampler.setter
-    def sampler(self, value) -> None:  # DataLoader.__init__ sets a SequentialSampler placeholder
-        pass
-
-    def state_dict(self) -> dict:
-        epoch, done = self.progress()
-        return {"epoch": epoch, "batches_done": done}
-
-    def load_state_dict(self, state: dict) -> None:
-        # Lightning makes the resumed epoch's iterator before it sets the sampler's epoch: set it here,
-        # or the resumed epoch would replay the first epoch's order.
-        self.sampler.set_epoch(state["epoch"])
-        self.batch_sampler.resume_at(state["epoch"], state["batches_done"])
 
 
 def _save_arrays(path: str, **arrays: np.ndarray) -> None:
@@ -265,40 +142,9 @@ class IMDBDataModule(L.LightningDataModule):
 
     def _split(self, data: Reviews) -> None:
         hp = self.hparams
-        where = f"the training data ({len(data)} reviews)"
-        if len(np.unique(data.labels)) < 2:
-            raise DataError(f"{where} has only label {data.labels[0]}; it needs both classes")
-        kind = hp.val_split
-        if kind == "auto":
-            kind = "grouped" if data.groups is not None else "random"
-            if data.groups is None and self.source_name != "synthetic":
-                rank_zero_info(f"imdb-lightning: the {self.source_name} source does not say which film each review is of: "
-                               "validation is a random split, which shares films with training and reads a little high")
-        if kind == "grouped" and data.groups is None:
-            raise DataError(f"data.val_split grouped needs the film of each review; the {self.source_name} source has none "
-                            "(give data files a film column, see data.group_column, or use --data.val_split random)")
-        if kind == "grouped":
-            films = {g for g in data.groups if g is not None and str(g).strip() not in ("", "None", "nan")}
-            if len(films) < 2:
-                column = "urls_*.txt" if self.source_name == "aclimdb" else f"film column {hp.group_column or 'movie'!r}"
-                held = "is empty" if not films else f"names one film only ({next(iter(films))})"
-                raise DataError(f"{where}: the {column} {held}, so validation cannot be carved by film; fill it, or use "
-                                "--data.val_split random (a split by review, which shares films with training)")
-            train, val = grouped_split(data.labels, data.groups, hp.val_fraction, hp.split_seed)
-        else:
-            train, val = stratified_split(data.labels, hp.val_fraction, hp.split_seed)
-        if len(val) == 0 or len(train) == 0:
-            empty = "validation" if len(val) == 0 else "training"
-            films = f" from {len(np.unique(data.groups))} films" if kind == "grouped" else ""
-            raise DataError(
-                f"{where}{films}: data.val_fraction {hp.val_fraction} leaves the {empty} split empty "
-                f"({kind} split); use more reviews or change --data.val_fraction"
-            )
-        if len(np.unique(data.labels[train])) < 2:
-            raise DataError(f"{where}: after holding out validation the training split has only one label; use more reviews")
-        self._reviews["train"], self._reviews["val"] = data.subset(train), data.subset(val)
-        films = len(np.unique(data.groups[val])) if data.groups is not None else None
-        self.validation = {"kind": kind, "fraction": hp.val_fraction, "reviews": int(len(val)), "films": films}
+        (train, val), self.validation = carve_validation(data, hp.val_split, hp.val_fraction, hp.split_seed,
+                                                         self.source_name, hp.group_column)
+        self._reviews["train"], self._reviews["val"] = train, val
 
     # --- tokenizer and cached token ids -----------------------------------------------------
     def split_key(self) -> list:

@@ -15,11 +15,11 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryConfu
 
 from ..errors import ConfigError, UserError
 from ..helpers import clustered_standard_error
+from .adversarial import adversarial_loss
 from .base import EncoderModule, NonFiniteLossError, compute_and_reset, plateau  # noqa: F401  (NonFiniteLossError: part of this API)
 from .encoders import layer_groups
+from .hparams import declare_hp_metrics, validation_kind
 from .language_model import load_pretrained
-
-HP_METRICS = {"hp/val_acc": "best validation accuracy so far", "hp/test_acc": "test accuracy"}
 
 
 class SentimentClassifier(EncoderModule):
@@ -139,14 +139,9 @@ class SentimentClassifier(EncoderModule):
         return self.head(self.encoder.encode(inputs, lengths, ids)).squeeze(-1), embedded
 
     def _adversarial_loss(self, loss: torch.Tensor, embedded: torch.Tensor, batch: dict) -> torch.Tensor:
-        """The loss of the batch with each review's embeddings moved the way that raises the loss most."""
-        (grad,) = torch.autograd.grad(loss, embedded, retain_graph=True)  # (time, batch, embed)
-        # Scaled per review relative to its own embeddings, so growing the embeddings cannot shrink the push.
-        size = self.hparams.adversarial * embedded.detach().norm(dim=(0, 2))  # (batch,)
-        step = grad * (size / grad.norm(dim=(0, 2)).clamp_min(1e-12))[None, :, None]  # (time, batch, embed)
         ids, lengths = batch["input_ids"], batch["lengths"]
-        logits = self.head(self.encoder.encode(embedded + step.detach(), lengths, ids)).squeeze(-1)
-        return F.binary_cross_entropy_with_logits(logits, batch["labels"].float())
+        return adversarial_loss(lambda inputs: self.head(self.encoder.encode(inputs, lengths, ids)).squeeze(-1),
+                                loss, embedded, batch["labels"], self.hparams.adversarial)
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
         labels = batch["labels"]
@@ -242,30 +237,3 @@ class SentimentClassifier(EncoderModule):
 
 class FineTuningCollapsed(UserError):
     pass
-
-
-def validation_kind(trainer) -> str:
-    validation = getattr(trainer.datamodule, "validation", None) or {}
-    return validation.get("kind", "unknown")
-
-
-def declare_hp_metrics(logger: TensorBoardLogger, params: dict) -> None:
-    """Write the hparams (and hparams.yaml) with the hp/ metrics as columns, without logging any value
-    for them: a run that is never tested then shows no test accuracy rather than 0."""
-    from torch.utils.tensorboard.summary import hparams
-
-    logger.log_hyperparams(params)  # hparams.yaml; with default_hp_metric off, no summary yet
-    writer = logger.experiment.file_writer
-    for summary in hparams(flat_params(params), {name: 0.0 for name in HP_METRICS}):
-        writer.add_summary(summary)
-
-
-def flat_params(tree: dict, prefix: str = "") -> dict:
-    """Nested hyperparameters as TensorBoard takes them: `encoder/init_args/cell: gru`, plain values only."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flat_params(value, f"{prefix}{key}/"))
-        else:
-            flat[f"{prefix}{key}"] = value if isinstance(value, (bool, int, float, str)) else str(value)
-    return flat

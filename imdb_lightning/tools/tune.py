@@ -196,7 +196,7 @@ class Tuner:
 
 def tune(encoders: Optional[list[str]], configs: list[str], space_path: str, trials: int, overrides: list[str],
          logdir: str, storage: Optional[str], study: str, split_seeds: Optional[list[int]], prune: bool,
-         heartbeat: int = 60) -> list[dict]:
+         heartbeat: int = 60, timeout_min: Optional[float] = None) -> list[dict]:
     import optuna
 
     per_encoder = encoder_configs(encoders or [None], configs)
@@ -220,7 +220,9 @@ def tune(encoders: Optional[list[str]], configs: list[str], space_path: str, tri
         # the study's budget is `trials` finished trials, whichever worker runs them
         callback = optuna.study.MaxTrialsCallback(trials, states=states)
         if sum(t.state in states for t in found.trials) < trials:
-            found.optimize(tuner.objective, callbacks=[callback], catch=(), gc_after_trial=True)
+            # a time budget stops new trials, never a running one: the study resumes where it stopped
+            found.optimize(tuner.objective, callbacks=[callback], catch=(), gc_after_trial=True,
+                           timeout=None if timeout_min is None else timeout_min * 60 / len(tuners))
         best = tuner.write_best(found)
         tuner.test_best(found)
         counts = {s.name.lower(): sum(t.state == s for t in found.trials) for s in optuna.trial.TrialState}
@@ -255,6 +257,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--study", default="tune", help="study name: workers with the same one cooperate")
     parser.add_argument("--no_pruning", action="store_true", help="run every trial to its last epoch")
     parser.add_argument("--heartbeat", type=int, default=60, help="seconds between a worker's heartbeats")
+    parser.add_argument("--timeout", type=float, default=None, metavar="MINUTES",
+                        help="this worker starts no trial after MINUTES (shared equally between --encoders' studies); "
+                             "the trial running then finishes")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override, as on the fit command line without '--'; data.test_files tests the best once")
     parser.add_argument("--logdir", default="lightning_logs")
@@ -263,7 +268,9 @@ def main(argv: list[str]) -> None:
         check_seed("--split_seeds", seed)
     if opts.heartbeat < 1:
         raise UserError(f"--heartbeat must be at least 1 second, got {opts.heartbeat}")
+    if opts.timeout is not None and opts.timeout <= 0:
+        raise UserError(f"--timeout must be a positive number of minutes, got {opts.timeout}")
     board = tune(opts.encoders, opts.config, opts.space, opts.trials, opts.set, opts.logdir, opts.storage, opts.study,
-                 opts.split_seeds, not opts.no_pruning, opts.heartbeat)
+                 opts.split_seeds, not opts.no_pruning, opts.heartbeat, opts.timeout)
     print_board(board)
     print(f"[tune] compare the trials with: imdb-lightning compare {opts.logdir}", file=sys.stderr)
