@@ -130,6 +130,17 @@ def test_an_unreachable_database_and_a_study_of_another_space_are_refused(tmp_pa
         cli_main(tune_args(tmp_path, "--storage", storage))
 
 
+def test_recipe_first_makes_trial_zero_the_recipe_and_samples_what_the_space_cannot_hold(tmp_path, capsys):
+    # tuned/nbow.yaml: peak LR 0.01 and dropout 0.0 are inside this space; its batch 64 is not among the choices
+    cli_main(tune_args(tmp_path, "--recipe_first", "--no_pruning", trials=2))
+    study = optuna.load_study(study_name="tune", storage=f"sqlite:///{tmp_path / 'logs' / 'tune.db'}")
+    first = study.trials[0].params
+    assert first["model.scheduler.init_args.max_lr"] == 0.01 and first["model.dropout"] == 0.0
+    assert first["data.batch_size"] in (16, 32)
+    assert "trial 0 is the recipe as it stands (data.batch_size sampled" in capsys.readouterr().err
+    assert read_record(run_folders(tmp_path / "logs" / "tune")[0])["trial"]["params"] == first
+
+
 def test_a_time_budget_stops_new_trials_and_the_study_resumes_to_its_trial_budget(tmp_path):
     cli_main(tune_args(tmp_path, "--timeout", "0.0001", "--no_pruning"))  # the first trial outlasts it
     assert len(run_folders(tmp_path / "logs" / "tune")) == 1

@@ -124,6 +124,23 @@ class Tuner:
         args = self.args(example, self.study_name)
         read_config([], args)
 
+    def recipe_params(self) -> dict:
+        """The recipe's own value of each key of the space, where the space holds it (the rest are sampled)."""
+        config = read_config([], self.args({}, self.study_name))
+        found = {}
+        for key, dist in self.space.items():
+            try:
+                value = config[key]
+                inside = value is not None and dist._contains(dist.to_internal_repr(value))
+            except (KeyError, ValueError, TypeError):
+                inside = False
+            if inside:
+                found[key] = value
+        left = sorted(set(self.space) - set(found))
+        print(f"[tune] {self.study_name}: trial 0 is the recipe as it stands"
+              + (f" ({', '.join(left)} sampled: not in the space or not set)" if left else ""), file=sys.stderr)
+        return found
+
     def objective(self, trial) -> float:
         from optuna_integration import PyTorchLightningPruningCallback
 
@@ -196,7 +213,7 @@ class Tuner:
 
 def tune(encoders: Optional[list[str]], configs: list[str], space_path: str, trials: int, overrides: list[str],
          logdir: str, storage: Optional[str], study: str, split_seeds: Optional[list[int]], prune: bool,
-         heartbeat: int = 60, timeout_min: Optional[float] = None) -> list[dict]:
+         heartbeat: int = 60, timeout_min: Optional[float] = None, recipe_first: bool = False) -> list[dict]:
     import optuna
 
     per_encoder = encoder_configs(encoders or [None], configs)
@@ -219,6 +236,8 @@ def tune(encoders: Optional[list[str]], configs: list[str], space_path: str, tri
         states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         # the study's budget is `trials` finished trials, whichever worker runs them
         callback = optuna.study.MaxTrialsCallback(trials, states=states)
+        if recipe_first and not found.trials:  # the study's trial 0: the recipe itself, on the same objective
+            found.enqueue_trial(tuner.recipe_params())
         if sum(t.state in states for t in found.trials) < trials:
             # a time budget stops new trials, never a running one: the study resumes where it stopped
             found.optimize(tuner.objective, callbacks=[callback], catch=(), gc_after_trial=True,
@@ -257,6 +276,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--study", default="tune", help="study name: workers with the same one cooperate")
     parser.add_argument("--no_pruning", action="store_true", help="run every trial to its last epoch")
     parser.add_argument("--heartbeat", type=int, default=60, help="seconds between a worker's heartbeats")
+    parser.add_argument("--recipe_first", action="store_true",
+                        help="a new study's first trial is the recipe as it stands, scored like every other")
     parser.add_argument("--timeout", type=float, default=None, metavar="MINUTES",
                         help="this worker starts no trial after MINUTES (shared equally between --encoders' studies); "
                              "the trial running then finishes")
@@ -271,6 +292,7 @@ def main(argv: list[str]) -> None:
     if opts.timeout is not None and opts.timeout <= 0:
         raise UserError(f"--timeout must be a positive number of minutes, got {opts.timeout}")
     board = tune(opts.encoders, opts.config, opts.space, opts.trials, opts.set, opts.logdir, opts.storage, opts.study,
-                 opts.split_seeds, not opts.no_pruning, opts.heartbeat, opts.timeout)
+                 opts.split_seeds, not opts.no_pruning, opts.heartbeat, opts.timeout,
+                 opts.recipe_first)
     print_board(board)
     print(f"[tune] compare the trials with: imdb-lightning compare {opts.logdir}", file=sys.stderr)
