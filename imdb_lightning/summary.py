@@ -51,7 +51,11 @@ def fit_summary(trainer, task: str = "sentiment") -> str:
         return "\n".join(lines)
     lines.append("Next:")
     if task == "language_model":
-        lines.append(f"  imdb-lightning fit --config experiments/pretrain/finetune_lstm.yaml --model.pretrained {best}")
+        # the shipped fine-tune recipe of the language model's own cell (rnn and lstm have one)
+        cell = getattr(getattr(trainer.lightning_module, "encoder", None), "cell", "lstm")
+        recipe = f"experiments/pretrain/finetune_{cell if cell in ('rnn', 'lstm') else 'lstm'}.yaml"
+        note = "" if cell in ("rnn", "lstm") else f"   (set its encoder to your {cell} LM's cell and sizes)"
+        lines.append(f"  imdb-lightning fit --config {recipe} --model.pretrained {best}{note}")
     else:
         lines.append("  imdb-lightning test <the same --config and --data flags> --ckpt_path best"
                      "   (--data.test_files FILE: your own test reviews)")

@@ -78,7 +78,7 @@ def test_every_pretraining_recipe_is_run_below():
 
 @pytest.mark.parametrize("lm_recipe, fit_recipe", RECIPES)
 def test_every_recipe_pretrains_then_fine_tunes_through_the_command_line(texts, tmp_path, cache_dir, monkeypatch,
-                                                                          lm_recipe, fit_recipe):
+                                                                          capsys, lm_recipe, fit_recipe):
     monkeypatch.chdir(tmp_path)
     # (bf16 autocast of an LSTM needs a GPU, or a CPU with bf16 instructions, which CI's may lack)
     data = ["--data.train_files", texts["train"], "--data.cache_dir", cache_dir, "--trainer.precision", "32-true"]
@@ -92,6 +92,9 @@ def test_every_recipe_pretrains_then_fine_tunes_through_the_command_line(texts, 
     # each epoch 3 windows of 4 streams x 20 tokens
     assert record["train_tokens"] == record["epochs"] * 3 * 4 * 20 and record["train_tokens_per_s"] > 0
     assert "train_samples_per_s" not in record
+    said = "".join(capsys.readouterr())  # the next command names the fine-tune recipe of the LM's own cell
+    cell = "rnn" if lm_recipe == "cpu_rnn" else "lstm"
+    assert f"fit --config experiments/pretrain/finetune_{cell}.yaml --model.pretrained" in said
 
     cli_main(["fit", "--config", str(EXPERIMENTS / "pretrain" / f"{fit_recipe}.yaml"), *data, *SIZES,
               "--model.pretrained", str(lm_path), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"])
