@@ -268,7 +268,8 @@ class SentimentCLI(ExperimentCLI):
         super()._check_data(stage)
         if self.model.hparams.get("pretrained"):  # the language model must not have read what is scored
             split = "test" if stage == "test" else "val"
-            check_unread(self.model.hparams.pretrained, self.datamodule.reviews(split).texts, split)
+            check_unread(self.model.hparams.pretrained, self.datamodule.reviews(split).texts, split,
+                         dict(self.datamodule.hparams))
 
 
 class PretrainCLI(ExperimentCLI):

@@ -214,7 +214,7 @@ class CorpusDataModule(L.LightningDataModule):
         # Which reviews it read (`read`: text_digests), so a fine-tuning run can refuse to validate on them.
         # And, as for `fit`, how many windows of the current epoch were trained (see IMDBDataModule.state_dict).
         return {"tokenizer": self.get_tokenizer().to_str(), "corpus": json.dumps({"tokens": int(len(self.stream("train")))}),
-                "read": torch.from_numpy(self._read), **train_position(self)}
+                "read": torch.from_numpy(self._read), "read_labelled": self.labelled is not None, **train_position(self)}
 
     def load_state_dict(self, state: dict) -> None:
         self.tokenizer = Tokenizer.from_str(state["tokenizer"])

@@ -218,10 +218,24 @@ def read_language_model(path: str) -> dict:
     return ckpt
 
 
-def check_unread(path: str, texts: list[str], split: str) -> None:
-    """Refuse a fine-tuning run whose validation (or test) reviews its language model read: the LM was
-    pretrained beside another split of the labelled reviews (another data.split_seed, val_split, val_fraction
-    or train_files), so its figure would not be a held-out one."""
+SPLIT_SETTINGS = ("train_files", "group_column", "val_split", "val_fraction", "split_seed")
+
+
+def read_labelled(settings: dict) -> bool:
+    """Whether a language model with these data settings read labelled training reviews beside its
+    unlabelled ones (what CorpusDataModule does: use_train_texts with a source of labelled reviews), for
+    checkpoints from before their data state said so (`read_labelled`)."""
+    labelled_source = settings.get("source") in ("hub", "aclimdb", "synthetic") or settings.get("aclimdb_dir") or (
+        settings.get("source") is None and not settings.get("unlabelled_files"))
+    return bool(settings.get("use_train_texts", True) and (settings.get("train_files") or labelled_source))
+
+
+def check_unread(path: str, texts: list[str], split: str, data: Optional[dict] = None) -> None:
+    """Refuse a fine-tuning run whose validation (or test) reviews its language model read as labelled training
+    reviews: it was pretrained beside another split (another data.split_seed, val_split, val_fraction or
+    train_files), so the figure would not be a held-out one. Reviews it read as copies among its unlabelled
+    reviews (IMDB's unlabelled set repeats a few labelled reviews word for word), or as copies within its own
+    split, are named in one line: the text without its label."""
     ckpt = read_language_model(path)
     read = data_state(ckpt).get("read")
     if read is None:
@@ -229,13 +243,21 @@ def check_unread(path: str, texts: list[str], split: str) -> None:
               f"this run's {split} reviews are not among them (pretrain again to have it checked)", file=sys.stderr)
         return
     seen = int(np.isin(text_digests(texts), read.numpy()).sum())
-    if seen:
-        settings = ckpt.get("datamodule_hyper_parameters", {})
+    if not seen:
+        return
+    settings = ckpt.get("datamodule_hyper_parameters", {})
+    as_norm = lambda v: [v] if isinstance(v, str) else v or None  # noqa: E731  (one file or a list of them)
+    same_split = data is not None and all(as_norm(settings.get(k)) == as_norm(data.get(k)) for k in SPLIT_SETTINGS)
+    labelled = data_state(ckpt).get("read_labelled")
+    if (read_labelled(settings) if labelled is None else labelled) and not same_split:
         split_of = ", ".join(f"{k} {settings[k]}" for k in ("split_seed", "val_split", "val_fraction") if k in settings)
         raise UserError(f"model.pretrained {path}: its language model read {seen} of this run's {len(texts)} {split} reviews "
                         f"(it was pretrained beside the split {split_of or 'of other data'}), so its {split} figures would "
                         "not be held out; pretrain with this run's data settings (--data.split_seed, --data.val_split, "
                         "--data.val_fraction, --data.train_files) or use that split")
+    print(f"imdb-lightning: model.pretrained {path}: its language model read the text (not the label) of {seen} of this "
+          f"run's {len(texts)} {split} reviews, as copies of them among the reviews it pretrained on "
+          f"({100 * seen / len(texts):.2f}%)", file=sys.stderr)
 
 
 def load_pretrained(encoder: nn.Module, path: str, layers: str = "all") -> None:
