@@ -199,7 +199,15 @@ class Tuner:
 
     def test_best(self, study) -> None:
         """With data.test_files set: the best trial's best checkpoint on the test files, once per study."""
+        import optuna
+
         if not self.test_files or study.user_attrs.get("tested"):
+            return
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        if running:  # another worker's trial could still become the best: the last worker to finish tests
+            print(f"[tune] {self.study_name}: trial(s) {', '.join(str(t.number) for t in running)} still running in "
+                  "other workers; the last to finish tests the best (or start tune again once they are done)",
+                  file=sys.stderr)
             return
         best = study.best_trial
         ckpt = best_checkpoint(self.logdir / self.run_name((self.split_seeds or [None])[0]) / f"version_{best.number}")
