@@ -230,6 +230,11 @@ def read_labelled(settings: dict) -> bool:
     return bool(settings.get("use_train_texts", True) and (settings.get("train_files") or labelled_source))
 
 
+def _files(value):
+    """A setting as compared between runs: one file or a list of them read alike, nothing as None."""
+    return [value] if isinstance(value, str) else value or None
+
+
 def check_unread(path: str, texts: list[str], split: str, data: Optional[dict] = None) -> None:
     """Refuse a fine-tuning run whose validation (or test) reviews its language model read as labelled training
     reviews: it was pretrained beside another split (another data.split_seed, val_split, val_fraction or
@@ -246,8 +251,7 @@ def check_unread(path: str, texts: list[str], split: str, data: Optional[dict] =
     if not seen:
         return
     settings = ckpt.get("datamodule_hyper_parameters", {})
-    as_norm = lambda v: [v] if isinstance(v, str) else v or None  # noqa: E731  (one file or a list of them)
-    same_split = data is not None and all(as_norm(settings.get(k)) == as_norm(data.get(k)) for k in SPLIT_SETTINGS)
+    same_split = data is not None and all(_files(settings.get(k)) == _files(data.get(k)) for k in SPLIT_SETTINGS)
     labelled = data_state(ckpt).get("read_labelled")
     if (read_labelled(settings) if labelled is None else labelled) and not same_split:
         split_of = ", ".join(f"{k} {settings[k]}" for k in ("split_seed", "val_split", "val_fraction") if k in settings)

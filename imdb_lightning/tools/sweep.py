@@ -129,10 +129,11 @@ def sweep(encoders: list[str], seeds: list[int], configs: list[str], overrides: 
         raise UserError("--split_seeds and --set data.split_seed=... both name the split; give one of them")
     cells = list(product(encoders, split_seeds or [None], seeds))
     labels = [f"{e} seed {seed}" + ("" if split is None else f" split seed {split}") for e, split, seed in cells]
+    own = own_recipes(configs)
 
     def run_cell(encoder: str, split_seed: int | None, seed: int, label: str) -> dict:
         files, preset = per_encoder[encoder]
-        key = sweep_key(encoder, seed, files, overrides, split_seed, own_recipe=own_recipes(configs))
+        key = sweep_key(encoder, seed, files, overrides, split_seed, own_recipe=own)
         folder, record = existing_run(Path(logdir), encoder, key)
         info = {"encoder": encoder, "seed": seed, **({} if split_seed is None else {"split_seed": split_seed})}
         if record.get("status") == "finished":
