@@ -162,3 +162,12 @@ def test_epoch_figures_cover_every_review_of_the_epoch(synthetic, tmp_path):
         assert logged["val/acc"] == pytest.approx(((probs >= 0.5) == labels).mean(), abs=1e-6)
         assert logged["val/f1"] == pytest.approx(f1_score(labels, probs >= 0.5), abs=1e-6)
         assert logged["val/auroc"] == pytest.approx(roc_auc_score(labels, probs), abs=1e-5)
+
+
+def test_the_collapse_check_waits_for_the_second_epoch_and_names_the_side():
+    from imdb_lightning.models.finetuning import FineTuningCollapsed, check_collapse
+
+    check_collapse(1.0, epoch=0)  # one epoch of a small run may still sit on one side
+    check_collapse(0.5, epoch=3)
+    with pytest.raises(FineTuningCollapsed, match="after epoch 2 every validation review is predicted negative"):
+        check_collapse(0.0, epoch=2)

@@ -13,11 +13,12 @@ from torch import nn
 from torchmetrics import CatMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryConfusionMatrix, BinaryF1Score, BinaryROC
 
-from ..errors import ConfigError, UserError
+from ..errors import ConfigError
 from ..helpers import clustered_standard_error
 from .adversarial import adversarial_loss
 from .base import EncoderModule, NonFiniteLossError, compute_and_reset, plateau  # noqa: F401  (NonFiniteLossError: part of this API)
 from .encoders import layer_groups
+from .finetuning import FineTuningCollapsed, check_collapse, check_lr_decay, discriminative_groups, unfreeze  # noqa: F401
 from .hparams import declare_hp_metrics, validation_kind
 from .language_model import load_pretrained
 
@@ -70,8 +71,7 @@ class SentimentClassifier(EncoderModule):
             raise ConfigError(f"model.adversarial must be 0 (off) or positive, got {adversarial}")
         if adversarial and not (hasattr(encoder, "embed") and hasattr(encoder, "encode")):
             raise ConfigError(f"model.adversarial perturbs word embeddings; {type(encoder).__name__} has no embed/encode")
-        if lr_decay < 1:
-            raise ConfigError(f"model.lr_decay divides the learning rate layer by layer; it must be at least 1, got {lr_decay}")
+        check_lr_decay(lr_decay)
         self.save_encoder_hyperparameters()
         # Epoch means of the training losses, persistent like the training metrics (see EncoderModule).
         # (nan_strategy disable: no host sync per step to look for NaNs; training_step stops on a non-finite loss)
@@ -96,16 +96,14 @@ class SentimentClassifier(EncoderModule):
     def parameter_groups(self):
         if self.hparams.lr_decay == 1:
             return self.parameters()
-        return [{"params": group, "lr_scale": self.hparams.lr_decay ** -depth} for depth, group in enumerate(self.layer_groups())]
+        return discriminative_groups(self.layer_groups(), self.hparams.lr_decay)
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
         super().on_train_batch_start(batch, batch_idx)
         # From the epoch number alone, so a run resumed mid-epoch (Lightning calls no epoch-start hook
         # then) freezes the same layers.
         if self.hparams.gradual_unfreezing and self._unfrozen_in != self.current_epoch:
-            for depth, group in enumerate(self.layer_groups()):
-                for param in group:
-                    param.requires_grad_(depth <= self.current_epoch)
+            unfreeze(self.layer_groups(), self.current_epoch)
             self._unfrozen_in = self.current_epoch
 
     def metrics(self) -> MetricCollection:
@@ -212,12 +210,8 @@ class SentimentClassifier(EncoderModule):
         self._log_clustered_error("val")
         positive = float(self.val_positive.compute()) if self.val_positive.update_count else 0.5
         self.val_positive.reset()
-        # From the second epoch on: one epoch of a small run may not have moved off one side yet.
-        if self.hparams.pretrained and not self.trainer.sanity_checking and positive in (0.0, 1.0) and self.current_epoch >= 1:
-            side = "positive" if positive else "negative"
-            raise FineTuningCollapsed(
-                f"fine-tuning collapsed: after epoch {self.current_epoch} every validation review is predicted {side}; "
-                "lower the learning rate (or unfreeze more gradually) and start again; the checkpoints written so far are kept")
+        if self.hparams.pretrained and not self.trainer.sanity_checking:
+            check_collapse(positive, self.current_epoch)
         if not self.trainer.sanity_checking and values:
             self.best_val_acc.fill_(max(float(self.best_val_acc), float(values["val/acc"])))
             self.log("hp/val_acc", self.best_val_acc, sync_dist=True)
@@ -234,6 +228,3 @@ class SentimentClassifier(EncoderModule):
                     self.logger.experiment.add_figure(f"test/{name}", fig, self.global_step)
         self.test_curves.reset()
 
-
-class FineTuningCollapsed(UserError):
-    pass
