@@ -135,7 +135,7 @@ CASES = [
                                 "--model.encoder.init_args.bidirectional", "true"], r"a language model reads left to right"),
     ("pretrain cutoffs past the vocabulary", [*PRETRAIN, "--data.unlabelled_files", f"{D}/good.parquet",
                                               "--model.adaptive_cutoffs", "[2000, 50000]"],
-     r"model\.adaptive_cutoffs must rise strictly between 2 and the vocabulary size \(30000\), got \[2000, 50000\]"),
+     r"model\.adaptive_cutoffs must rise strictly between 2 and the vocabulary size \(10000\), got \[2000, 50000\]"),
     # --- options ------------------------------------------------------------------------------------
     ("max_length 0", [*FIT, "--data.max_length", "0"], r"data\.max_length must be at least 1, got 0"),
     ("negative batch", [*FIT, "--data.batch_size", "-1"], r"data\.batch_size must be at least 1, got -1"),
