@@ -65,26 +65,36 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class LoopStep:
+    """One step of the hand-written baseline: forward, loss, backward, Adam step."""
+
+    def __init__(self, model, bf16: bool = False, device: str = "cpu"):
+        self.device, self.bf16 = torch.device(device), bf16
+        self.model = model.to(self.device).train()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+
+    def __call__(self, batch: dict) -> int:
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}  # as Lightning moves them
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.model(batch["input_ids"], batch["lengths"]).float()
+        loss = F.binary_cross_entropy_with_logits(logits, batch["labels"].float())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return len(batch["labels"])
+
+
 def reference_loop(model, batches: list[dict], warmup: int, bf16: bool = False, device: str = "cpu") -> float:
-    """The hand-written baseline: forward, loss, backward, Adam step. Returns samples/s after warm-up."""
-    device = torch.device(device)
-    model = model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
+    """The hand-written loop over `batches`: samples/s after warm-up."""
+    step = LoopStep(model, bf16, device)
     samples = 0
     for i, batch in enumerate(batches):
         if i == warmup:
-            synchronize(device)
+            synchronize(step.device)
             start = time.perf_counter()
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}  # as Lightning moves them
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(batch["input_ids"], batch["lengths"]).float()
-        loss = F.binary_cross_entropy_with_logits(logits, batch["labels"].float())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        samples += len(batch["labels"]) if i >= warmup else 0
-    synchronize(device)
+        reviews = step(batch)
+        samples += reviews if i >= warmup else 0
+    synchronize(step.device)
     return samples / (time.perf_counter() - start)
 
 
@@ -114,17 +124,57 @@ def ratio_figures(ratios: list[float]) -> dict:
             "ratio_rounds": ratios}
 
 
-def lightning_speed(model: L.LightningModule, batches: list[dict], warmup: int, accelerator: str = "cpu",
-                    deterministic: bool = True, precision: str = "32-true") -> float:
-    """Samples/s of the same batches through the Trainer, with the default run's per-step logging and metrics."""
-    clock = _Clock(warmup)
-    trainer = L.Trainer(
+def timing_trainer(callback: L.Callback, accelerator: str, deterministic: bool, precision: str) -> L.Trainer:
+    """A Trainer with the default run's per-step logging and metrics, and nothing else that costs time."""
+    return L.Trainer(
         max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, deterministic=deterministic, callbacks=[clock],
+        enable_progress_bar=False, enable_model_summary=False, deterministic=deterministic, callbacks=[callback],
         accelerator=accelerator, devices=1, precision=precision, log_every_n_steps=LOG_EVERY_N_STEPS,
     )
+
+
+def lightning_speed(model: L.LightningModule, batches: list[dict], warmup: int, accelerator: str = "cpu",
+                    deterministic: bool = True, precision: str = "32-true") -> float:
+    """Samples/s of the same batches through the Trainer."""
+    clock = _Clock(warmup)
+    trainer = timing_trainer(clock, accelerator, deterministic, precision)
     trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
     return clock.samples / (clock.end - clock.start)
+
+
+class _PairedLoop(L.Callback):
+    """After each Lightning step, one step of the hand-written loop on the same batch, timed alone.
+    The two alternate every few milliseconds, so a shift in this machine's speed weighs on both alike;
+    Lightning's time is the rest of the epoch's."""
+
+    def __init__(self, step: LoopStep, warmup: int):
+        self.step, self.warmup = step, warmup
+        self.loop_s, self.steps, self.start, self.end = 0.0, 0, 0.0, 0.0
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        synchronize(self.step.device)  # Lightning's step, device work included, is over
+        start = time.perf_counter()
+        self.step(batch)
+        synchronize(self.step.device)
+        end = time.perf_counter()
+        if batch_idx == self.warmup - 1:
+            self.start = end
+        elif batch_idx >= self.warmup:
+            self.loop_s += end - start
+            self.steps += 1
+
+    def on_train_epoch_end(self, trainer, module):
+        synchronize(module.device)
+        self.end = time.perf_counter()
+
+
+def paired_ms(module: L.LightningModule, model: torch.nn.Module, batches: list[dict], warmup: int, args) -> tuple[float, float]:
+    """Milliseconds per step of `module` through the Trainer and of the hand loop on a copy of `model`,
+    interleaved step by step (warmup >= 1)."""
+    paired = _PairedLoop(LoopStep(copy.deepcopy(model), args.precision == "bf16-mixed", args.device), warmup)
+    trainer = timing_trainer(paired, args.accelerator, args.deterministic, args.precision)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+    return 1000 * (paired.end - paired.start - paired.loop_s) / paired.steps, 1000 * paired.loop_s / paired.steps
 
 
 class BareModule(L.LightningModule):
@@ -149,8 +199,9 @@ HOST_BOUND = {"encoder": "gru", "embed_dim": 8, "hidden_size": 8, "max_length": 
 
 
 def host_bound(args) -> dict:
-    """Per-step milliseconds of the classifier through Lightning, a bare LightningModule through
-    Lightning, and the hand-written loop, on the same tiny batches; ratios per round, median and spread."""
+    """Per-step milliseconds of the classifier through Lightning and of a bare LightningModule through
+    Lightning, each interleaved step by step with the hand-written loop on the same tiny batches;
+    ratios per round, median and spread."""
     shape = HOST_BOUND
     generator = torch.Generator().manual_seed(0)
     batch, length = shape["batch_size"], shape["max_length"]
@@ -162,21 +213,17 @@ def host_bound(args) -> dict:
                             hidden_size=shape["hidden_size"])
     model = SentimentClassifier(encoder, scheduler=None)
     print(f"[host-bound] {shape['encoder']} {shape['hidden_size']}, {length} words, batch {batch}: {rounds} rounds "
-          f"of {steps} steps", file=sys.stderr)
-    ms = {"lightning": [], "bare_lightning": [], "loop": []}
-    # Many short rounds: this machine's speed shifted by up to 2x between seconds, and only runs close
-    # in time compare; each round's three runs take well under a second here.
+          f"of {steps} steps, each step beside one of the hand loop", file=sys.stderr)
+    ms = {"lightning": [], "loop": [], "bare_lightning": [], "loop_beside_bare": []}
     for _ in range(rounds):
-        ms["lightning"].append(1000 * batch / lightning_speed(copy.deepcopy(model), batches, warmup, args.accelerator,
-                                                              args.deterministic, args.precision))
-        ms["bare_lightning"].append(1000 * batch / lightning_speed(BareModule(copy.deepcopy(model)), batches, warmup,
-                                                                   args.accelerator, args.deterministic, args.precision))
-        ms["loop"].append(1000 * batch / reference_loop(copy.deepcopy(model), batches, warmup,
-                                                        args.precision == "bf16-mixed", device=args.device))
+        for name, module in (("lightning", copy.deepcopy(model)), ("bare_lightning", BareModule(copy.deepcopy(model)))):
+            framework, loop = paired_ms(module, model, batches, warmup, args)
+            ms[name].append(framework)
+            ms["loop" if name == "lightning" else "loop_beside_bare"].append(loop)
     ratios = ratio_figures([loop / framework for loop, framework in zip(ms["loop"], ms["lightning"])])
-    bare = ratio_figures([loop / framework for loop, framework in zip(ms["loop"], ms["bare_lightning"])])
+    bare = ratio_figures([loop / framework for loop, framework in zip(ms["loop_beside_bare"], ms["bare_lightning"])])
     return {
-        "shape": {k: v for k, v in shape.items()}, "steps": steps, "log_every_n_steps": LOG_EVERY_N_STEPS,
+        "shape": {k: v for k, v in shape.items()}, "steps": steps, "log_every_n_steps": LOG_EVERY_N_STEPS, "paired": True,
         **{f"{name}_ms_per_step": statistics.median(values) for name, values in ms.items()},
         **{f"{name}_ms_rounds": values for name, values in ms.items()},
         "host_bound_ratio": ratios["ratio_vs_loop"], "ratio_iqr": ratios["ratio_iqr"], "ratio_rounds": ratios["ratio_rounds"],
@@ -452,10 +499,12 @@ def table(report: dict) -> str:
     shape = hb["shape"]
     lines.append(
         f"host-bound ({shape['encoder']} {shape['hidden_size']}, {shape['max_length']} words, batch {shape['batch_size']}; "
-        f"median of {len(hb['ratio_rounds'])} rounds of {hb['steps']} steps): ms per step: Lightning "
+        f"each step beside one of the hand loop; median of {len(hb['ratio_rounds'])} rounds of {hb['steps']} steps): "
+        f"ms per step: Lightning "
         f"{hb['lightning_ms_per_step']:.2f}, bare LightningModule {hb['bare_lightning_ms_per_step']:.2f}, "
         f"hand loop {hb['loop_ms_per_step']:.2f}; loop/Lightning {hb['host_bound_ratio']:.3f} "
-        f"(interquartile {hb['ratio_iqr'][0]:.3f}-{hb['ratio_iqr'][1]:.3f}), loop/bare {hb['bare_ratio']:.3f}")
+        f"(interquartile {hb['ratio_iqr'][0]:.3f}-{hb['ratio_iqr'][1]:.3f}), loop/bare {hb['bare_ratio']:.3f} "
+        f"(interquartile {hb['bare_ratio_iqr'][0]:.3f}-{hb['bare_ratio_iqr'][1]:.3f})")
     for n in names:
         figures = report["encoders"][n]
         rounds = ", ".join(f"{r:.3f}" for r in figures["ratio_rounds"])
