@@ -74,7 +74,8 @@ class LoopStep:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
 
     def __call__(self, batch: dict) -> int:
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}  # as Lightning moves them
+        # moved as Lightning moves them
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             logits = self.model(batch["input_ids"], batch["lengths"]).float()
         loss = F.binary_cross_entropy_with_logits(logits, batch["labels"].float())
