@@ -52,9 +52,14 @@ def fit_summary(trainer, task: str = "sentiment") -> str:
     lines.append("Next:")
     if task == "language_model":
         # the shipped fine-tune recipe of the language model's own cell (rnn and lstm have one)
-        cell = getattr(getattr(trainer.lightning_module, "encoder", None), "cell", "lstm")
+        encoder = getattr(trainer.lightning_module, "encoder", None)
+        cell = getattr(encoder, "cell", "lstm")
+        backward = getattr(encoder, "reverse", False)
         recipe = f"experiments/pretrain/finetune_{cell if cell in ('rnn', 'lstm') else 'lstm'}.yaml"
+        if backward:
+            recipe = "experiments/pretrain/finetune_lstm_backward.yaml"
         note = "" if cell in ("rnn", "lstm") else f"   (set its encoder to your {cell} LM's cell and sizes)"
+        note += "   (add --model.encoder.init_args.cell rnn for a SimpleRNN)" if backward and cell == "rnn" else ""
         lines.append(f"  imdb-lightning fit --config {recipe} --model.pretrained {best}{note}")
     else:
         lines.append("  imdb-lightning test <the same --config and --data flags> --ckpt_path best"

@@ -283,6 +283,8 @@ class PretrainCLI(ExperimentCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.vocab_size", "model.encoder.init_args.vocab_size", apply_on="parse")
+        # a backward language model (encoder reverse: true) reads the corpus backwards
+        parser.link_arguments("model.encoder.init_args.reverse", "data.reverse", apply_on="parse")
 
     def _check_data(self, stage: str) -> None:
         self.datamodule.stream("train")  # read and tokenize before a run folder exists: a bad file fails here

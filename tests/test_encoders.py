@@ -7,12 +7,13 @@ from imdb_lightning.models.encoders import NBoWEncoder, RecurrentEncoder, Scratc
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-@pytest.mark.parametrize("pooling", ["last", "mean", "max", "max_mean"])
+@pytest.mark.parametrize("pooling", ["last", "mean", "max", "max_mean", "last_max_mean"])
 @pytest.mark.parametrize("name", ENCODERS)
 def test_shapes_and_padding_invariance(name, pooling, packed):
     torch.manual_seed(0)
     encoder = RecurrentEncoder(
-        vocab_size=50, embed_dim=8, hidden_size=6, num_layers=2, pooling=pooling, packed=packed, **ENCODERS[name]
+        vocab_size=50, embed_dim=8, hidden_size=6, num_layers=2, pooling=pooling, packed=packed, **ENCODERS[name],
+        reverse=pooling == "last_max_mean",  # a backward reader keeps its padding out too
     ).eval()
     short = torch.randint(2, 50, (1, 7))
     long = torch.randint(2, 50, (1, 40))
@@ -21,7 +22,7 @@ def test_shapes_and_padding_invariance(name, pooling, packed):
     batch[0, :7], batch[1] = short[0], long[0]
     together = encoder(batch, torch.tensor([7, 40]))
     assert alone.shape == (1, encoder.output_dim) and together.shape == (2, encoder.output_dim)
-    assert encoder.output_dim == 6 * (2 if encoder.bidirectional else 1) * (2 if pooling == "max_mean" else 1)
+    assert encoder.output_dim == 6 * (2 if encoder.bidirectional else 1) * {"max_mean": 2, "last_max_mean": 3}.get(pooling, 1)
     torch.testing.assert_close(together[0], alone[0], atol=1e-5, rtol=0)
     # the pad embedding stays zero and padding positions get no gradient
     together.sum().backward()
@@ -61,7 +62,7 @@ def test_keras_init_sets_forget_bias_and_small_embeddings():
         (dict(cell="transformer"), "rnn, lstm, gru"),
         (dict(hidden_size=0), "hidden_size"),
         (dict(embed_dim=-3), "embed_dim"),
-        (dict(pooling="first"), "last, mean, max, max_mean"),
+        (dict(pooling="first"), "last, mean, max, max_mean, last_max_mean"),
         (dict(dropout=1.0), "dropout"),
     ],
 )
@@ -216,3 +217,35 @@ def test_reversal_within_length_is_its_own_inverse_and_its_gradient_is_exact():
     assert torch.equal(y[:5, 0], x[:5, 0].flip(0)) and torch.equal(y[2:, 1], x[2:, 1])  # padding stays put
     torch.testing.assert_close(reverse_within_length(y, lengths), x)
     assert torch.autograd.gradcheck(lambda t: reverse_within_length(t, lengths), (x,))
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_a_reversed_encoder_reads_each_review_last_word_first(name):
+    torch.manual_seed(0)
+    forward = RecurrentEncoder(vocab_size=40, embed_dim=8, hidden_size=5, pooling="last_max_mean", **ENCODERS[name]).eval()
+    backward = build_encoder({**encoder_spec(forward), "init_args": {**encoder_spec(forward)["init_args"], "reverse": True}})
+    backward.load_state_dict(forward.state_dict())
+    ids, lengths = torch.randint(2, 40, (3, 9)), torch.tensor([9, 4, 1])
+    ids[1, 4:] = ids[2, 1:] = 0  # padding
+    flipped = ids.clone()
+    for row, n in enumerate(lengths.tolist()):
+        flipped[row, :n] = ids[row, :n].flip(0)
+    torch.testing.assert_close(backward.eval()(ids, lengths), forward(flipped, lengths), atol=1e-6, rtol=0)
+    if not forward.bidirectional:  # one way, the last-token features differ with the reading direction
+        assert not torch.allclose(backward(ids[:1], lengths[:1]), forward(ids[:1], lengths[:1]))
+
+
+def test_variational_dropout_keeps_one_mask_over_time():
+    from imdb_lightning.models.encoders import LockedDropout
+
+    drop = LockedDropout(0.5).train()
+    out = drop(torch.ones(30, 4, 16))  # (time, batch, dim)
+    assert torch.equal(out, out[:1].expand_as(out))  # the same mask at every step
+    assert set(out.unique().tolist()) <= {0.0, 2.0} and 0 < out[0].eq(0).float().mean() < 1
+    assert not torch.equal(out[:, 0], out[:, 1])  # but its own for each review
+    assert torch.equal(drop.eval()(out), out)
+    encoder = RecurrentEncoder(vocab_size=40, embed_dim=8, hidden_size=5, num_layers=2, embed_dropout=0.3, dropout=0.3,
+                               variational=True)
+    assert isinstance(encoder.embedding_dropout, LockedDropout) and isinstance(encoder.layer_dropout, LockedDropout)
+    ids, lengths = torch.randint(2, 40, (3, 9)), torch.tensor([9, 4, 1])
+    assert encoder.train()(ids, lengths).shape == (3, encoder.output_dim)

@@ -69,7 +69,7 @@ def test_pretraining_lowers_perplexity(texts, tmp_path, cache_dir):
 
 # every recipe pair in experiments/pretrain/: (language model, its fine-tuning)
 RECIPES = [("cpu_lstm", "finetune_lstm"), ("cpu_lstm", "finetune_lstm_adv"), ("cpu_rnn", "finetune_rnn"),
-           ("gpu_lstm", "gpu_finetune_lstm")]
+           ("gpu_lstm", "gpu_finetune_lstm"), ("cpu_lstm_backward", "finetune_lstm_backward")]
 
 
 def test_every_pretraining_recipe_is_run_below():
@@ -93,8 +93,10 @@ def test_every_recipe_pretrains_then_fine_tunes_through_the_command_line(texts, 
     assert record["train_tokens"] == record["epochs"] * 3 * 4 * 20 and record["train_tokens_per_s"] > 0
     assert "train_samples_per_s" not in record
     said = "".join(capsys.readouterr())  # the next command names the fine-tune recipe of the LM's own cell
-    cell = "rnn" if lm_recipe == "cpu_rnn" else "lstm"
+    cell = "rnn" if lm_recipe == "cpu_rnn" else "lstm_backward" if "backward" in lm_recipe else "lstm"
     assert f"fit --config experiments/pretrain/finetune_{cell}.yaml --model.pretrained" in said
+    # a backward language model read its corpus backwards
+    assert lm["datamodule_hyper_parameters"]["reverse"] == ("backward" in lm_recipe)
 
     cli_main(["fit", "--config", str(EXPERIMENTS / "pretrain" / f"{fit_recipe}.yaml"), *data, *SIZES,
               "--model.pretrained", str(lm_path), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"])
@@ -123,6 +125,23 @@ def test_every_recipe_pretrains_then_fine_tunes_through_the_command_line(texts, 
     with pytest.raises(UserError, match=r"holds a sentiment classifier .*, not a language model"):
         SentimentClassifier(RecurrentEncoder(vocab_size=300), pretrained=str(last_checkpoint(
             run_folders(tmp_path / "lightning_logs" / fit_recipe)[-1])))
+
+
+def test_a_backward_language_model_reads_the_corpus_backwards_and_fine_tunes_only_into_a_backward_reader(
+        texts, lm_path, cache_dir):
+    settings = dict(unlabelled_files=[texts["unlabelled"]], vocab_size=300, batch_size=4, bptt=10, cache_dir=cache_dir)
+    forward, backward = CorpusDataModule(**settings), CorpusDataModule(**settings, reverse=True)
+    stream = forward.stream("train")
+    first = next(iter(backward.train_dataloader()))["input_ids"]  # (streams, bptt)
+    per_stream = (len(stream) - 1) // 4
+    assert torch.equal(first[0], torch.from_numpy(stream[::-1][:10].astype("int64")))
+    assert torch.equal(first[1], torch.from_numpy(stream[::-1][per_stream : per_stream + 10].astype("int64")))
+    # lm_path reads forwards: a backward reader must not take its recurrent weights, an embedding alone it may
+    spec = read_checkpoint(lm_path)["hyper_parameters"]["encoder"]
+    with pytest.raises(UserError, match="reads reviews forwards; give the classifier's encoder reverse: false"):
+        SentimentClassifier(build_encoder({**spec, "init_args": {**spec["init_args"], "reverse": True}}), pretrained=lm_path)
+    SentimentClassifier(build_encoder({**spec, "init_args": {**spec["init_args"], "reverse": True}}), pretrained=lm_path,
+                        pretrained_layers="embedding")
 
 
 def test_a_collapsed_fine_tuning_stops_saying_so(texts, lm_path, tmp_path, cache_dir, monkeypatch):
@@ -305,3 +324,19 @@ def test_a_language_model_from_before_the_record_says_from_its_settings_whether_
     from imdb_lightning.models.language_model import read_labelled
 
     assert read_labelled(settings) is labelled
+
+
+def test_the_language_model_drops_its_recurrent_weights_while_training_when_asked():
+    torch.manual_seed(0)
+    model = LanguageModel(RecurrentEncoder(vocab_size=60, cell="lstm", embed_dim=8, hidden_size=8, weight_drop=0.5))
+    ids = torch.randint(2, 60, (3, 12))
+    model.eval()
+    plain = model(ids)[0]
+    model.train()
+    torch.manual_seed(1)
+    dropped = model(ids)[0]
+    assert not torch.allclose(dropped, plain)  # (no other dropout in this model: the weight drop did it)
+    dropped.sum().backward()
+    assert model.encoder.layers[0][0].weight_hh_l0.grad.abs().sum() > 0  # the dropped weights still learn
+    model.encoder.weight_drop = 0.0
+    torch.testing.assert_close(model(ids)[0], plain)

@@ -94,6 +94,8 @@ class CorpusDataModule(L.LightningDataModule):
         bptt: tokens per window (the truncation of backpropagation through time).
         heldout_fraction: share of the corpus's reviews held out to measure perplexity.
         cache_dir: where the tokenized corpus is kept (default ~/.cache/imdb-lightning).
+        reverse: read the corpus backwards (a backward language model); `pretrain` sets it from the
+            encoder's `reverse`.
     """
 
     def __init__(
@@ -116,6 +118,7 @@ class CorpusDataModule(L.LightningDataModule):
         bptt: int = 70,
         heldout_fraction: float = 0.02,
         cache_dir: Optional[str] = None,
+        reverse: bool = False,
     ):
         super().__init__()
         for name, value in dict(vocab_size=vocab_size, batch_size=batch_size, bptt=bptt).items():
@@ -197,7 +200,10 @@ class CorpusDataModule(L.LightningDataModule):
         return self.tokenizer
 
     def _loader(self, split: str) -> DataLoader:
-        windows = Windows(self.stream(split), self.hparams.batch_size, self.hparams.bptt)
+        stream = self.stream(split)
+        if self.hparams.reverse:  # a backward language model: every review last word first, the last review first
+            stream = np.ascontiguousarray(stream[::-1])
+        windows = Windows(stream, self.hparams.batch_size, self.hparams.bptt)
         skip = 0
         if split == "train" and self._resume_at is not None:  # the first training loader of a resumed run
             skip, self._resume_at = self._resume_at["batches_done"], None

@@ -21,7 +21,7 @@ from torch import nn
 from ..data.tokenizer import PAD_ID, UNK_ID
 from ..errors import ConfigError
 
-Pooling = Literal["last", "mean", "max", "max_mean"]
+Pooling = Literal["last", "mean", "max", "max_mean", "last_max_mean"]
 POOLINGS = get_args(Pooling)
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -43,10 +43,12 @@ def pool(states: torch.Tensor, lengths: torch.Tensor, how: Pooling, backward_dim
 
     `last` takes the forward features at the last real token and, for the trailing
     `backward_dims` features of a bidirectional encoder, those at the first token, where the
-    backward pass ends. `max_mean` concatenates the two poolings (twice the features).
+    backward pass ends. `max_mean` concatenates the two poolings (twice the features), `last_max_mean`
+    all three (ULMFiT's concat pooling).
     """
-    if how == "max_mean":
-        return torch.cat([pool(states, lengths, "max"), pool(states, lengths, "mean")], dim=-1)  # (batch, 2 * dim)
+    if how in ("max_mean", "last_max_mean"):
+        parts = ["last"] * (how == "last_max_mean") + ["max", "mean"]
+        return torch.cat([pool(states, lengths, part, backward_dims) for part in parts], dim=-1)  # (batch, parts * dim)
     time, batch, dim = states.shape
     mask = torch.arange(time, device=states.device)[:, None] < lengths[None, :]  # (time, batch)
     if how == "mean":
@@ -60,7 +62,23 @@ def pool(states: torch.Tensor, lengths: torch.Tensor, how: Pooling, backward_dim
 
 
 def pooled_dim(dim: int, pooling: Pooling) -> int:
-    return 2 * dim if pooling == "max_mean" else dim
+    return {"max_mean": 2, "last_max_mean": 3}.get(pooling, 1) * dim
+
+
+class LockedDropout(nn.Module):
+    """Variational dropout (Gal & Ghahramani 2016; AWD-LSTM's locked dropout) on time-major
+    (time, batch, dim) inputs: one mask per sequence, the same at every time step, so a dropped
+    feature stays dropped for the whole review instead of flickering step to step."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not self.p:
+            return x
+        mask = x.new_empty(1, *x.shape[1:]).bernoulli_(1 - self.p) / (1 - self.p)  # (1, batch, dim)
+        return x * mask
 
 
 def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -118,12 +136,14 @@ class Recurrence(nn.Module):
         init: Literal["keras", "torch"] = "keras",
         packed: bool = False,
         weight_drop: float = 0.0,
+        variational: bool = False,
     ):
         super().__init__()
-        self._build_layers(input_size, cell, hidden_size, num_layers, bidirectional, pooling, dropout, init, packed, weight_drop)
+        self._build_layers(input_size, cell, hidden_size, num_layers, bidirectional, pooling, dropout, init, packed,
+                           weight_drop, variational)
 
     def _build_layers(self, input_size, cell, hidden_size, num_layers, bidirectional, pooling, dropout, init, packed,
-                      weight_drop) -> None:
+                      weight_drop, variational) -> None:
         owner = "model.encoder"
         if cell not in CELLS:
             raise ConfigError(f"{owner}.cell {cell!r} is not one of {', '.join(CELLS)}")
@@ -135,11 +155,11 @@ class Recurrence(nn.Module):
         _dropout(owner, dropout=dropout, weight_drop=weight_drop)
         self.input_size, self.cell, self.hidden_size, self.num_layers = input_size, cell, hidden_size, num_layers
         self.bidirectional, self.pooling, self.dropout, self.init = bidirectional, pooling, dropout, init
-        self.packed, self.weight_drop = packed, weight_drop
+        self.packed, self.weight_drop, self.variational = packed, weight_drop, variational
         directions = 2 if bidirectional else 1
         states_dim = directions * hidden_size  # features per time step, what a next layer reads
         self.output_dim = pooled_dim(states_dim, pooling)
-        self.layer_dropout = nn.Dropout(dropout)
+        self.layer_dropout = LockedDropout(dropout) if variational else nn.Dropout(dropout)
         self.layers = nn.ModuleList(
             nn.ModuleList(CELLS[cell](input_size if layer == 0 else states_dim, hidden_size) for _ in range(directions))
             for layer in range(num_layers)
@@ -166,22 +186,25 @@ class Recurrence(nn.Module):
             x = torch.cat(states, dim=-1)  # (time, batch, directions * hidden)
         return pool(x, lengths, self.pooling, self.hidden_size if self.bidirectional else 0)  # (batch, pooled)
 
+    def call(self, rnn: nn.RNNBase, *args):
+        """rnn(*args), with its recurrent weights dropped while training when weight_drop > 0."""
+        if not (self.training and self.weight_drop):
+            return rnn(*args)
+        # DropConnect on the recurrent weights (AWD-LSTM's weight drop): one mask per batch, the
+        # same at every time step, so it regularises the recurrence itself, not single states.
+        weights = {
+            name: F.dropout(param, self.weight_drop) if name.startswith("weight_hh") else param
+            for name, param in rnn.named_parameters()
+        }
+        return torch.func.functional_call(rnn, weights, args)
+
     def _run(self, rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        if self.training and self.weight_drop:
-            # DropConnect on the recurrent weights (AWD-LSTM's weight drop): one mask per batch, the
-            # same at every time step, so it regularises the recurrence itself, not single states.
-            weights = {
-                name: F.dropout(param, self.weight_drop) if name.startswith("weight_hh") else param
-                for name, param in rnn.named_parameters()
-            }
-            module = rnn
-            rnn = lambda inputs: torch.func.functional_call(module, weights, (inputs,))  # noqa: E731
         if not self.packed:
-            return rnn(x)[0]
+            return self.call(rnn, x)[0]
         # Packed sequences skip the padding, which pays with cuDNN on a GPU; on CPU they ran ~10x
         # slower than padded length buckets here. Lengths must be a CPU tensor (a device sync on GPU).
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
-        return nn.utils.rnn.pad_packed_sequence(rnn(packed)[0], total_length=x.shape[0])[0]
+        return nn.utils.rnn.pad_packed_sequence(self.call(rnn, packed)[0], total_length=x.shape[0])[0]
 
 
 class RecurrentEncoder(Recurrence):
@@ -190,7 +213,9 @@ class RecurrentEncoder(Recurrence):
     (`word_bag`: the mean of the review's word embeddings, the NBoW's features) beside the pooled states.
 
     `embed(ids)` and `encode(embedded, lengths, ids)` are the two halves of `forward`, so
-    adversarial training can perturb the embeddings in between.
+    adversarial training can perturb the embeddings in between. `reverse` reads each review from its
+    last word to its first (the classifier of a backward language model); `variational` draws the
+    embedding and between-layer dropout masks once per review rather than at every step.
     """
 
     def __init__(
@@ -210,6 +235,8 @@ class RecurrentEncoder(Recurrence):
         word_dropout: float = 0.0,
         weight_drop: float = 0.0,
         word_bag: bool = False,
+        variational: bool = False,
+        reverse: bool = False,
     ):
         nn.Module.__init__(self)
         owner = "model.encoder"
@@ -219,12 +246,14 @@ class RecurrentEncoder(Recurrence):
             raise ConfigError(f"{owner}.bigram_buckets must be 0 (off) or positive, got {bigram_buckets}")
         self.vocab_size, self.embed_dim, self.embed_dropout = vocab_size, embed_dim, embed_dropout
         self.bigram_buckets, self.word_dropout, self.word_bag = bigram_buckets, word_dropout, word_bag
+        self.reverse = reverse
         # The tables before the layers: the order random weights are drawn in, so a seed gives
         # the same model as in earlier versions.
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
         self.bigrams = nn.Embedding(bigram_buckets, embed_dim) if bigram_buckets else None
-        self.embedding_dropout = nn.Dropout(embed_dropout)
-        self._build_layers(embed_dim, cell, hidden_size, num_layers, bidirectional, pooling, dropout, init, packed, weight_drop)
+        self.embedding_dropout = LockedDropout(embed_dropout) if variational else nn.Dropout(embed_dropout)
+        self._build_layers(embed_dim, cell, hidden_size, num_layers, bidirectional, pooling, dropout, init, packed,
+                           weight_drop, variational)
         # bigram_buckets > 0: a bag of hashed word pairs (NBoWEncoder's bigrams) beside the pooled states
         self.output_dim += embed_dim if bigram_buckets else 0
         # word_bag: the mean word embedding beside them, so the classifier sees what the NBoW sees
@@ -246,6 +275,8 @@ class RecurrentEncoder(Recurrence):
 
     def encode(self, embedded: torch.Tensor, lengths: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         """Embeddings (time, batch, embed) -> features (batch, output_dim)."""
+        if self.reverse:  # a backward reader (the fine-tune of a backward language model): last word first
+            embedded = reverse_within_length(embedded, lengths)  # (time, batch, embed), padding left in place
         embedded = self.embedding_dropout(embedded)
         features = [self.pooled(embedded, lengths)]  # (batch, pooled)
         if self.bigrams is not None:

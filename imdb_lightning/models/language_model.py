@@ -82,7 +82,7 @@ class LanguageModel(DeferredFigures, ResumedLearningRate, RandomStateResume, L.L
         for index, (rnn,) in enumerate(enc.layers):
             if index:
                 x = enc.layer_dropout(x)
-            x, layer_state = rnn(x, state[index])  # (time, batch, hidden)
+            x, layer_state = enc.call(rnn, x, state[index])  # (time, batch, hidden); weight_drop applies here too
             new_state.append(layer_state)
         return self.project(enc.layer_dropout(x)), new_state
 
@@ -270,8 +270,16 @@ def load_pretrained(encoder: nn.Module, path: str, layers: str = "all") -> None:
     (`"forward"`: its backward direction, which reads the review right to left, starts fresh); or only its word
     embedding (`"embedding"`), which any encoder with an `embedding` of the same width can take (a bidirectional
     or SimpleRNN encoder, a bag of words)."""
-    weights = pretrained_weights(read_language_model(path))
+    ckpt = read_language_model(path)
+    weights = pretrained_weights(ckpt)
     own = encoder.state_dict()
+    backward = bool(ckpt.get("hyper_parameters", {}).get("encoder", {}).get("init_args", {}).get("reverse", False))
+    if layers != "embedding" and backward != bool(getattr(encoder, "reverse", False)):
+        # the recurrent weights predict the next word in one reading direction: the classifier must read the same way
+        way = ("backwards (its encoder has reverse: true); give the classifier's encoder reverse: true",
+               "forwards; give the classifier's encoder reverse: false")[not backward]
+        raise UserError(f"model.pretrained {path}: its language model reads reviews {way} "
+                        "(or take its embedding alone: model.pretrained_layers: embedding)")
     if layers == "embedding":
         table, here = weights["embedding.weight"], own.get("embedding.weight")
         if here is None or here.shape != table.shape:

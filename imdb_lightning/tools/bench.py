@@ -347,7 +347,9 @@ def tokenize_figures(texts: list[str], labels: list[int], tmp: Path, args) -> di
     """Tokenization through the DataModule: cold (empty cache) and warm (second start)."""
     repeats = -(-args.tokenize_reviews // len(texts))
     n = args.tokenize_reviews
-    many = write_reviews((texts * repeats)[:n], (labels * repeats)[:n], tmp / "many.parquet")
+    # a seeded shuffle first: files sorted by label (IMDB's are) would give a one-class cut of n reviews
+    order = np.random.default_rng(0).permutation(len(texts) * repeats)[:n] % len(texts)
+    many = write_reviews([texts[i] for i in order], [labels[i] for i in order], tmp / "many.parquet")
     out = {"tokenize_reviews": n}
     for name in ("tokenize_cold_s", "tokenize_warm_s"):
         start = time.perf_counter()
