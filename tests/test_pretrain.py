@@ -69,7 +69,8 @@ def test_pretraining_lowers_perplexity(texts, tmp_path, cache_dir):
 
 # every recipe pair in experiments/pretrain/: (language model, its fine-tuning)
 RECIPES = [("cpu_lstm", "finetune_lstm"), ("cpu_lstm", "finetune_lstm_adv"), ("cpu_rnn", "finetune_rnn"),
-           ("gpu_lstm", "gpu_finetune_lstm"), ("cpu_lstm_backward", "finetune_lstm_backward")]
+           ("gpu_lstm", "gpu_finetune_lstm"), ("cpu_lstm_backward", "finetune_lstm_backward"),
+           ("cpu_lstm", "finetune_lstm_concat")]
 
 
 def test_every_pretraining_recipe_is_run_below():
