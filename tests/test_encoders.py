@@ -39,12 +39,19 @@ def test_spec_round_trip_rebuilds_the_same_encoder():
     torch.testing.assert_close(rebuilt.eval()(ids, lengths), encoder.eval()(ids, lengths))
 
 
+def same_weights(encoder, **changes):
+    """The encoder rebuilt from its spec with `changes` to its init_args, holding the same weights."""
+    spec = encoder_spec(encoder)
+    twin = build_encoder({**spec, "init_args": {**spec["init_args"], **changes}})
+    twin.load_state_dict(encoder.state_dict())
+    return twin
+
+
 @pytest.mark.parametrize("name", ENCODERS)
 def test_packed_and_padded_give_the_same_features(name):
     torch.manual_seed(0)
     padded = RecurrentEncoder(vocab_size=40, embed_dim=8, hidden_size=5, pooling="mean", **ENCODERS[name]).eval()
-    packed = build_encoder({**encoder_spec(padded), "init_args": {**encoder_spec(padded)["init_args"], "packed": True}})
-    packed.load_state_dict(padded.state_dict())
+    packed = same_weights(padded, packed=True)
     ids, lengths = torch.randint(2, 40, (4, 12)), torch.tensor([12, 3, 7, 1])
     torch.testing.assert_close(packed.eval()(ids, lengths), padded(ids, lengths), atol=1e-5, rtol=0)
 
@@ -223,8 +230,7 @@ def test_reversal_within_length_is_its_own_inverse_and_its_gradient_is_exact():
 def test_a_reversed_encoder_reads_each_review_last_word_first(name):
     torch.manual_seed(0)
     forward = RecurrentEncoder(vocab_size=40, embed_dim=8, hidden_size=5, pooling="last_max_mean", **ENCODERS[name]).eval()
-    backward = build_encoder({**encoder_spec(forward), "init_args": {**encoder_spec(forward)["init_args"], "reverse": True}})
-    backward.load_state_dict(forward.state_dict())
+    backward = same_weights(forward, reverse=True)
     ids, lengths = torch.randint(2, 40, (3, 9)), torch.tensor([9, 4, 1])
     ids[1, 4:] = ids[2, 1:] = 0  # padding
     flipped = ids.clone()
