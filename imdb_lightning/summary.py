@@ -65,9 +65,21 @@ def fit_summary(trainer, task: str = "sentiment") -> str:
         lines.append("  imdb-lightning test <the same --config and --data flags> --ckpt_path best"
                      "   (--data.test_files FILE: your own test reviews)")
         lines.append(f"  imdb-lightning predict --ckpt_path {best} \"a wonderful film\"")
-    if run is not None:
-        lines.append(f"  tensorboard --logdir {run.parent.parent}")
+    lines += dashboard(trainer.logger, run)
     return "\n".join(lines)
+
+
+def dashboard(logger, run: Optional[Path]) -> list[str]:
+    """Where to watch the run: the dashboard of the logger it used (none without one)."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    if run is None:
+        return []
+    if isinstance(logger, TensorBoardLogger):
+        return [f"  tensorboard --logdir {run.parent.parent}"]
+    if isinstance(logger, CSVLogger):
+        return [f"  metrics per step and epoch: {run / 'metrics.csv'}"]
+    return []
 
 
 def test_summary(trainer) -> str:

@@ -9,6 +9,7 @@ import yaml
 from conftest import EXPERIMENTS, QUICKSTART
 from imdb_lightning.cli import cli_main
 from imdb_lightning.models.encoders import ENCODERS
+from imdb_lightning.models.hparams import NAMES
 from imdb_lightning.tools.compare import Run, compare, find_runs, group, leaderboard, mean_std
 from imdb_lightning.tools.sweep import sweep_key
 
@@ -77,10 +78,11 @@ def test_compare_writes_leaderboard_and_plots(swept, tmp_path):
     result = compare(root / "logs", tmp_path)
     assert result["runs"] == 5 and result["finished"] == 4
     table = (tmp_path / "leaderboard.md").read_text()
-    assert "| rnn |" in table and "| gru |" in table and "crashed (RuntimeError: boom)" in table
+    assert "| rnn | rnn |" in table and "| gru | gru |" in table and "crashed (RuntimeError: boom)" in table
     assert "grouped: whole films held out" in table  # every accuracy says which split it is on
     rows = (tmp_path / "leaderboard.csv").read_text().splitlines()
-    assert len(rows) == 3 and rows[0].startswith("model,val split,seeds,parameters,val acc mean,val acc std,val ±95% mean")
+    assert len(rows) == 3
+    assert rows[0].startswith("model,encoder,val split,seeds,parameters,val acc mean,val acc std,val ±95% mean")
     assert all(",random,2," in row for row in rows[1:])  # two seeds per encoder, random validation
     for png in ("val_acc.png", "val_loss.png", "acc_vs_time.png"):
         assert (tmp_path / png).stat().st_size > 5000
@@ -104,13 +106,13 @@ def test_tensorboard_gets_the_metrics_the_readme_names(swept):
         # hp/val_acc is only ever a real accuracy, never a placeholder 0 at step 0
         assert all(e.value > 0 for e in events.Scalars("hp/val_acc"))
         assert {"test/confusion_matrix", "test/roc"} <= set(events.Tags()["images"])
-        # the HPARAMS tab: hyperparameters, the validation kind, hp/val_acc and hp/test_acc as columns
+        # the HPARAMS tab: the settings, the validation kind, the hp/ figures as columns (tests/test_hparams_tab.py)
         plugin = events.PluginTagToContent("hparams")
         experiment = plugin_data_pb2.HParamsPluginData.FromString(plugin["_hparams_/experiment"]).experiment
-        assert {m.name.tag for m in experiment.metric_infos} == {"hp/val_acc", "hp/test_acc"}
+        assert [m.name.tag for m in experiment.metric_infos] == ["hp/val_acc", "hp/val_acc_se", "hp/test_acc", "hp/wall_s"]
         session = plugin_data_pb2.HParamsPluginData.FromString(plugin["_hparams_/session_start_info"]).session_start_info
-        assert session.hparams["val_split"].string_value == "random"
-        assert session.hparams["encoder/init_args/cell"].string_value in {"rnn", "gru"}
+        assert session.hparams[NAMES["val split"]].string_value == "random"
+        assert session.hparams[NAMES["encoder"]].string_value == run.parent.name
 
 
 def fake(name, seed, acc, folder=None, **settings):

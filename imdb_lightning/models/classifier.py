@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Literal, Optional
 
 import torch
@@ -15,11 +16,11 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryConfu
 
 from ..errors import ConfigError
 from ..helpers import clustered_standard_error
+from . import hparams as tab
 from .adversarial import adversarial_loss
 from .base import EncoderModule, NonFiniteLossError, compute_and_reset, plateau  # noqa: F401  (NonFiniteLossError: part of this API)
 from .encoders import layer_groups
 from .finetuning import FineTuningCollapsed, check_collapse, check_lr_decay, discriminative_groups, unfreeze  # noqa: F401
-from .hparams import declare_hp_metrics, validation_kind
 from .language_model import load_pretrained
 
 
@@ -181,21 +182,30 @@ class SentimentClassifier(EncoderModule):
         if "adversarial_loss" in figures:
             self.train_adversarial_loss.update(figures["adversarial_loss"], weights)
 
-    def _log_clustered_error(self, stage: str) -> None:
+    def _log_clustered_error(self, stage: str) -> Optional[float]:
         """`{stage}/acc_se`: the standard error of the accuracy when reviews of one film are correlated."""
         outcomes = getattr(self, f"{stage}_outcomes")
+        se = None
         if outcomes.update_count:
             values = outcomes.compute().reshape(-1, 2).cpu().numpy()  # (reviews, [correct, film])
-            self.log(f"{stage}/acc_se", clustered_standard_error(values[:, 0], values[:, 1]), sync_dist=False)
+            se = clustered_standard_error(values[:, 0], values[:, 1])
+            self.log(f"{stage}/acc_se", se, sync_dist=False)
         outcomes.reset()
+        return se
 
-    # hp/val_acc and hp/test_acc make the TensorBoard hparams tab line runs up side by side. Written
-    # once the data are loaded (the validation kind is known then), and not again on a resume.
+    # TensorBoard's HParams tab (models/hparams.py): the run's row, written once the data are loaded (the
+    # validation kind is known then) and the optimizer built, and again on a resume (its settings may differ).
     def on_train_start(self) -> None:
         super().on_train_start()
         # (only rank 0 has a real TensorBoard writer; the others hold a stand-in)
-        if isinstance(self.logger, TensorBoardLogger) and self.trainer.ckpt_path is None and self.trainer.is_global_zero:
-            declare_hp_metrics(self.logger, {**self.hparams, "val_split": validation_kind(self.trainer)})
+        if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
+            tab.start_session(Path(self.logger.log_dir), tab.session_values(self, self.trainer),
+                              trial=f"{self.logger.name}/version_{self.logger.version}")
+
+    def on_fit_end(self) -> None:
+        super().on_fit_end()
+        if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
+            tab.end_session(Path(self.logger.log_dir), self.global_step)
 
     def on_train_epoch_end(self) -> None:
         self.read_deferred()
@@ -207,12 +217,14 @@ class SentimentClassifier(EncoderModule):
 
     def on_validation_epoch_end(self) -> None:
         values = self.log_epoch_metrics("val")
-        self._log_clustered_error("val")
+        se = self._log_clustered_error("val")
         positive = float(self.val_positive.compute()) if self.val_positive.update_count else 0.5
         self.val_positive.reset()
         if self.hparams.pretrained and not self.trainer.sanity_checking:
             check_collapse(positive, self.current_epoch)
         if not self.trainer.sanity_checking and values:
+            if float(values["val/acc"]) > float(self.best_val_acc) and se is not None:  # (the best checkpoint's epoch)
+                self.log("hp/val_acc_se", se, sync_dist=False)
             self.best_val_acc.fill_(max(float(self.best_val_acc), float(values["val/acc"])))
             self.log("hp/val_acc", self.best_val_acc, sync_dist=True)
 
@@ -221,6 +233,10 @@ class SentimentClassifier(EncoderModule):
         self._log_clustered_error("test")
         if values:
             self.log("hp/test_acc", values["test/acc"], sync_dist=True)
+            # a test of another run's best checkpoint: the figure goes to that run's HParams row too
+            fit = tab.tested_session(self.trainer.ckpt_path, getattr(self.logger, "log_dir", None))
+            if fit is not None and self.trainer.is_global_zero:
+                tab.add_test_accuracy(fit, float(values["test/acc"]), self.global_step)
         if isinstance(self.logger, TensorBoardLogger):
             for name, metric in self.test_curves.items():
                 fig, _ = metric.plot()  # every process: computing the curve gathers their states

@@ -21,6 +21,7 @@ import yaml
 
 from ..errors import UserError
 from ..helpers import ArgumentParser, pyplot
+from ..models.hparams import encoder_name
 from ..runs import read_record, run_version
 
 # Settings that say where or how a run was logged, not what was trained.
@@ -70,6 +71,16 @@ class Run:
     @property
     def split_seed(self):
         return self.settings.get(SPLIT_SEED)
+
+    @property
+    def encoder(self) -> str:
+        """The encoder's name as the HParams tab and the encoder registry write it; a linear run's model."""
+        path = self.settings.get("model.encoder.class_path")
+        if path is None:
+            return str(self.record.get("model") or self.settings.get("model.kind") or "")
+        prefix = "model.encoder.init_args."
+        return encoder_name({"class_path": path, "init_args": {k[len(prefix):]: v for k, v in self.settings.items()
+                                                               if k.startswith(prefix)}})
 
     def val_interval(self) -> Optional[float]:
         """Half-width of the 95% interval of the best validation accuracy (film-clustered error)."""
@@ -199,7 +210,7 @@ def paired(accs: dict, best: dict) -> tuple:
 def leaderboard(runs: list[Run], over_splits: bool = False) -> tuple[list[str], list[list]]:
     finished = [r for r in runs if r.finished]
     varying, groups = group(finished, over_splits)
-    header = ["model", *[k.split(".")[-1] if k.count(".") else k for k in varying], "val split",
+    header = ["model", "encoder", *[k.split(".")[-1] if k.count(".") else k for k in varying], "val split",
               *(["splits"] if over_splits else []), "seeds", "parameters",
               "val acc", "val ±95%", "test acc", "test f1", "test auroc", "epochs", "wall s", "train samples/s"]
     rows, split_accs = [], []
@@ -212,7 +223,7 @@ def leaderboard(runs: list[Run], over_splits: bool = False) -> tuple[list[str], 
         # over splits, a split is the unit: the spread of one split's figure, not of model seeds within it
         val_acc = mean_std(list(split_accs[-1].values())) if over_splits else stat(lambda r: r.record.get("best_val_acc"))
         rows.append([
-            *key, "/".join(splits), *([len(split_accs[-1])] if over_splits else []),
+            key[0], members[0].encoder, *key[1:], "/".join(splits), *([len(split_accs[-1])] if over_splits else []),
             len({r.seed for r in members}), members[0].record.get("parameters"),
             val_acc, stat(lambda r: r.val_interval()),
             mean_std([t.get("test/acc") for t in tests]), mean_std([t.get("test/f1") for t in tests]),
