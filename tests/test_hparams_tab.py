@@ -65,7 +65,7 @@ def test_the_columns_are_declared_in_reading_order_with_the_metrics_after_them()
         else:
             assert info.type == api_pb2.DATA_TYPE_FLOAT64
     encoders = {v.string_value for v in next(i for i in infos if i.display_name == "encoder").domain_discrete.values}
-    assert encoders == {*ENCODERS, "scratch_rnn"}
+    assert encoders == {*ENCODERS, "scratch_rnn", "tfidf", "nbsvm"}  # the last two: the linear references' rows
     assert not any("class_path" in info.name or "instantiator" in info.name for info in infos)
 
 
@@ -132,6 +132,23 @@ def test_a_fit_resumed_and_tested_keeps_one_row_with_the_settings_it_ran_with(tm
     (fit_row,) = result["rows"]
     assert fit_row[result["header"].index("encoder")] == "lstm"
     assert fit_row[result["header"].index("test acc")][0] == pytest.approx(test_acc)
+
+
+def test_the_linear_references_have_rows_with_compares_figures(tmp_path, cache_dir):
+    from imdb_lightning.tools.linear import main as linear
+
+    linear(["--config", str(QUICKSTART), "--data.synthetic_size", "300", "--data.cache_dir", cache_dir,
+            "--logdir", str(tmp_path)])
+    runs = {run.encoder: run for run in find_runs(tmp_path)}
+    assert set(runs) == {"nbsvm", "tfidf"}  # compare's encoder column: the model
+    for name, run in runs.items():
+        assert row(run.folder) == {"encoder": name, "val split": "random", "split seed": 0, "pretrained": "no"}
+        assert last_scalar(run.folder, "hp/val_acc") == pytest.approx(run.record["best_val_acc"], abs=1e-7)
+        assert 1.96 * last_scalar(run.folder, "hp/val_acc_se") == pytest.approx(run.val_interval(), rel=1e-6)
+        assert last_scalar(run.folder, "hp/test_acc") == pytest.approx(run.test_figures()["test/acc"], abs=1e-7)
+        assert last_scalar(run.folder, "hp/wall_s") == pytest.approx(run.cost_s(), rel=1e-6)
+        (end,) = hparams_data(run.folder, "_hparams_/session_end_info")
+        assert end.session_end_info.status == 1  # STATUS_SUCCESS: a finished run, as compare counts it
 
 
 def test_the_summary_names_the_dashboard_of_the_logger_used(tmp_path, cache_dir, monkeypatch, capsys):

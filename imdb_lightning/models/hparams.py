@@ -23,6 +23,7 @@ from tensorboard.summary.writer.record_writer import RecordWriter
 
 from ..runs import best_checkpoint, read_record
 from .encoders import ENCODERS, POOLINGS, NBoWEncoder, RecurrentEncoder, ScratchRNNEncoder
+from .linear import DEFAULT_C
 
 
 class _Number(hp.Domain):
@@ -41,7 +42,8 @@ NUMBER = _Number()
 # TensorBoard's server lists hyperparameters sorted by name, and its table shows the first five of them:
 # each name starts with its place, and the display name is what a reader sees.
 _COLUMNS = [
-    ("encoder", hp.Discrete([*ENCODERS, "scratch_rnn"]), "the encoder: a name of the encoder registry"),
+    # (a linear reference's row names its model: tfidf, nbsvm; n-gram variants and stacks by their run name)
+    ("encoder", hp.Discrete([*ENCODERS, "scratch_rnn", *DEFAULT_C]), "the encoder: a name of the encoder registry"),
     ("bidirectional", hp.Discrete(["false", "true"]), "whether the recurrent layers read both ways"),
     ("hidden size", NUMBER, "units per direction of each recurrent layer"),
     ("embedding size", NUMBER, "width of the word vectors"),
@@ -155,15 +157,29 @@ def start_session(folder: Path, values: dict, trial: str) -> None:
     _write_events(folder / SESSION_FILE, [hp.hparams_config_pb(HPARAMS, METRICS), hp.hparams_pb(values, trial_id=trial)])
 
 
-def end_session(folder: Path, step: int) -> None:
-    """A fit that ended: status success and its wall time, from its run.json when it keeps one."""
+def end_session(folder: Path, step: int, figures: Optional[dict] = None) -> None:
+    """A run that ended: status success, and its figures (default: the fit's wall time, from its run.json)."""
     # (the session's end as TensorBoard's v1 `session_end_pb` writes it; that module needs TensorFlow)
     info = plugin_data_pb2.HParamsPluginData(session_end_info=plugin_data_pb2.SessionEndInfo(
         status=api_pb2.STATUS_SUCCESS, end_time_secs=time.time()))
     end = summary_pb2.Summary(value=[summary_pb2.Summary.Value(
         tag=metadata.SESSION_END_INFO_TAG, metadata=metadata.create_summary_metadata(info), tensor=metadata.NULL_TENSOR)])
-    wall_s = read_record(folder).get("wall_s")
-    _write_events(folder / END_FILE, [end, *([_summary("hp/wall_s", wall_s)] if wall_s is not None else [])], step)
+    if figures is None:
+        figures = {"hp/wall_s": read_record(folder).get("wall_s")}
+    scalars = [_summary(tag, value) for tag, value in figures.items() if value is not None]
+    _write_events(folder / END_FILE, [end, *scalars], step)
+
+
+def linear_session(folder: Path, record: dict, data: dict) -> None:
+    """A linear reference's row (`imdb-lightning linear`): its model as the encoder, its split and seed,
+    and its figures as `compare` reads them (a stack's wall time with its recurrent runs')."""
+    values = {"encoder": record.get("model"), "seed": record.get("seed") if isinstance(record.get("seed"), int) else None,
+              "val split": (record.get("validation") or {}).get("kind"), "split seed": data.get("split_seed"),
+              "pretrained": "no" if not record.get("checkpoints") else None}
+    start_session(folder, {NAMES[k]: v for k, v in values.items() if v is not None}, trial=f"{folder.parent.name}/{folder.name}")
+    wall_s = record.get("total_wall_s") if record.get("checkpoints") else record.get("wall_s")
+    end_session(folder, 0, {"hp/val_acc_se": record.get("val_acc_se"), "hp/test_acc": record.get("test", {}).get("test/acc"),
+                            "hp/wall_s": wall_s})
 
 
 def tested_session(checkpoint: Optional[str], own_folder: Optional[str]) -> Optional[Path]:

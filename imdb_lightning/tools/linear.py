@@ -30,6 +30,7 @@ from ..checkpoints import expect_kind, read_checkpoint
 from ..data.datamodule import IMDBDataModule
 from ..errors import DataError, UserError
 from ..helpers import ArgumentParser, clustered_standard_error, comma_list
+from ..models.hparams import linear_session
 from ..models.linear import DEFAULT_C, LINEAR_FILE, LinearReference, Stack
 from ..runs import atomic_write, best_checkpoint, last_checkpoint, read_record, run_folders, run_version, write_record
 from ..training import read_config
@@ -110,6 +111,7 @@ def run(kind: str, C: float, data: dict, logdir: str, name: str, partners: Optio
             for key, value in record.get(stage, {}).items():
                 writer.add_scalar(key, value, 0)
         writer.add_scalar("hp/val_acc", record["best_val_acc"], 0)
+    linear_session(folder, record, data)  # its row in TensorBoard's HParams tab, as in compare's table
     record["folder"] = str(folder)
     return record
 
