@@ -199,8 +199,7 @@ class SentimentClassifier(EncoderModule):
         super().on_train_start()
         # (only rank 0 has a real TensorBoard writer; the others hold a stand-in)
         if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
-            tab.start_session(Path(self.logger.log_dir), tab.session_values(self, self.trainer),
-                              trial=f"{self.logger.name}/version_{self.logger.version}")
+            tab.start_session(Path(self.logger.log_dir), tab.session_values(self, self.trainer))
 
     def on_fit_end(self) -> None:
         super().on_fit_end()

@@ -149,12 +149,13 @@ def _write_events(path: Path, summaries: list[summary_pb2.Summary], step: int = 
         tmp.unlink(missing_ok=True)
 
 
-def start_session(folder: Path, values: dict, trial: str) -> None:
-    """The columns and this run's row (`trial`: its own row, even beside a run of the same settings).
-    TensorBoard keeps the first value it reads of a run's session, so a resumed fit replaces the file
-    rather than adding to it; a server already running shows the new values once restarted."""
+def start_session(folder: Path, values: dict) -> None:
+    """The columns and this run's row, its trial id the run folder (`gru/version_0`): a row of its own even
+    beside a run of the same settings. TensorBoard keeps the first session it reads of a run, so a resumed
+    fit replaces the file rather than adding to it; a server already running shows the new values once restarted."""
     (folder / END_FILE).unlink(missing_ok=True)  # running again: not finished
-    _write_events(folder / SESSION_FILE, [hp.hparams_config_pb(HPARAMS, METRICS), hp.hparams_pb(values, trial_id=trial)])
+    row = hp.hparams_pb(values, trial_id=f"{folder.parent.name}/{folder.name}")
+    _write_events(folder / SESSION_FILE, [hp.hparams_config_pb(HPARAMS, METRICS), row])
 
 
 def end_session(folder: Path, step: int, figures: Optional[dict] = None) -> None:
@@ -176,7 +177,7 @@ def linear_session(folder: Path, record: dict, data: dict) -> None:
     values = {"encoder": record.get("model"), "seed": record.get("seed") if isinstance(record.get("seed"), int) else None,
               "val split": (record.get("validation") or {}).get("kind"), "split seed": data.get("split_seed"),
               "pretrained": "no" if not record.get("checkpoints") else None}
-    start_session(folder, {NAMES[k]: v for k, v in values.items() if v is not None}, trial=f"{folder.parent.name}/{folder.name}")
+    start_session(folder, {NAMES[k]: v for k, v in values.items() if v is not None})
     wall_s = record.get("total_wall_s") if record.get("checkpoints") else record.get("wall_s")
     end_session(folder, 0, {"hp/val_acc_se": record.get("val_acc_se"), "hp/test_acc": record.get("test", {}).get("test/acc"),
                             "hp/wall_s": wall_s})
