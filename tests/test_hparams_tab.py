@@ -8,6 +8,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import EXPERIMENTS, QUICKSTART, SMALL, SMALL_SETS, free_port
 from imdb_lightning.cli import cli_main
@@ -104,6 +105,8 @@ def test_a_fit_resumed_and_tested_keeps_one_row_with_the_settings_it_ran_with(tm
                         "max epochs": 1, "vocabulary": 300, "seed": 7, "val split": "random", "split seed": 3,
                         "pretrained": "no"}
     assert "tensorboard --logdir" in capsys.readouterr().err
+    saved = yaml.safe_load((run / "hparams.yaml").read_text())  # the model's and data's arguments, as Lightning writes them
+    assert saved["batch_size"] == 16 and saved["adversarial"] == 0.05 and saved["split_seed"] == 3
 
     cli_main(["fit", *flags, "--trainer.max_epochs", "2", "--ckpt_path", "last"])  # resumed in its own folder
     assert row(run)["max epochs"] == 2  # (one session start in the folder: the one it goes on with)

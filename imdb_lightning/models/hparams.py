@@ -4,8 +4,8 @@ The columns are declared with TensorBoard's own hparams API (`hparams_config`), 
 each run's values (`hparams`, its session) are written to an event file of their own in the run folder,
 `SESSION_FILE`: a resumed fit rewrites it with the settings it goes on with (config.yaml's), and a fit that
 ends adds `END_FILE` (status: success, and its wall time from run.json). A `test` of a fit's best checkpoint
-adds its hp/test_acc to that fit's folder, so the figure lands in the fit's row. hparams.yaml stays as
-Lightning writes it (every constructor argument).
+adds its hp/test_acc to that fit's folder, so the figure lands in the fit's row. hparams.yaml is left
+as Lightning writes it (the model's and data module's arguments; config.yaml has the whole configuration).
 """
 
 from __future__ import annotations
