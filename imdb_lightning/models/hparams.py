@@ -3,7 +3,7 @@
 The columns are declared with TensorBoard's own hparams API (`hparams_config`), the same for every run, and
 each run's values (`hparams`, its session) are written to an event file of their own in the run folder,
 `SESSION_FILE`: a resumed fit rewrites it with the settings it goes on with (config.yaml's), and a fit that
-ends adds `END_FILE` (status: success, and its wall time from run.json). A `test` of a fit's best checkpoint
+ends adds an end file (status: success, and its wall time from run.json). A `test` of a fit's best checkpoint
 adds its hp/test_acc to that fit's folder, so the figure lands in the fit's row. hparams.yaml is left
 as Lightning writes it (the model's and data module's arguments; config.yaml has the whole configuration).
 """
@@ -72,9 +72,14 @@ METRICS = [
     hp.Metric("hp/test_acc", display_name="test acc", description="accuracy of the best checkpoint on the test split"),
     hp.Metric("hp/wall_s", display_name="wall s", description="the fit's wall time in seconds (run.json)"),
 ]
-SESSION_FILE = "events.out.tfevents.0.hparams"  # (sorts before Lightning's event files: read first)
-END_FILE = "events.out.tfevents.0.hparams_end"
-TEST_FILE = "events.out.tfevents.{time:.0f}.test_acc"
+# Event files of their own. The session's sorts before Lightning's, so TensorBoard reads it first; the end
+# and test files are named by their time, as Lightning's are, so a running TensorBoard reads them as new files.
+SESSION_FILE = "events.out.tfevents.0.hparams"
+END, TEST = "hparams_end", "test_acc"
+
+
+def _timed(kind: str) -> str:
+    return f"events.out.tfevents.{time.time() * 1e6:.0f}.{kind}"
 
 
 def encoder_name(spec: dict) -> str:
@@ -153,7 +158,8 @@ def start_session(folder: Path, values: dict) -> None:
     """The columns and this run's row, its trial id the run folder (`gru/version_0`): a row of its own even
     beside a run of the same settings. TensorBoard keeps the first session it reads of a run, so a resumed
     fit replaces the file rather than adding to it; a server already running shows the new values once restarted."""
-    (folder / END_FILE).unlink(missing_ok=True)  # running again: not finished
+    for end in folder.glob(f"events.out.tfevents.*.{END}"):
+        end.unlink(missing_ok=True)  # running again: not finished
     row = hp.hparams_pb(values, trial_id=f"{folder.parent.name}/{folder.name}")
     _write_events(folder / SESSION_FILE, [hp.hparams_config_pb(HPARAMS, METRICS), row])
 
@@ -168,7 +174,7 @@ def end_session(folder: Path, step: int, figures: Optional[dict] = None) -> None
     if figures is None:
         figures = {"hp/wall_s": read_record(folder).get("wall_s")}
     scalars = [_summary(tag, value) for tag, value in figures.items() if value is not None]
-    _write_events(folder / END_FILE, [end, *scalars], step)
+    _write_events(folder / _timed(END), [end, *scalars], step)
 
 
 def linear_session(folder: Path, record: dict, data: dict) -> None:
@@ -199,4 +205,4 @@ def tested_session(checkpoint: Optional[str], own_folder: Optional[str]) -> Opti
 
 def add_test_accuracy(folder: Path, test_acc: float, step: int) -> None:
     """hp/test_acc in the fit's own folder: the newest test of its best checkpoint is the row's figure."""
-    _write_events(folder / TEST_FILE.format(time=time.time() * 1e6), [_summary("hp/test_acc", test_acc)], step)
+    _write_events(folder / _timed(TEST), [_summary("hp/test_acc", test_acc)], step)
