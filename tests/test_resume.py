@@ -121,6 +121,8 @@ def logged(run: Path) -> dict:
     for file in sorted(run.glob("events.out.tfevents.*")):
         for event in EventFileLoader(str(file)).Load():
             for value in event.summary.value:
+                if value.tag == "hp/wall_s":  # the fit's wall time: the one figure a resume cannot reproduce
+                    continue
                 if value.HasField("simple_value") or value.metadata.plugin_data.plugin_name == "scalars":
                     number = value.simple_value if value.HasField("simple_value") else float(
                         torch.tensor(list(value.tensor.float_val)).item())
