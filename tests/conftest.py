@@ -1,6 +1,7 @@
 """Shared test helpers: generated data only (no download, nothing from ../shared)."""
 
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -62,3 +63,33 @@ def write_reviews(path: Path, texts: list[str], labels: list[int], movies=None) 
     from imdb_lightning.data.sources import write_reviews as write
 
     return write(texts, labels, path, movies)
+
+
+class Stop(L.Callback):
+    """Stops the fit at a chosen moment: Ctrl-C (a real SIGINT to this process) or a kill."""
+
+    def __init__(self, hook: str, step: int, error: type[BaseException]):
+        self.hook, self.step, self.error = hook, step, error
+
+    def _maybe(self, trainer, hook):
+        if hook == self.hook and trainer.global_step == self.step:
+            if self.error is KeyboardInterrupt:
+                os.kill(os.getpid(), signal.SIGINT)
+            else:
+                raise self.error()
+
+    def on_train_batch_start(self, trainer, *args):
+        self._maybe(trainer, "batch_start")
+
+    def on_train_batch_end(self, trainer, *args):
+        self._maybe(trainer, "batch_end")
+
+    def on_before_backward(self, trainer, *args):
+        self._maybe(trainer, "mid_step")
+
+    def on_train_epoch_start(self, trainer, *args):
+        self._maybe(trainer, "epoch_start")
+
+
+class Killed(BaseException):
+    """Like a SIGKILL, as far as the run is concerned: no handler writes anything."""

@@ -6,9 +6,8 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from test_resume import Killed, Stop
 
-from conftest import EXPERIMENTS, quick_trainer, write_reviews
+from conftest import EXPERIMENTS, Killed, Stop, quick_trainer, write_reviews
 from imdb_lightning.checkpoints import checkpoint_kind, data_state, read_checkpoint
 from imdb_lightning.cli import cli_main
 from imdb_lightning.data.corpus import CorpusDataModule
