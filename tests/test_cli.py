@@ -1,8 +1,10 @@
 """The command line, driven in-process, for every experiment YAML."""
 
 import os
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -44,8 +46,17 @@ def test_fit_test_predict_for_every_experiment(config, tmp_path, cache_dir, monk
     assert (run / "checkpoints" / "last.ckpt").is_file()
     torch.load(best, weights_only=True)
 
-    cli_main(["test", *common, "--ckpt_path", str(best)])
-    assert "test/acc" in capsys.readouterr().out
+    capsys.readouterr()
+    cli_main(["test", *common, "--ckpt_path", str(best), "--trainer.limit_test_batches", "1.0"])  # every test review
+    printed = re.search(r"^\s*test/acc\s+([0-9.]+)\s*$", capsys.readouterr().out, re.M)  # Lightning's table
+    # the figure is the checkpoint's accuracy on the test reviews, as the checkpoint alone scores them
+    import imdb_lightning
+    from imdb_lightning.data.datamodule import IMDBDataModule
+
+    test = IMDBDataModule(source="synthetic", synthetic_size=int(SMALL[SMALL.index("--data.synthetic_size") + 1]),
+                          cache_dir=cache_dir).reviews("test")
+    predicted = np.array(imdb_lightning.load(best).predict(test.texts)) >= 0.5
+    assert printed and float(printed.group(1)) == pytest.approx((predicted == test.labels).mean(), abs=1e-6)
 
     reviews = tmp_path / "reviews.txt"
     reviews.write_text("a great film\nthe film was not good .\nthe music was superb .\n")

@@ -61,7 +61,8 @@ def test_sweep_over_split_seeds_records_each_split_and_compare_pools_them(tmp_pa
     configs = [yaml.safe_load((r / "config.yaml").read_text()) for r in runs]
     assert sorted((r["split_seed"], c["data"]["split_seed"]) for r, c in zip(records, configs)) == [(0, 0), (2, 2)]
     assert all(r["status"] == "finished" and r["seed"] == 0 for r in records)
-    assert "compare" in capsys.readouterr().err
+    # runs of several split seeds: the command it suggests pools them
+    assert f"[sweep] done; compare with: imdb-lightning compare {tmp_path / 'logs'} --over_splits\n" in capsys.readouterr().err
     header, rows = leaderboard(find_runs(tmp_path / "logs"), over_splits=True)
     assert len(rows) == 1 and rows[0][header.index("splits")] == 2
     cli_main(args)  # a rerun finds both runs by their keys, split seed included
