@@ -16,12 +16,14 @@ ROOT = Path(__file__).parents[1]
 EXPERIMENTS = ROOT / "experiments"
 QUICKSTART = EXPERIMENTS / "quickstart.yaml"
 RECURRENT_PRESETS = {name: ENCODERS[name][1] for name in RECURRENT}
-# Shrink any experiment to a few batches of synthetic data.
-SMALL = [
-    "--data.source", "synthetic", "--data.synthetic_size", "300", "--data.vocab_size", "300",
-    "--data.max_length", "60", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
-    "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2", "--trainer.enable_progress_bar", "false",
+# Shrink any experiment's fit, test or validate to a few batches (of whatever data it reads) ...
+TINY_TRAINING = [
+    "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2",
+    "--trainer.limit_test_batches", "2", "--trainer.enable_progress_bar", "false",
 ]
+# ... and to a few batches of synthetic data.
+SMALL = ["--data.source", "synthetic", "--data.synthetic_size", "300", "--data.vocab_size", "300", "--data.max_length", "60",
+         *TINY_TRAINING]
 # The same as `sweep --set` overrides.
 SMALL_SETS = [f"{SMALL[i][2:]}={SMALL[i + 1]}" for i in range(0, len(SMALL), 2)]
 
@@ -32,7 +34,7 @@ def cache_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("cache"))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def synthetic(cache_dir):
     """A small synthetic IMDBDataModule factory; keyword arguments override its settings."""
     from imdb_lightning.data.datamodule import IMDBDataModule

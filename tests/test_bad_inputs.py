@@ -14,13 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import EXPERIMENTS, QUICKSTART
+from conftest import EXPERIMENTS, QUICKSTART, TINY_TRAINING
 from imdb_lightning.cli import cli_main
 from imdb_lightning.data.synthetic import synthetic_reviews
 from imdb_lightning.helpers import cpu_runs_bf16
 
-FIT = ["fit", "--config", str(QUICKSTART), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-       "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false", "--data.synthetic_size", "200"]
+FIT = ["fit", "--config", str(QUICKSTART), *TINY_TRAINING, "--data.synthetic_size", "200"]
 PRETRAIN = ["pretrain", "--config", str(EXPERIMENTS / "pretrain" / "cpu_lstm.yaml"), "--trainer.enable_progress_bar", "false"]
 # the same from an experiment that names no data source: files given on the command line choose it
 FILES = ["fit", "--config", str(EXPERIMENTS / "lstm.yaml"), *FIT[3:-2]]

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import EXPERIMENTS, QUICKSTART
+from conftest import EXPERIMENTS, QUICKSTART, TINY_TRAINING
 from imdb_lightning.cli import cli_main
 from imdb_lightning.models.encoders import ENCODERS
 from imdb_lightning.tools.compare import Run, compare, find_runs, group, leaderboard, mean_std
@@ -143,9 +143,7 @@ def test_a_seed_run_twice_counts_once():
 
 def test_test_and_validate_runs_join_their_fit(tmp_path, cache_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    small = ["--config", str(QUICKSTART), "--data.cache_dir", cache_dir, "--trainer.max_epochs", "1",
-             "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2",
-             "--trainer.enable_progress_bar", "false", "--data.synthetic_size", "300"]
+    small = ["--config", str(QUICKSTART), "--data.cache_dir", cache_dir, *TINY_TRAINING, "--data.synthetic_size", "300"]
     cli_main(["fit", *small])
     best = next(Path("lightning_logs/quickstart/version_0/checkpoints").glob("best*.ckpt"))
     cli_main(["test", *small, "--ckpt_path", str(best)])

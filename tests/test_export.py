@@ -11,6 +11,7 @@ import pytest
 
 import imdb_lightning
 from conftest import RECURRENT_PRESETS as ENCODERS
+from conftest import quick_trainer
 from imdb_lightning.cli import cli_main
 from imdb_lightning.models.classifier import SentimentClassifier
 from imdb_lightning.models.encoders import RecurrentEncoder
@@ -24,12 +25,9 @@ REVIEWS = [
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    from imdb_lightning.data.datamodule import IMDBDataModule
-
+def checkpoints(tmp_path_factory, synthetic):
     root = tmp_path_factory.mktemp("export")
-    dm = IMDBDataModule(source="synthetic", synthetic_size=300, vocab_size=300, max_length=300, batch_size=32,
-                        cache_dir=str(root / "cache"))
+    dm = synthetic(synthetic_size=300, vocab_size=300, max_length=300)
     paths = {}
     for name, kwargs in ENCODERS.items():
         L.seed_everything(0, verbose=False)
@@ -42,8 +40,7 @@ def checkpoints(tmp_path_factory):
 
 def trained_checkpoint(model, dm, path, steps: int):
     """A few training steps of `model` on `dm`, saved to `path`."""
-    trainer = L.Trainer(max_steps=steps, limit_val_batches=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=path.parent)
+    trainer = quick_trainer(path.parent, max_epochs=None, max_steps=steps, limit_val_batches=1, deterministic=False)
     trainer.fit(model, dm)
     trainer.save_checkpoint(path)
     return path
@@ -133,14 +130,12 @@ def test_predict_file_errors(checkpoints, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def other_checkpoints(tmp_path_factory):
+def other_checkpoints(tmp_path_factory, synthetic):
     """The registry's non-recurrent encoder and the from-scratch SimpleRNN, trained a few steps."""
-    from imdb_lightning.data.datamodule import IMDBDataModule
     from imdb_lightning.models.encoders import NBoWEncoder, ScratchRNNEncoder
 
     root = tmp_path_factory.mktemp("export_other")
-    dm = IMDBDataModule(source="synthetic", synthetic_size=300, vocab_size=300, max_length=80, batch_size=32,
-                        cache_dir=str(root / "cache"))
+    dm = synthetic(synthetic_size=300, vocab_size=300, max_length=80)
     paths = {}
     for name, encoder in {"nbow": NBoWEncoder(vocab_size=300, embed_dim=12, bigram_buckets=40),
                           "scratch_rnn": ScratchRNNEncoder(vocab_size=300, embed_dim=12, hidden_size=10)}.items():
@@ -185,13 +180,10 @@ LONG = " ".join(HEAD + ["i watched it on a friday with my sister ."] * 5 + TAIL)
 
 
 @pytest.fixture(scope="module")
-def tail_checkpoint(tmp_path_factory):
+def tail_checkpoint(tmp_path_factory, synthetic):
     """A GRU trained a few steps on reviews cut to their last 15 tokens (truncation tail)."""
-    from imdb_lightning.data.datamodule import IMDBDataModule
-
     root = tmp_path_factory.mktemp("tail")
-    dm = IMDBDataModule(source="synthetic", synthetic_size=300, vocab_size=300, max_length=15, truncation="tail",
-                        batch_size=32, cache_dir=str(root / "cache"))
+    dm = synthetic(synthetic_size=300, vocab_size=300, max_length=15, truncation="tail")
     L.seed_everything(0, verbose=False)
     model = SentimentClassifier(RecurrentEncoder(vocab_size=300, embed_dim=12, hidden_size=10, cell="gru"))
     return trained_checkpoint(model, dm, root / "tail.ckpt", steps=5)

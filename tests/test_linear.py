@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import EXPERIMENTS, write_reviews
+from conftest import EXPERIMENTS, TINY_TRAINING, write_reviews
 from imdb_lightning.cli import cli_main
 from imdb_lightning.data.datamodule import IMDBDataModule
 from imdb_lightning.data.synthetic import synthetic_reviews
@@ -157,8 +157,7 @@ def test_a_stacks_validation_figure_is_cross_fitted_where_an_in_sample_one_would
 def fit_tiny(files, cache_dir, name, *extra):
     cli_main(["fit", "--config", str(EXPERIMENTS / "gru.yaml"), "--data.train_files", files["train"],
               "--data.cache_dir", cache_dir, "--data.vocab_size", "300", "--model.encoder.init_args.hidden_size", "8",
-              "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.enable_progress_bar", "false",
-              "--trainer.logger.init_args.name", name, *extra])
+              *TINY_TRAINING, "--trainer.logger.init_args.name", name, *extra])
     return Path(f"lightning_logs/{name}/version_0")
 
 
