@@ -39,6 +39,10 @@ def test_the_clustered_error_of_a_small_table_worked_by_hand():
         pytest.approx(21**0.5 / 81, rel=1e-12)
     # every review its own film: sqrt(n / (n - 1) * p (1 - p) / n), the binomial error with the same correction
     assert clustered_standard_error(correct, np.arange(9)) == pytest.approx((9 / 8 * (5 / 9) * (4 / 9) / 9) ** 0.5, rel=1e-12)
+    # the smallest tables that have one: two reviews of two films (mean 1/2, residuals +-1/2: sqrt(2 * 1/2) / 2),
+    # and two films (a: 2 right of 2, b: wrong; mean 2/3, residual sums +-2/3: sqrt(2 * 8/9) / 3)
+    assert clustered_standard_error(np.array([1.0, 0.0]), np.array(["a", "b"])) == pytest.approx(0.5, rel=1e-12)
+    assert clustered_standard_error(np.array([1.0, 1.0, 0.0]), np.array(["a", "a", "b"])) == pytest.approx(4 / 9, rel=1e-12)
     # nothing to estimate a spread from: one review, or one film
     assert np.isnan(clustered_standard_error(correct[:1], films[:1]))
     assert np.isnan(clustered_standard_error(correct, np.zeros(9)))
