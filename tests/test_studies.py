@@ -13,10 +13,13 @@ SPACE = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
 
 
 def test_the_default_storage_is_a_sqlite_file_in_the_log_folder(tmp_path):
-    storage = open_storage(None, tmp_path / "logs", heartbeat=7)
-    assert (tmp_path / "logs" / "tune.db").is_file()
-    assert storage.url == f"sqlite:///{(tmp_path / 'logs' / 'tune.db').resolve()}"
+    storage = open_storage(None, tmp_path / "a" / "logs", heartbeat=7)  # (the folders are made)
+    assert storage.url == f"sqlite:///{(tmp_path / 'a' / 'logs' / 'tune.db').resolve()}"
     assert storage.heartbeat_interval == 7 and storage.grace_period == 14  # a dead worker's trial is failed after two
+    retry = storage.heartbeat_stale_trial_callback  # ... and run again, three times at most
+    assert isinstance(retry, optuna.storages.RetryHeartbeatStaleTrialCallback) and retry._max_retry == 3
+    with pytest.raises(UserError, match=r"--storage mysql://u@h/db: its database driver is not installed"):
+        open_storage("mysql://u@h/db", tmp_path, heartbeat=5)
     with pytest.raises(UserError, match=r"--storage sqlite:////no/such/dir/x\.db: cannot open the database"):
         open_storage("sqlite:////no/such/dir/x.db", tmp_path, heartbeat=5)
 
@@ -33,6 +36,8 @@ def test_a_study_is_created_maximising_with_its_space_and_joined_only_with_that_
                                         r"--study name"):
         load_study(storage, "s", {"lr": SPACE["lr"]})
     assert load_study(storage, "other", SPACE, direction="minimize").direction == optuna.study.StudyDirection.MINIMIZE
+    sampler = optuna.samplers.RandomSampler(seed=0)
+    assert load_study(storage, "sampled", SPACE, sampler=sampler).sampler is sampler
 
 
 def test_only_a_new_sqlite_file_takes_the_creation_lock(tmp_path):
