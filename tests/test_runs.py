@@ -46,8 +46,8 @@ def test_run_folders_are_the_version_folders_in_number_order(tmp_path):
 
 
 def test_claim_version_takes_the_next_number_and_never_one_twice(tmp_path):
-    root = tmp_path / "exp"
-    assert claim_version(root) == 0 and (root / "version_0").is_dir()  # the experiment folder is made too
+    root = tmp_path / "logs" / "exp"
+    assert claim_version(root) == 0 and (root / "version_0").is_dir()  # the experiment's folders are made too
     (root / "version_7").mkdir()
     assert claim_version(root) == 8
     claimed = []
@@ -57,6 +57,13 @@ def test_claim_version_takes_the_next_number_and_never_one_twice(tmp_path):
     for t in threads:
         t.join()
     assert sorted(claimed) == list(range(9, 17))
+    # a number taken by something that is not a run folder (here a file) is passed over, one at a time
+    for taken, expected in (((0, 1), 2), ((0, 2), 1)):
+        other = tmp_path / f"taken{expected}"
+        other.mkdir()
+        for n in taken:
+            (other / f"version_{n}").write_text("not a run")
+        assert claim_version(other) == expected
 
 
 def test_the_newest_last_and_best_checkpoint_of_a_run(tmp_path):
@@ -64,8 +71,8 @@ def test_the_newest_last_and_best_checkpoint_of_a_run(tmp_path):
     assert last_checkpoint(run) is None and best_checkpoint(run) is None
     touch(run / "checkpoints" / "last.ckpt", 100)
     newer = touch(run / "checkpoints" / "last-v1.ckpt", 200)
-    touch(run / "checkpoints" / "best-epoch00-acc0.5000.ckpt", 300)
-    best = touch(run / "checkpoints" / "best-epoch01-acc0.6000.ckpt", 400)
+    best = touch(run / "checkpoints" / "best-epoch00-acc0.5000.ckpt", 400)  # the newest file, not the last name
+    touch(run / "checkpoints" / "best-epoch01-acc0.6000.ckpt", 300)
     touch(run / "checkpoints" / "other.ckpt", 500)
     assert last_checkpoint(run) == newer and best_checkpoint(run) == best
 
@@ -110,7 +117,7 @@ def test_records_are_read_back_and_bad_ones_are_named(tmp_path):
 
 
 def test_an_atomic_write_is_whole_or_not_there(tmp_path):
-    target = tmp_path / "deep" / "file.txt"
+    target = tmp_path / "deep" / "er" / "file.txt"
     atomic_write(target, lambda tmp: Path(tmp).write_text("first"))
     assert target.read_text() == "first"
 
