@@ -45,3 +45,15 @@ def test_of_runs_of_one_seed_the_newest_version_counts():
     newest = run("gru", 0, 0.9, 10)
     assert distinct_seeds([newest, run("gru", 0, 0.8, 2)]) == [newest]  # version 10 is newer than version 2
     assert distinct_seeds([run("gru", 0, 0.8, 2), newest]) == [newest]
+
+
+def test_the_leaderboard_names_its_columns_by_the_last_part_of_a_varying_setting():
+    from imdb_lightning.tools.compare import leaderboard
+
+    runs = [run("gru", 0, 0.8, 0, **{"model.encoder.init_args.hidden_size": 8}),
+            run("gru", 0, 0.9, 1, **{"model.encoder.init_args.hidden_size": 16})]
+    for r in runs:
+        r.record["parameters"] = 123
+    header, rows = leaderboard(runs)
+    assert header[:4] == ["model", "hidden_size", "val split", "seeds"] and header[4] == "parameters"
+    assert [row[:2] for row in rows] == [["gru", 16], ["gru", 8]] and rows[0][header.index("parameters")] == 123
