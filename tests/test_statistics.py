@@ -57,3 +57,26 @@ def test_the_leaderboard_names_its_columns_by_the_last_part_of_a_varying_setting
     header, rows = leaderboard(runs)
     assert header[:4] == ["model", "hidden_size", "val split", "seeds"] and header[4] == "parameters"
     assert [row[:2] for row in rows] == [["gru", 16], ["gru", 8]] and rows[0][header.index("parameters")] == 123
+
+
+def test_every_leaderboard_figure_is_the_mean_over_seeds_of_the_runs_records_and_a_row_without_val_acc_comes_last():
+    import statistics
+
+    from imdb_lightning.tools.compare import leaderboard
+
+    runs = [run("gru", 0, 0.80, 0), run("gru", 1, 0.84, 1), run("lstm", 0, None, 0)]
+    runs[1].record["validation"] = {"kind": "random"}
+    for r, (epochs, speed, se, test) in zip(runs, [(3, 100.0, 0.01, (0.7, 0.6, 0.8)), (5, 300.0, 0.02, (0.9, 0.8, 1.0)),
+                                               (1, 50.0, 0.03, (0.5, 0.5, 0.5))]):
+        r.record.update(epochs=epochs, train_samples_per_s=speed, val_acc_se=se,
+                        test={"test/acc": test[0], "test/f1": test[1], "test/auroc": test[2]})
+    header, rows = leaderboard(runs)
+    assert header[-3:] == ["epochs", "wall s", "train samples/s"]
+    gru, lstm = rows  # the row with no validation accuracy last
+    assert gru[0] == "gru" and lstm[0] == "lstm" and gru[header.index("val split")] == "grouped/random"
+    spread = statistics.stdev
+    expected = {"val ±95%": (1.96 * 0.015, spread([1.96 * 0.01, 1.96 * 0.02])), "test acc": (0.8, spread([0.7, 0.9])),
+                "test f1": (0.7, spread([0.6, 0.8])), "test auroc": (0.9, spread([0.8, 1.0]))}
+    for column, (mean, std) in expected.items():
+        assert gru[header.index(column)] == pytest.approx((mean, std)), column
+    assert gru[header.index("epochs")] == 4 and gru[header.index("train samples/s")] == 200.0
