@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import imdb_lightning
+from conftest import quick_trainer
 from imdb_lightning.errors import UserError
 from imdb_lightning.models.classifier import SentimentClassifier
 from imdb_lightning.models.encoders import RecurrentEncoder
@@ -13,10 +14,7 @@ def checkpoint(synthetic, tmp_path):
     L.seed_everything(0, verbose=False)
     dm = synthetic()
     model = SentimentClassifier(RecurrentEncoder(vocab_size=500, embed_dim=16, hidden_size=8, bidirectional=True))
-    trainer = L.Trainer(
-        max_epochs=1, limit_train_batches=3, limit_val_batches=2, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path,
-    )
+    trainer = quick_trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=2)
     trainer.fit(model, dm)
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)

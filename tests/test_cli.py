@@ -1,12 +1,14 @@
 """The command line, driven in-process, for every experiment YAML."""
 
 import os
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from conftest import SMALL
+from conftest import SMALL, TINY_TRAINING
 from imdb_lightning.cli import cli_main
 
 EXPERIMENTS_DIR = Path(__file__).parents[1] / "experiments"
@@ -44,8 +46,17 @@ def test_fit_test_predict_for_every_experiment(config, tmp_path, cache_dir, monk
     assert (run / "checkpoints" / "last.ckpt").is_file()
     torch.load(best, weights_only=True)
 
-    cli_main(["test", *common, "--ckpt_path", str(best)])
-    assert "test/acc" in capsys.readouterr().out
+    capsys.readouterr()
+    cli_main(["test", *common, "--ckpt_path", str(best), "--trainer.limit_test_batches", "1.0"])  # every test review
+    printed = re.search(r"^\s*test/acc\s+([0-9.]+)\s*$", capsys.readouterr().out, re.M)  # Lightning's table
+    # the figure is the checkpoint's accuracy on the test reviews, as the checkpoint alone scores them
+    import imdb_lightning
+    from imdb_lightning.data.datamodule import IMDBDataModule
+
+    test = IMDBDataModule(source="synthetic", synthetic_size=int(SMALL[SMALL.index("--data.synthetic_size") + 1]),
+                          cache_dir=cache_dir).reviews("test")
+    predicted = np.array(imdb_lightning.load(best).predict(test.texts)) >= 0.5
+    assert printed and float(printed.group(1)) == pytest.approx((predicted == test.labels).mean(), abs=1e-6)
 
     reviews = tmp_path / "reviews.txt"
     reviews.write_text("a great film\nthe film was not good .\nthe music was superb .\n")
@@ -110,8 +121,7 @@ def test_default_root_dir_moves_runs_and_test_reads_only_test_files(tmp_path, ca
     texts, labels = synthetic_reviews(300, seed=0)
     train = write_reviews(tmp_path / "train.parquet", texts, labels)
     test = write_reviews(tmp_path / "test.parquet", texts[:60], labels[:60])
-    small = ["--data.cache_dir", cache_dir, "--data.vocab_size", "300", "--trainer.max_epochs", "1",
-             "--trainer.limit_train_batches", "2", "--trainer.enable_progress_bar", "false"]
+    small = ["--data.cache_dir", cache_dir, "--data.vocab_size", "300", *TINY_TRAINING]
     cli_main(["fit", "--config", str(EXPERIMENTS / "lstm.yaml"), "--data.train_files", train, *small,
               "--trainer.default_root_dir", "elsewhere"])
     run = tmp_path / "elsewhere" / "lightning_logs" / "lstm" / "version_0"
@@ -136,7 +146,7 @@ def test_predict_config_finds_runs_under_default_root_dir_and_single_class_test_
     positive = [t for t, y in zip(texts, labels) if y == 1][:40]
     only_positive = write_reviews(tmp_path / "positive.parquet", positive, [1] * len(positive))
     small = ["--config", str(EXPERIMENTS / "lstm.yaml"), "--data.cache_dir", cache_dir, "--data.vocab_size", "300",
-             "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.enable_progress_bar", "false"]
+             *TINY_TRAINING]
     cli_main(["fit", *small, "--data.train_files", train])  # an older run, in ./lightning_logs
     cli_main(["fit", *small, "--data.train_files", train, "--trainer.default_root_dir", "elsewhere"])
     capsys.readouterr()

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import EXPERIMENTS, QUICKSTART
+from conftest import EXPERIMENTS, QUICKSTART, TINY_TRAINING
 from imdb_lightning.cli import cli_main
 from imdb_lightning.models.encoders import ENCODERS
 from imdb_lightning.models.hparams import NAMES
@@ -62,7 +62,8 @@ def test_sweep_over_split_seeds_records_each_split_and_compare_pools_them(tmp_pa
     configs = [yaml.safe_load((r / "config.yaml").read_text()) for r in runs]
     assert sorted((r["split_seed"], c["data"]["split_seed"]) for r, c in zip(records, configs)) == [(0, 0), (2, 2)]
     assert all(r["status"] == "finished" and r["seed"] == 0 for r in records)
-    assert "compare" in capsys.readouterr().err
+    # runs of several split seeds: the command it suggests pools them
+    assert f"[sweep] done; compare with: imdb-lightning compare {tmp_path / 'logs'} --over_splits\n" in capsys.readouterr().err
     header, rows = leaderboard(find_runs(tmp_path / "logs"), over_splits=True)
     assert len(rows) == 1 and rows[0][header.index("splits")] == 2
     cli_main(args)  # a rerun finds both runs by their keys, split seed included
@@ -144,9 +145,7 @@ def test_a_seed_run_twice_counts_once():
 
 def test_test_and_validate_runs_join_their_fit(tmp_path, cache_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    small = ["--config", str(QUICKSTART), "--data.cache_dir", cache_dir, "--trainer.max_epochs", "1",
-             "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2",
-             "--trainer.enable_progress_bar", "false", "--data.synthetic_size", "300"]
+    small = ["--config", str(QUICKSTART), "--data.cache_dir", cache_dir, *TINY_TRAINING, "--data.synthetic_size", "300"]
     cli_main(["fit", *small])
     best = next(Path("lightning_logs/quickstart/version_0/checkpoints").glob("best*.ckpt"))
     cli_main(["test", *small, "--ckpt_path", str(best)])

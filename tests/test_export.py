@@ -11,6 +11,7 @@ import pytest
 
 import imdb_lightning
 from conftest import RECURRENT_PRESETS as ENCODERS
+from conftest import quick_trainer
 from imdb_lightning.cli import cli_main
 from imdb_lightning.models.classifier import SentimentClassifier
 from imdb_lightning.models.encoders import RecurrentEncoder
@@ -24,12 +25,9 @@ REVIEWS = [
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    from imdb_lightning.data.datamodule import IMDBDataModule
-
+def checkpoints(tmp_path_factory, synthetic):
     root = tmp_path_factory.mktemp("export")
-    dm = IMDBDataModule(source="synthetic", synthetic_size=300, vocab_size=300, max_length=300, batch_size=32,
-                        cache_dir=str(root / "cache"))
+    dm = synthetic(synthetic_size=300, vocab_size=300, max_length=300)
     paths = {}
     for name, kwargs in ENCODERS.items():
         L.seed_everything(0, verbose=False)
@@ -42,8 +40,7 @@ def checkpoints(tmp_path_factory):
 
 def trained_checkpoint(model, dm, path, steps: int):
     """A few training steps of `model` on `dm`, saved to `path`."""
-    trainer = L.Trainer(max_steps=steps, limit_val_batches=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=path.parent)
+    trainer = quick_trainer(path.parent, max_epochs=None, max_steps=steps, limit_val_batches=1, deterministic=False)
     trainer.fit(model, dm)
     trainer.save_checkpoint(path)
     return path
@@ -76,7 +73,10 @@ def test_exported_loader_runs_without_lightning(checkpoints, tmp_path):
 def test_export_command(checkpoints, tmp_path, capsys):
     cli_main(["export", "--ckpt_path", str(checkpoints["gru"]), "--format", "torchscript", "--out", str(tmp_path / "ts")])
     assert json.loads((tmp_path / "ts" / "meta.json").read_text())["format"] == "torchscript"
-    assert "exported to" in capsys.readouterr().out
+    out = tmp_path / "ts"
+    assert capsys.readouterr().out == f'exported to {out}; try: python {out / "classify.py"} "a wonderful film"\n'
+    expected = imdb_lightning.load(checkpoints["gru"]).predict(REVIEWS)
+    assert ExportedClassifier(out).predict(REVIEWS) == pytest.approx(expected, abs=1e-5)  # the folder it names works
 
 
 def write_inputs(tmp_path):
@@ -130,14 +130,12 @@ def test_predict_file_errors(checkpoints, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def other_checkpoints(tmp_path_factory):
+def other_checkpoints(tmp_path_factory, synthetic):
     """The registry's non-recurrent encoder and the from-scratch SimpleRNN, trained a few steps."""
-    from imdb_lightning.data.datamodule import IMDBDataModule
     from imdb_lightning.models.encoders import NBoWEncoder, ScratchRNNEncoder
 
     root = tmp_path_factory.mktemp("export_other")
-    dm = IMDBDataModule(source="synthetic", synthetic_size=300, vocab_size=300, max_length=80, batch_size=32,
-                        cache_dir=str(root / "cache"))
+    dm = synthetic(synthetic_size=300, vocab_size=300, max_length=80)
     paths = {}
     for name, encoder in {"nbow": NBoWEncoder(vocab_size=300, embed_dim=12, bigram_buckets=40),
                           "scratch_rnn": ScratchRNNEncoder(vocab_size=300, embed_dim=12, hidden_size=10)}.items():
@@ -174,3 +172,65 @@ def test_export_of_a_linear_run_folder_says_how_to_apply_it(tmp_path):
     err = str(exit.value.code)
     assert "a run folder of `imdb-lightning linear`" in err and "imdb-lightning predict --ckpt_path" in err
     assert not (tmp_path / "x").exists()
+
+
+HEAD = "the plot was wonderful and the music was brilliant and the acting was superb .".split()  # 15 tokens
+TAIL = "the plot was awful and the music was dull and the acting was terrible .".split()
+LONG = " ".join(HEAD + ["i watched it on a friday with my sister ."] * 5 + TAIL)  # its two ends read differently
+
+
+@pytest.fixture(scope="module")
+def tail_checkpoint(tmp_path_factory, synthetic):
+    """A GRU trained a few steps on reviews cut to their last 15 tokens (truncation tail)."""
+    root = tmp_path_factory.mktemp("tail")
+    dm = synthetic(synthetic_size=300, vocab_size=300, max_length=15, truncation="tail")
+    L.seed_everything(0, verbose=False)
+    model = SentimentClassifier(RecurrentEncoder(vocab_size=300, embed_dim=12, hidden_size=10, cell="gru"))
+    return trained_checkpoint(model, dm, root / "tail.ckpt", steps=5)
+
+
+def test_head_and_tail_truncation_keep_the_first_and_the_last_tokens(tail_checkpoint, tmp_path):
+    import torch
+
+    from imdb_lightning.serve.runtime import padded_batches
+
+    tail = imdb_lightning.load(tail_checkpoint)
+    assert (tail.truncation, tail.max_length) == ("tail", 15)
+    ids = tail.tokenizer.encode(LONG).ids
+    assert len(ids) > 30 and ids[:15] != ids[-15:]
+    for truncation, kept in (("head", ids[:15]), ("tail", ids[-15:])):
+        [(_, batch, lengths)] = padded_batches(tail.tokenizer, [LONG], 15, truncation)
+        assert batch[0].tolist() == kept and lengths.tolist() == [15]
+
+    # the long review is read as its last 15 words alone; a copy of the checkpoint set to head, as its first 15
+    from imdb_lightning.checkpoints import data_state
+
+    ckpt = torch.load(tail_checkpoint, weights_only=True)
+    data_state(ckpt)["truncation"] = "head"
+    torch.save(ckpt, tmp_path / "head.ckpt")
+    head = imdb_lightning.load(tmp_path / "head.ckpt")
+    assert tail.predict([LONG]) == pytest.approx(tail.predict([" ".join(TAIL)]), abs=1e-7)
+    assert head.predict([LONG]) == pytest.approx(head.predict([" ".join(HEAD)]), abs=1e-7)
+    assert abs(tail.predict([LONG])[0] - head.predict([LONG])[0]) > 1e-4  # the two ends are told apart
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_an_exported_model_truncates_as_its_checkpoint(tail_checkpoint, tmp_path, fmt):
+    out = export(tail_checkpoint, fmt, tmp_path / "exported")
+    assert json.loads((out / "meta.json").read_text())["truncation"] == "tail"
+    reference = imdb_lightning.load(tail_checkpoint).predict([" ".join(TAIL), " ".join(HEAD)])  # nothing to cut
+    assert ExportedClassifier(out).predict([LONG, " ".join(HEAD)]) == pytest.approx(reference, abs=1e-5)
+
+
+def test_training_batches_truncate_a_long_review_at_the_same_end(tmp_path, cache_dir):
+    from conftest import write_reviews
+    from imdb_lightning.data.datamodule import IMDBDataModule
+    from imdb_lightning.data.synthetic import synthetic_reviews
+
+    train = write_reviews(tmp_path / "train.parquet", *synthetic_reviews(200, seed=0))
+    test = write_reviews(tmp_path / "test.parquet", [LONG, " ".join(HEAD), " ".join(TAIL)], [1, 1, 0])
+    for truncation, kept in (("head", slice(None, 15)), ("tail", slice(-15, None))):
+        dm = IMDBDataModule(train_files=train, test_files=test, vocab_size=300, max_length=15, truncation=truncation,
+                            cache_dir=cache_dir)
+        ids, _, _ = dm.dataset("test")[0]
+        assert list(ids) == dm.get_tokenizer().encode(LONG).ids[kept]

@@ -132,6 +132,53 @@ def test_gradual_unfreezing_trains_the_head_first_then_one_layer_more_each_epoch
     assert changed == [[True, False, False], [True, True, False], [True, True, True]]
 
 
+class Trainable(L.Callback):
+    """Which layer groups (head, LSTM layer, embedding) take a gradient at each training step: (epoch, [bool...])."""
+
+    def __init__(self):
+        self.steps = []
+
+    def on_before_backward(self, trainer, model, loss):
+        self.steps.append((trainer.current_epoch, [all(p.requires_grad for p in g) for g in model.layer_groups()]))
+
+
+def _unfreezing_fit(tmp_path, synthetic, stop=None, resume=False):
+    import torch
+
+    from conftest import Killed
+    from imdb_lightning.callbacks import LastCheckpoint
+
+    L.seed_everything(0, verbose=False)
+    model = SentimentClassifier(RecurrentEncoder(vocab_size=500, embed_dim=16, hidden_size=16, cell="lstm"),
+                                gradual_unfreezing=True, scheduler=None)
+    trainable = Trainable()
+    trainer = quick_trainer(tmp_path, max_epochs=3, limit_train_batches=4, limit_val_batches=1, enable_checkpointing=True,
+                            callbacks=[LastCheckpoint(every_n_train_steps=5), trainable, *([stop] if stop else [])])
+    if stop is None:
+        trainer.fit(model, synthetic(), ckpt_path=str(tmp_path / "checkpoints" / "last.ckpt") if resume else None)
+    else:
+        with pytest.raises(Killed):
+            trainer.fit(model, synthetic())
+    return model, trainable.steps, torch
+
+
+def test_gradual_unfreezing_holds_at_every_step_of_every_epoch_and_across_a_resume(synthetic, tmp_path):
+    from conftest import Killed, Stop
+
+    reference, steps, torch = _unfreezing_fit(tmp_path / "reference", synthetic)
+    # epoch 0: the head alone; epoch 1: and the LSTM layer; epoch 2: and the embedding. At every step, not only the first.
+    assert steps == [(epoch, [depth <= epoch for depth in range(3)]) for epoch in range(3) for _ in range(4)]
+
+    # killed in the middle of epoch 1, resumed from the step checkpoint before: the same layers train from there
+    _unfreezing_fit(tmp_path / "resumed", synthetic, stop=Stop("batch_end", 6, Killed))
+    saved = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["epoch"] == 1 and saved["global_step"] == 5  # after the first step of epoch 1
+    resumed, after, _ = _unfreezing_fit(tmp_path / "resumed", synthetic, resume=True)
+    assert after == steps[5:]
+    for name, tensor in reference.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], tensor, atol=1e-6, rtol=0, msg=name)
+
+
 def test_lr_decay_below_one_is_refused():
     from imdb_lightning.errors import ConfigError
 

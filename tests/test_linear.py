@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import EXPERIMENTS, write_reviews
+from conftest import EXPERIMENTS, TINY_TRAINING, write_reviews
 from imdb_lightning.cli import cli_main
 from imdb_lightning.data.datamodule import IMDBDataModule
 from imdb_lightning.data.synthetic import synthetic_reviews
@@ -65,13 +65,18 @@ def test_linear_command_uses_the_fits_split_and_tests(files, tmp_path, cache_dir
     records = linear(["--config", str(EXPERIMENTS / "lstm.yaml"), *data, "--logdir", str(tmp_path)])
     assert [r["model"] for r in records] == ["nbsvm", "tfidf"]
     # the very split `fit` with these data settings would use: films held out, same reviews
-    dm = IMDBDataModule(train_files=files["train"], cache_dir=cache_dir)
-    dm.reviews("val")
+    from imdb_lightning.serve.predictor import load
+
+    dm = IMDBDataModule(train_files=files["train"], test_files=files["test"], cache_dir=cache_dir)
+    val, test = dm.reviews("val"), dm.reviews("test")
     for record in records:
         saved = json.loads((Path(record["folder"]) / "run.json").read_text())
         assert saved["validation"] == dm.validation and saved["validation"]["kind"] == "grouped"
-        assert 0.5 < saved["val"]["val/acc"] <= 1 and saved["val"]["val/acc_se"] >= 0
-        assert 0.5 < saved["test"]["test/acc"] <= 1
+        # the figures are the saved model's on exactly those reviews
+        for stage, reviews in (("val", val), ("test", test)):
+            predicted = np.array(load(record["folder"]).predict(reviews.texts)) >= 0.5
+            assert saved[stage][f"{stage}/acc"] == pytest.approx((predicted == reviews.labels).mean(), abs=1e-9)
+        assert saved["val"]["val/acc"] > 0.8  # it learnt: chance is 0.5
     result = compare(str(tmp_path), tmp_path / "out")
     assert result["finished"] == 2
     board = (tmp_path / "out" / "leaderboard.md").read_text()
@@ -100,14 +105,17 @@ def test_linear_command_uses_the_fits_split_and_tests(files, tmp_path, cache_dir
         linear(["--config", str(EXPERIMENTS / "lstm.yaml"), *data, "--ngrams", "0"])
 
 
+class Fixed:
+    """A stand-in predictor: fixed logits, one per review."""
+
+    def __init__(self, values):
+        self.values = np.array(values, dtype=float)
+
+    def logits(self, texts):
+        return self.values[: len(texts)]
+
+
 def test_stacking_weighs_the_two_logits_and_cross_fits_by_film():
-    class Fixed:
-        def __init__(self, values):
-            self.values = np.array(values, dtype=float)
-
-        def logits(self, texts):
-            return self.values[: len(texts)]
-
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 400)
     good = np.where(labels == 1, 1.0, -1.0) + rng.normal(0, 0.5, 400)  # informative
@@ -120,11 +128,36 @@ def test_stacking_weighs_the_two_logits_and_cross_fits_by_film():
                                                         + combined.weights[2])
 
 
+def test_a_stacks_validation_figure_is_cross_fitted_where_an_in_sample_one_would_flatter_it():
+    from sklearn.linear_model import LogisticRegression
+
+    # 40 members that know nothing, on 100 reviews of 25 films: a stacker scored on the rows it was fitted on
+    # finds a pattern in the noise; scored on films it never saw, it is at chance
+    rng = np.random.default_rng(0)
+    labels, films = rng.integers(0, 2, 100), np.arange(100) // 4
+    members = [Fixed(rng.normal(0, 1, 100)) for _ in range(40)]
+    stack = Stack(Fixed(rng.normal(0, 1, 100)), members)
+    held_out = stack.fit(["x"] * 100, labels, films)
+    x = stack.features(["x"] * 100)  # (reviews, 1 + members)
+    in_sample = LogisticRegression().fit(x, labels)
+    assert ((in_sample.decision_function(x) >= 0) == labels).mean() > 0.75  # what an in-sample figure would say
+    assert ((held_out >= 0) == labels).mean() < 0.6  # what the stack reports
+    # the saved weights are the stacker fitted on every validation review (it predicts the test split)
+    np.testing.assert_allclose(stack.weights, [*in_sample.coef_[0], in_sample.intercept_[0]], rtol=1e-6)
+
+    # a review's cross-fitted logit never saw its own film's labels: flip one film's, its logits stay put
+    for film in (0, 13, 24):
+        flipped = labels.copy()
+        flipped[films == film] = 1 - flipped[films == film]
+        again = Stack(stack.linear, members).fit(["x"] * 100, flipped, films)
+        np.testing.assert_allclose(again[films == film], held_out[films == film], rtol=1e-9, atol=1e-12)
+        assert not np.allclose(again[films != film], held_out[films != film])  # the other folds' stackers did move
+
+
 def fit_tiny(files, cache_dir, name, *extra):
     cli_main(["fit", "--config", str(EXPERIMENTS / "gru.yaml"), "--data.train_files", files["train"],
               "--data.cache_dir", cache_dir, "--data.vocab_size", "300", "--model.encoder.init_args.hidden_size", "8",
-              "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.enable_progress_bar", "false",
-              "--trainer.logger.init_args.name", name, *extra])
+              *TINY_TRAINING, "--trainer.logger.init_args.name", name, *extra])
     return Path(f"lightning_logs/{name}/version_0")
 
 

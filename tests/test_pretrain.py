@@ -6,9 +6,8 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from test_resume import Killed, Stop
 
-from conftest import EXPERIMENTS, quick_trainer, write_reviews
+from conftest import EXPERIMENTS, Killed, Stop, quick_trainer, write_reviews
 from imdb_lightning.checkpoints import checkpoint_kind, data_state, read_checkpoint
 from imdb_lightning.cli import cli_main
 from imdb_lightning.data.corpus import CorpusDataModule
@@ -37,11 +36,11 @@ def texts(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lm_path(texts, tmp_path_factory, cache_dir):
-    """A one-batch language model of cpu_lstm.yaml's kind (an LSTM, embedding and hidden width 16)."""
+    """A two-batch language model of cpu_lstm.yaml's kind (an LSTM, embedding and hidden width 16)."""
     logs = tmp_path_factory.mktemp("lm") / "lightning_logs"
     cli_main(["pretrain", "--config", str(EXPERIMENTS / "pretrain" / "cpu_lstm.yaml"), "--data.unlabelled_files",
               texts["unlabelled"], "--data.cache_dir", cache_dir, *LM_SIZES, "--data.batch_size", "4",
-              "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1", "--data.use_train_texts", "false",
+              "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2", "--data.use_train_texts", "false",
               "--trainer.logger.init_args.save_dir", str(logs)])
     return str(last_checkpoint(run_folders(logs / "pretrain_cpu_lstm")[-1]))
 
@@ -341,3 +340,52 @@ def test_the_language_model_drops_its_recurrent_weights_while_training_when_aske
     assert model.encoder.layers[0][0].weight_hh_l0.grad.abs().sum() > 0  # the dropped weights still learn
     model.encoder.weight_drop = 0.0
     torch.testing.assert_close(model(ids)[0], plain)
+
+
+@pytest.fixture(scope="module")
+def split_lm(tmp_path_factory, cache_dir):
+    """A language model that read the training split (grouped by film, seed 0, 10%) of 300 labelled reviews."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path_factory.mktemp("split_lm")
+    reviews, labels = synthetic_reviews(300, seed=0)
+    table = pa.table({"text": reviews, "label": labels, "movie": [f"tt{i // 3:07d}" for i in range(300)],
+                      "director": [f"d{i // 7:03d}" for i in range(300)]})
+    pq.write_table(table, root / "train.parquet")
+    pq.write_table(table.slice(0, 200), root / "fewer.parquet")  # another train_files: another split of them
+    unlabelled, _ = synthetic_reviews(100, seed=5)
+    logs = root / "logs"
+    cli_main(["pretrain", "--config", str(EXPERIMENTS / "pretrain" / "cpu_lstm.yaml"), "--data.unlabelled_files",
+              write_reviews(root / "unsup.parquet", unlabelled, [0] * 100), "--data.train_files", str(root / "train.parquet"),
+              "--data.cache_dir", cache_dir, *LM_SIZES, "--data.batch_size", "4", "--trainer.limit_train_batches", "2",
+              "--trainer.limit_val_batches", "2", "--trainer.logger.init_args.save_dir", str(logs)])
+    return {"lm": str(last_checkpoint(run_folders(logs / "pretrain_cpu_lstm")[-1])), "train": str(root / "train.parquet"),
+            "fewer": str(root / "fewer.parquet"), "unlabelled": unlabelled}
+
+
+@pytest.mark.parametrize("change", [{"split_seed": 1}, {"val_fraction": 0.3}, {"val_split": "random"},
+                                    {"train_files": "fewer"}, {"group_column": "director"}],
+                         ids=["split_seed", "val_fraction", "val_split", "train_files", "group_column"])
+def test_a_fine_tuning_split_that_differs_in_any_split_setting_is_refused(split_lm, cache_dir, change):
+    from imdb_lightning.models.language_model import check_unread
+
+    change = {k: split_lm[v] if v == "fewer" else v for k, v in change.items()}
+    dm = IMDBDataModule(**{"train_files": split_lm["train"], "cache_dir": cache_dir, **change})
+    val = dm.reviews("val").texts
+    # what the language model read: its split's training reviews (never its validation ones) and the unlabelled
+    read = set(IMDBDataModule(train_files=split_lm["train"], cache_dir=cache_dir).reviews("train").texts)
+    read |= set(split_lm["unlabelled"])
+    seen = sum(text in read for text in val)
+    assert seen > 0  # this split validates on reviews the language model trained on
+    with pytest.raises(UserError, match=rf"its language model read {seen} of this run's {len(val)} val reviews \(it was "
+                                        r"pretrained beside the split split_seed 0, val_split auto, val_fraction 0.1\)"):
+        check_unread(split_lm["lm"], val, "val", dict(dm.hparams))
+
+
+def test_the_language_models_own_split_is_accepted_in_silence(split_lm, cache_dir, capsys):
+    from imdb_lightning.models.language_model import check_unread
+
+    dm = IMDBDataModule(train_files=[split_lm["train"]], cache_dir=cache_dir)  # one file or a list of it: the same
+    check_unread(split_lm["lm"], dm.reviews("val").texts, "val", dict(dm.hparams))
+    assert capsys.readouterr().err == ""

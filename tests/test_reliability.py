@@ -7,6 +7,7 @@ import lightning as L
 import pytest
 import torch
 
+from conftest import quick_trainer
 from imdb_lightning.data.datamodule import IMDBDataModule
 from imdb_lightning.models.base import NonFiniteLossError
 from imdb_lightning.models.classifier import SentimentClassifier
@@ -43,11 +44,8 @@ class PoisonWeights(L.Callback):
 def tiny_fit(dm, tmp_path, callbacks=(), **trainer_args):
     L.seed_everything(0, verbose=False)
     model = SentimentClassifier(RecurrentEncoder(vocab_size=500, embed_dim=16, hidden_size=8, cell="gru"))
-    trainer = L.Trainer(
-        max_epochs=2, limit_train_batches=6, limit_val_batches=3, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path, deterministic=True, callbacks=list(callbacks),
-        **trainer_args,
-    )
+    trainer = quick_trainer(tmp_path, max_epochs=2, limit_train_batches=6, limit_val_batches=3, callbacks=list(callbacks),
+                            **trainer_args)
     trainer.fit(model, dm)
     return trainer
 

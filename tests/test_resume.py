@@ -5,7 +5,6 @@ an every-N-steps checkpoint, a kill at an epoch's end, a real SIGKILL of the com
 with `--ckpt_path last`, and compares every logged value at every step with an uninterrupted run.
 """
 
-import os
 import re
 import signal
 import subprocess
@@ -13,11 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 
-from conftest import QUICKSTART
+from conftest import QUICKSTART, Killed, Stop
 from imdb_lightning.cli import cli_main
 from imdb_lightning.runs import last_checkpoint
 
@@ -55,36 +53,6 @@ model:
     init_args: {max_lr: 0.01}
 """
 STEPS_PER_EPOCH = 15  # 450 training reviews in batches of 32
-
-
-class Stop(L.Callback):
-    """Stops the fit at a chosen moment: Ctrl-C (a real SIGINT to this process) or a kill."""
-
-    def __init__(self, hook: str, step: int, error: type[BaseException]):
-        self.hook, self.step, self.error = hook, step, error
-
-    def _maybe(self, trainer, hook):
-        if hook == self.hook and trainer.global_step == self.step:
-            if self.error is KeyboardInterrupt:
-                os.kill(os.getpid(), signal.SIGINT)
-            else:
-                raise self.error()
-
-    def on_train_batch_start(self, trainer, *args):
-        self._maybe(trainer, "batch_start")
-
-    def on_train_batch_end(self, trainer, *args):
-        self._maybe(trainer, "batch_end")
-
-    def on_before_backward(self, trainer, *args):
-        self._maybe(trainer, "mid_step")
-
-    def on_train_epoch_start(self, trainer, *args):
-        self._maybe(trainer, "epoch_start")
-
-
-class Killed(BaseException):
-    """Like a SIGKILL, as far as the run is concerned: no handler writes anything."""
 
 
 def configs(tmp_path: Path, recipe: str) -> list[str]:

@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,7 +13,7 @@ import time
 import optuna
 import pytest
 
-from conftest import EXPERIMENTS, SMALL, SMALL_SETS
+from conftest import EXPERIMENTS, SMALL, SMALL_SETS, free_port
 from imdb_lightning.cli import cli_main
 from imdb_lightning.runs import read_record, run_folders
 
@@ -167,9 +166,7 @@ def postgres_url():
     root = tempfile.mkdtemp(prefix="imdb-pg-")
     os.chmod(root, 0o777)
     data = os.path.join(root, "data")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     subprocess.run([*as_user, f"{found[-1]}/initdb", "-D", data, "-U", "postgres", "--auth=trust"], check=True,
                    capture_output=True)
     server = subprocess.Popen([*as_user, f"{found[-1]}/postgres", "-D", data, "-k", root, "-p", str(port),

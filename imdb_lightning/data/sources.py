@@ -7,6 +7,7 @@ names the file, column, row or value at fault.
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import re
@@ -100,8 +101,8 @@ def read_table(path: str, columns: dict[str, bool]):
 
             strings = {name: pa.string() for name in columns if name != "label"}
             table = pacsv.read_csv(file, convert_options=pacsv.ConvertOptions(column_types=strings))
-        elif file.read_bytes()[:64].lstrip().startswith(b"["):  # a JSON array of records
-            table = pa.Table.from_pylist(json.loads(file.read_text(encoding="utf-8")))
+        elif file.read_bytes()[:64].removeprefix(codecs.BOM_UTF8).lstrip().startswith(b"["):  # a JSON array of records
+            table = pa.Table.from_pylist(json.loads(file.read_text(encoding="utf-8-sig")))
         else:
             import pyarrow.json as pajson
 
@@ -208,7 +209,7 @@ class AclImdbSource:
                                 f"in {folder} ({unnamed[0]} has no line): line N must name the film of review N_*.txt; "
                                 "restore the file, or remove it to split by review (--data.val_split random)")
             for file in files:
-                texts.append(file.read_text(encoding="utf-8", errors="replace"))
+                texts.append(file.read_text(encoding="utf-8-sig", errors="replace"))  # (a byte-order mark is no text)
                 labels.append(label)
                 groups.append(films[_review_number(file)] if films is not None else f"{name}/{file.stem}")
         return Reviews(check_texts(texts, f"{self.root}/{folder_name}"), np.array(labels, dtype=np.int8),
@@ -219,7 +220,7 @@ class AclImdbSource:
         if not urls.is_file():
             return None
         films = []
-        for line in urls.read_text(encoding="utf-8", errors="replace").splitlines():
+        for line in urls.read_text(encoding="utf-8-sig", errors="replace").splitlines():
             match = FILM_ID.search(line)
             films.append(match.group(0) if match else line.strip())
         return films
