@@ -14,7 +14,8 @@ from torchmetrics import CatMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryConfusionMatrix, BinaryF1Score, BinaryROC
 
 from ..errors import ConfigError
-from ..helpers import clustered_standard_error
+from ..helpers import clustered_standard_error, digest
+from ..runs import write_val_reviews
 from .adversarial import adversarial_loss
 from .base import EncoderModule, NonFiniteLossError, compute_and_reset, plateau  # noqa: F401  (NonFiniteLossError: part of this API)
 from .encoders import layer_groups
@@ -78,7 +79,8 @@ class SentimentClassifier(EncoderModule):
         self.train_loss, self.train_adversarial_loss = MeanMetric(nan_strategy="disable"), MeanMetric(nan_strategy="disable")
         self.train_loss.persistent(True)
         self.train_adversarial_loss.persistent(True)
-        # Each review's outcome and film, for the film-clustered error of the accuracy.
+        # Each review's outcome, film, place in its split and P(positive): the film-clustered error of the
+        # accuracy, and the best epoch's outcomes saved beside run.json for paired comparisons.
         self.val_outcomes, self.test_outcomes = CatMetric(), CatMetric()
         # Test-time pictures for TensorBoard; 200 ROC thresholds keep the state small.
         self.test_curves = MetricCollection({"confusion_matrix": BinaryConfusionMatrix(), "roc": BinaryROC(thresholds=200)})
@@ -171,7 +173,9 @@ class SentimentClassifier(EncoderModule):
             self.val_positive.update((probs >= 0.5).float())
         if "groups" in batch:
             correct = ((probs >= 0.5).long() == labels).float()
-            getattr(self, f"{stage}_outcomes").update(torch.stack([correct, batch["groups"].float()], dim=-1))
+            index = batch["index"].float() if "index" in batch else torch.full_like(correct, -1.0)
+            rows = torch.stack([correct, batch["groups"].float(), index, probs.float()], dim=-1)  # (batch, 4)
+            getattr(self, f"{stage}_outcomes").update(rows)
         if stage == "test":
             self.test_curves.update(probs, labels)
 
@@ -181,13 +185,26 @@ class SentimentClassifier(EncoderModule):
         if "adversarial_loss" in figures:
             self.train_adversarial_loss.update(figures["adversarial_loss"], weights)
 
-    def _log_clustered_error(self, stage: str) -> None:
-        """`{stage}/acc_se`: the standard error of the accuracy when reviews of one film are correlated."""
-        outcomes = getattr(self, f"{stage}_outcomes")
+    def _log_clustered_error(self, stage: str):
+        """`{stage}/acc_se`: the standard error of the accuracy when reviews of one film are correlated.
+        Returns the epoch's outcomes (reviews, [correct, film, index, prob]), or None."""
+        outcomes, values = getattr(self, f"{stage}_outcomes"), None
         if outcomes.update_count:
-            values = outcomes.compute().reshape(-1, 2).cpu().numpy()  # (reviews, [correct, film])
+            values = outcomes.compute().reshape(-1, 4).cpu().numpy()  # (reviews, [correct, film, index, prob])
             self.log(f"{stage}/acc_se", clustered_standard_error(values[:, 0], values[:, 1]), sync_dist=False)
         outcomes.reset()
+        return values
+
+    def _save_val_reviews(self, values) -> None:
+        """The epoch's per-review outcomes as the run's val_reviews.npz (every process calls this: log_dir is collective)."""
+        split_key = getattr(self.trainer.datamodule, "split_key", None)
+        if values is None or self.trainer.logger is None or split_key is None or (values[:, 2] < 0).any():
+            return
+        folder = self.trainer.log_dir
+        if self.trainer.is_global_zero and folder:
+            correct, probs = values[:, 0], values[:, 3]
+            labels = (correct == (probs >= 0.5)).astype(int)  # right and predicted positive, or wrong and predicted negative
+            write_val_reviews(folder, values[:, 2], values[:, 1], labels, probs, digest(split_key()), self.current_epoch)
 
     # hp/val_acc and hp/test_acc make the TensorBoard hparams tab line runs up side by side. Written
     # once the data are loaded (the validation kind is known then), and not again on a resume.
@@ -207,12 +224,15 @@ class SentimentClassifier(EncoderModule):
 
     def on_validation_epoch_end(self) -> None:
         values = self.log_epoch_metrics("val")
-        self._log_clustered_error("val")
+        outcomes = self._log_clustered_error("val")
         positive = float(self.val_positive.compute()) if self.val_positive.update_count else 0.5
         self.val_positive.reset()
         if self.hparams.pretrained and not self.trainer.sanity_checking:
             check_collapse(positive, self.current_epoch)
         if not self.trainer.sanity_checking and values:
+            # a strictly better epoch, as the best-val/acc checkpoint counts it: its outcomes are the run's
+            if float(values["val/acc"]) > float(self.best_val_acc) or self.trainer.state.fn == "validate":
+                self._save_val_reviews(outcomes)
             self.best_val_acc.fill_(max(float(self.best_val_acc), float(values["val/acc"])))
             self.log("hp/val_acc", self.best_val_acc, sync_dist=True)
 
