@@ -293,7 +293,7 @@ def spread(values: list[float]) -> str:
         return "—"
     if len(values) == 1:
         return f2(values[0])
-    return f"{f2(statistics.fmean(values))} ± {f2(statistics.stdev(values))} (std)"
+    return f"{f2(statistics.fmean(values))} ± {f2(statistics.stdev(values))}"
 
 
 def comparing_split_kinds(data: dict, root: Path) -> str:
@@ -306,7 +306,8 @@ def comparing_split_kinds(data: dict, root: Path) -> str:
         tests = [r["test"] for r in grouped if r.get("test") is not None and r["split"] == 0]
         lines.append(f"| {recipe['label']} | {spread([r['val'] for r in random])} (split seeds {seeds(random)}) | "
                      f"{spread([r['val'] for r in grouped])} (split seeds {seeds(grouped)}) | {spread(tests)} |")
-    return "\n".join(lines) + "\n\nMean ± std over split seeds (model seed 0), the test half's figure of split 0's runs.\n"
+    return "\n".join(lines) + ("\n\nMean ± std over the split seeds named (model seed 0 for the NBoW); test: split 0's runs "
+                               "on the test half.\n")
 
 
 def comparing_pairs(data: dict, root: Path) -> str:
