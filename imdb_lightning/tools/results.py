@@ -12,6 +12,7 @@ here (results_figures.py), from the same file; results_render.py writes the bloc
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -78,8 +79,6 @@ def this_machine() -> dict:
                      if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    import os
-
     return {"cpu": model, "cores": os.cpu_count(), "flags": " ".join(cpu_flags())}
 
 
