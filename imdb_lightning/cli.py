@@ -21,6 +21,7 @@ COMMANDS = {
     "sweep": ("imdb_lightning.tools.sweep", "encoders x seeds x settings, one run after another"),
     "tune": ("imdb_lightning.tools.tune", "an Optuna study of a recipe's settings, on any number of workers"),
     "compare": ("imdb_lightning.tools.compare", "a leaderboard and plots from the runs of a log folder"),
+    "results": ("imdb_lightning.tools.results", "the published figures: runs into docs/results.json, the docs' tables from it"),
     "bench": ("imdb_lightning.tools.bench", "speed and memory against a hand-written PyTorch loop"),
     "memory": ("imdb_lightning.tools.memory", "can an encoder carry a cue to the end of a review?"),
     "forecast": ("imdb_lightning.forecast.cli", "the airline-passengers LSTM: forecast fit | validate | test | report"),

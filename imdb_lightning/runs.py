@@ -99,3 +99,40 @@ def atomic_write(path: Path | str, write: Callable[[str], None]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# Each review's validation outcome at the run's best epoch, beside run.json: `compare` pairs two runs that
+# validated on the same reviews (same `split`) review by review, with films as clusters (tools/paired.py).
+VAL_REVIEWS = "val_reviews.npz"
+
+
+def write_val_reviews(folder: Path | str, review, film, label, prob, split: str, epoch: int) -> None:
+    """review: index within the validation split; film: the film's number within it; prob: P(positive)."""
+    import numpy as np
+
+    # a distributed run pads its shards by repeating up to world_size - 1 reviews: each review once
+    review, first = np.unique(np.asarray(review, dtype=np.int64), return_index=True)
+    arrays = {"review": review.astype(np.int32), "film": np.asarray(film, dtype=np.int32)[first],
+              "label": np.asarray(label, dtype=np.int8)[first], "prob": np.asarray(prob, dtype=np.float32)[first],
+              "split": np.array(split), "epoch": np.int64(epoch)}
+
+    def write(tmp: str):
+        with open(tmp, "wb") as handle:  # a handle: savez would add .npz to a temporary name
+            np.savez_compressed(handle, **arrays)
+    atomic_write(Path(folder) / VAL_REVIEWS, write)
+
+
+def read_val_reviews(folder: Path | str) -> Optional[dict]:
+    """A run's per-review validation outcomes (arrays review, film, label, prob; split; epoch), or None."""
+    import numpy as np
+
+    path = Path(folder) / VAL_REVIEWS
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            arrays = {key: saved[key] for key in ("review", "film", "label", "prob", "split", "epoch")}
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"{path}: not a readable file of validation outcomes ({type(err).__name__}: {err})") from err
+    arrays["split"], arrays["epoch"] = str(arrays["split"]), int(arrays["epoch"])
+    return arrays

@@ -31,25 +31,27 @@ class TokenizedReviews(Dataset):
     def lengths(self) -> np.ndarray:
         return np.clip(np.diff(self.offsets), 1, self.max_length)
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, int, int]:
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int, int, int]:
         ids = self.ids[self.offsets[i] : self.offsets[i + 1]]
         if len(ids) > self.max_length:
             ids = ids[-self.max_length :] if self.keep_tail else ids[: self.max_length]
         if len(ids) == 0:  # an empty review reads as one unknown word, so every length is >= 1
             ids = np.array([UNK_ID], dtype=np.int32)
-        return ids, int(self.labels[i]), int(self.groups[i])
+        return ids, int(self.labels[i]), int(self.groups[i]), i
 
 
-def collate(samples: list[tuple[np.ndarray, int, int]]) -> dict[str, torch.Tensor]:
-    lengths = np.array([len(ids) for ids, _, _ in samples], dtype=np.int64)
+def collate(samples: list[tuple[np.ndarray, int, int, int]]) -> dict[str, torch.Tensor]:
+    lengths = np.array([len(sample[0]) for sample in samples], dtype=np.int64)
     input_ids = np.full((len(samples), lengths.max()), PAD_ID, dtype=np.int64)  # (batch, time)
-    for row, (ids, _, _) in enumerate(samples):
-        input_ids[row, : len(ids)] = ids
+    for row, sample in enumerate(samples):
+        input_ids[row, : len(sample[0])] = sample[0]
     return {
         "input_ids": torch.from_numpy(input_ids),
         "lengths": torch.from_numpy(lengths),
-        "labels": torch.tensor([label for _, label, _ in samples], dtype=torch.long),
-        "groups": torch.tensor([group for _, _, group in samples], dtype=torch.long),
+        "labels": torch.tensor([sample[1] for sample in samples], dtype=torch.long),
+        "groups": torch.tensor([sample[2] for sample in samples], dtype=torch.long),
+        # the review's place in its split: validation outcomes are saved per review (runs.write_val_reviews)
+        "index": torch.tensor([sample[3] for sample in samples], dtype=torch.long),
     }
 
 

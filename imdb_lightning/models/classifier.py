@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import Literal, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -15,7 +16,8 @@ from torchmetrics import CatMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryConfusionMatrix, BinaryF1Score, BinaryROC
 
 from ..errors import ConfigError
-from ..helpers import clustered_standard_error
+from ..helpers import clustered_standard_error, digest
+from ..runs import write_val_reviews
 from . import hparams as tab
 from .adversarial import adversarial_loss
 from .base import EncoderModule, NonFiniteLossError, compute_and_reset, plateau  # noqa: F401  (NonFiniteLossError: part of this API)
@@ -79,7 +81,8 @@ class SentimentClassifier(EncoderModule):
         self.train_loss, self.train_adversarial_loss = MeanMetric(nan_strategy="disable"), MeanMetric(nan_strategy="disable")
         self.train_loss.persistent(True)
         self.train_adversarial_loss.persistent(True)
-        # Each review's outcome and film, for the film-clustered error of the accuracy.
+        # Each review's outcome, film, place in its split and P(positive): the film-clustered error of the
+        # accuracy, and the best epoch's outcomes saved beside run.json for paired comparisons.
         self.val_outcomes, self.test_outcomes = CatMetric(), CatMetric()
         # Test-time pictures for TensorBoard; 200 ROC thresholds keep the state small.
         self.test_curves = MetricCollection({"confusion_matrix": BinaryConfusionMatrix(), "roc": BinaryROC(thresholds=200)})
@@ -172,7 +175,9 @@ class SentimentClassifier(EncoderModule):
             self.val_positive.update((probs >= 0.5).float())
         if "groups" in batch:
             correct = ((probs >= 0.5).long() == labels).float()
-            getattr(self, f"{stage}_outcomes").update(torch.stack([correct, batch["groups"].float()], dim=-1))
+            index = batch["index"].float() if "index" in batch else torch.full_like(correct, -1.0)
+            rows = torch.stack([correct, batch["groups"].float(), index, probs.float()], dim=-1)  # (batch, 4)
+            getattr(self, f"{stage}_outcomes").update(rows)
         if stage == "test":
             self.test_curves.update(probs, labels)
 
@@ -182,16 +187,27 @@ class SentimentClassifier(EncoderModule):
         if "adversarial_loss" in figures:
             self.train_adversarial_loss.update(figures["adversarial_loss"], weights)
 
-    def _log_clustered_error(self, stage: str) -> Optional[float]:
-        """`{stage}/acc_se`: the standard error of the accuracy when reviews of one film are correlated."""
-        outcomes = getattr(self, f"{stage}_outcomes")
-        se = None
+    def _log_clustered_error(self, stage: str) -> tuple[Optional[float], Optional[np.ndarray]]:
+        """`{stage}/acc_se`: the standard error of the accuracy when reviews of one film are correlated.
+        Returns it and the epoch's outcomes (reviews, [correct, film, index, prob]), or Nones."""
+        outcomes, se, values = getattr(self, f"{stage}_outcomes"), None, None
         if outcomes.update_count:
-            values = outcomes.compute().reshape(-1, 2).cpu().numpy()  # (reviews, [correct, film])
+            values = outcomes.compute().reshape(-1, 4).cpu().numpy()  # (reviews, [correct, film, index, prob])
             se = clustered_standard_error(values[:, 0], values[:, 1])
             self.log(f"{stage}/acc_se", se, sync_dist=False)
         outcomes.reset()
-        return se
+        return se, values
+
+    def _save_val_reviews(self, values) -> None:
+        """The epoch's per-review outcomes as the run's val_reviews.npz (every process calls this: log_dir is collective)."""
+        split_key = getattr(self.trainer.datamodule, "split_key", None)
+        if values is None or self.trainer.logger is None or split_key is None or (values[:, 2] < 0).any():
+            return
+        folder = self.trainer.log_dir
+        if self.trainer.is_global_zero and folder:
+            correct, probs = values[:, 0], values[:, 3]
+            labels = (correct == (probs >= 0.5)).astype(int)  # right and predicted positive, or wrong and predicted negative
+            write_val_reviews(folder, values[:, 2], values[:, 1], labels, probs, digest(split_key()), self.current_epoch)
 
     # TensorBoard's HParams tab (models/hparams.py): the run's row, written once the data are loaded (the
     # validation kind is known then) and the optimizer built, and again on a resume (its settings may differ).
@@ -216,14 +232,17 @@ class SentimentClassifier(EncoderModule):
 
     def on_validation_epoch_end(self) -> None:
         values = self.log_epoch_metrics("val")
-        se = self._log_clustered_error("val")
+        se, outcomes = self._log_clustered_error("val")
         positive = float(self.val_positive.compute()) if self.val_positive.update_count else 0.5
         self.val_positive.reset()
         if self.hparams.pretrained and not self.trainer.sanity_checking:
             check_collapse(positive, self.current_epoch)
         if not self.trainer.sanity_checking and values:
-            if float(values["val/acc"]) > float(self.best_val_acc) and se is not None:  # (the best checkpoint's epoch)
+            # a strictly better epoch, as the best-val/acc checkpoint counts it: its outcomes and error are the run's
+            if float(values["val/acc"]) > float(self.best_val_acc) and se is not None:
                 self.log("hp/val_acc_se", se, sync_dist=False)
+            if float(values["val/acc"]) > float(self.best_val_acc) or self.trainer.state.fn == "validate":
+                self._save_val_reviews(outcomes)
             self.best_val_acc.fill_(max(float(self.best_val_acc), float(values["val/acc"])))
             self.log("hp/val_acc", self.best_val_acc, sync_dist=True)
 

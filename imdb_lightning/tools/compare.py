@@ -23,6 +23,7 @@ from ..errors import UserError
 from ..helpers import ArgumentParser, pyplot
 from ..models.hparams import encoder_name
 from ..runs import read_record, run_version
+from .paired import format_rows, pair_rows
 
 # Settings that say where or how a run was logged, not what was trained.
 IGNORED = ("seed_everything", "trainer.logger", "trainer.callbacks", "trainer.enable_progress_bar", "data.cache_dir",
@@ -313,6 +314,40 @@ def csv_columns(header: list[str]) -> list[str]:
     return columns
 
 
+def paired_differences(runs: list[Run], over_splits: bool = False) -> list[dict]:
+    """Each pair of rows that validated on the same reviews: their paired difference, established or not,
+    from the runs' per-review outcomes (val_reviews.npz; tools/paired.py), and their test difference."""
+    _, groups = group([r for r in runs if r.finished], over_splits)
+    recipes = []
+    for key, members in groups.items():
+        members = distinct_seeds(members)
+        accs = [r.record["best_val_acc"] for r in members if r.record.get("best_val_acc") is not None]
+        tests = [t for t in (r.test_figures().get("test/acc") for r in members) if t is not None]
+        recipes.append((statistics.fmean(accs) if accs else float("-inf"), " ".join(str(k) for k in key),
+                        [r.folder for r in members], statistics.fmean(tests) if tests else None))
+    recipes.sort(key=lambda recipe: -recipe[0])  # best first, as the leaderboard
+    fraction = next(((r.record.get("validation") or {}).get("fraction") for r in runs
+                     if (r.record.get("validation") or {}).get("fraction")), 0.1)
+    return pair_rows([recipe[1:] for recipe in recipes], test_fraction=fraction / (1 - fraction))
+
+
+PAIRS_NOTE = ("Paired differences: each pair of rows on the validation reviews both were scored on, review by review "
+              "(a row's seeds averaged per review). On one split the 95% interval treats films as clusters; over several "
+              "split seeds it is Nadeau and Bengio's corrected resampled t, since the splits share training reviews. "
+              "Established: the interval excludes zero. test a − b: the rows' mean test accuracies, for reading only; "
+              "choose on validation. Runs saved before per-review outcomes were (no val_reviews.npz) are not paired.")
+
+
+def write_pairs(pairs: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["a", "b", "val a-b", "se", "low 95%", "high 95%", "verdict", "method", "samples", "clusters",
+                         "test a-b"])
+        for p in pairs:
+            d = p["difference"]
+            writer.writerow([p["a"], p["b"], d.mean, d.se, d.low, d.high, d.verdict, d.method, d.samples, d.clusters, p["test"]])
+
+
 def compare(logdir: str | Path, out: str | Path | None = None, over_splits: bool = False) -> dict:
     logdir = Path(logdir)
     if not logdir.is_dir():
@@ -342,13 +377,17 @@ def compare(logdir: str | Path, out: str | Path | None = None, over_splits: bool
                   "mean ± std over split seeds, `splits` how many. val acc − best: the difference to the top row on "
                   "the split seeds both were run on, ± its standard error over them, and on how many this row was "
                   "ahead: pairing by split, a row run only on easy splits gains nothing from them."]
+    pairs = paired_differences(runs, over_splits)
+    if pairs:
+        lines += ["", *format_rows(pairs), "", PAIRS_NOTE]
+        write_pairs(pairs, out / "pairs.csv")
     others = [r for r in runs if not r.finished]
     if others:
         lines += ["", "Runs not counted above:", ""]
         lines += [f"- {r.folder}: {r.status}" + (f" ({r.record['error']})" if r.record.get("error") else "") for r in others]
     (out / "leaderboard.md").write_text("\n".join(lines) + "\n")
     plots = plot(runs, out, over_splits) if any(r.finished for r in runs) else []
-    return {"runs": len(runs), "finished": sum(r.finished for r in runs), "rows": rows, "header": header,
+    return {"runs": len(runs), "finished": sum(r.finished for r in runs), "rows": rows, "header": header, "pairs": pairs,
             "leaderboard": out / "leaderboard.md", "plots": plots}
 
 

@@ -29,10 +29,19 @@ import yaml
 from ..checkpoints import expect_kind, read_checkpoint
 from ..data.datamodule import IMDBDataModule
 from ..errors import DataError, UserError
-from ..helpers import ArgumentParser, clustered_standard_error, comma_list
+from ..helpers import ArgumentParser, clustered_standard_error, comma_list, digest
 from ..models.hparams import linear_session
 from ..models.linear import DEFAULT_C, LINEAR_FILE, LinearReference, Stack
-from ..runs import atomic_write, best_checkpoint, last_checkpoint, read_record, run_folders, run_version, write_record
+from ..runs import (
+    atomic_write,
+    best_checkpoint,
+    last_checkpoint,
+    read_record,
+    run_folders,
+    run_version,
+    write_record,
+    write_val_reviews,
+)
 from ..training import read_config
 from .compare import Z95
 
@@ -106,6 +115,8 @@ def run(kind: str, C: float, data: dict, logdir: str, name: str, partners: Optio
     linear.save(folder / LINEAR_FILE)  # `predict --ckpt_path FOLDER` applies it (a stack with its runs' checkpoints)
     atomic_write(folder / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(config, sort_keys=False)))
     write_record(folder, record)
+    write_val_reviews(folder, np.arange(len(val)), film_numbers(val), val.labels, 1 / (1 + np.exp(-val_logits)),
+                      digest(dm.split_key()), epoch=0)
     with SummaryWriter(log_dir=str(folder)) as writer:
         for stage in ("val", "test"):
             for key, value in record.get(stage, {}).items():
