@@ -9,6 +9,7 @@ import yaml
 from conftest import EXPERIMENTS, QUICKSTART
 from imdb_lightning.cli import cli_main
 from imdb_lightning.models.encoders import ENCODERS
+from imdb_lightning.runs import file_digest
 from imdb_lightning.tools.compare import Run, compare, find_runs, group, leaderboard, mean_std
 from imdb_lightning.tools.sweep import sweep_key
 
@@ -151,7 +152,9 @@ def test_test_and_validate_runs_join_their_fit(tmp_path, cache_dir, monkeypatch)
     cli_main(["validate", *small, "--ckpt_path", "best"])
     records = {p.parent.name: json.loads(p.read_text()) for p in Path("lightning_logs/quickstart").glob("*/run.json")}
     assert [records[f"version_{i}"]["kind"] for i in range(3)] == ["fit", "test", "validate"]
-    assert {Path(records[f"version_{i}"]["checkpoint"]).resolve() for i in (1, 2)} == {best.resolve()}
+    # checkpoints are named relative to the record's own run folder, with their digest
+    assert {records[f"version_{i}"]["checkpoint"] for i in (1, 2)} == {f"../version_0/checkpoints/{best.name}"}
+    assert {e["checkpoint"]["digest"] for i in (1, 2) for e in records[f"version_{i}"]["evaluations"]} == {file_digest(best)}
     result = compare("lightning_logs", tmp_path / "out")
     assert result["runs"] == 1 and result["finished"] == 1  # one fit, nothing listed as unfinished
     row = result["rows"][0]
