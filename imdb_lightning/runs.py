@@ -167,6 +167,12 @@ def resolve(folder: Path | str, recorded: str) -> Path:
     return here
 
 
+def shown(path: Path | str) -> str:
+    """A path for a message: relative to the working directory when it is below it."""
+    relative = os.path.relpath(Path(path).absolute())
+    return str(path) if relative.startswith("..") else relative
+
+
 def checkpoint_entry(folder: Path | str, path: Path | str, **info) -> dict:
     """How a record names a checkpoint: its path relative to the run folder, its digest, and `info`
     (epoch, step, ...)."""
@@ -270,10 +276,10 @@ def stack_checkpoints(folder: Path | str, record: Optional[dict] = None) -> list
         entry = partner["checkpoint"]
         path = resolve(folder, entry["path"])
         if not path.is_file():
-            raise UserError(f"{folder}: this stack reads {path}, which is not there (moved or deleted? "
+            raise UserError(f"{folder}: this stack reads {shown(path)}, which is not there (moved or deleted? "
                             "run `linear --combine` again with the run folders where they are now)")
         if entry.get("digest") and file_digest(path) != entry["digest"]:
-            raise UserError(f"{folder}: this stack was fitted with another {path} (its digest differs: the run was "
+            raise UserError(f"{folder}: this stack was fitted with another {shown(path)} (its digest differs: the run was "
                             "resumed or trained again since); run `linear --combine` again")
         found.append(path)
     return found

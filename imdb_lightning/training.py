@@ -350,8 +350,10 @@ class SentimentCLI(ExperimentCLI):
 
     def _check_data(self, stage: str) -> None:
         super()._check_data(stage)
-        saved = data_identity(self.checkpoint or {}).get("val_digest")
         _, config = self.command_config()
+        if stage == "fit" and self.checkpoint is not None:  # the reviews themselves, before Lightning makes any file
+            self.datamodule.check_resume(data_identity(self.checkpoint), config.ckpt_path)
+        saved = data_identity(self.checkpoint or {}).get("val_digest")
         if stage == "validate" and saved and config.get("data_settings") != "command_line" and \
                 self.datamodule.digest("val") != saved:
             raise UserError(f"--ckpt_path {config.ckpt_path}: the validation reviews carved from these training data differ "

@@ -1,5 +1,6 @@
 """Sweeps, the leaderboard and plots, and what TensorBoard is given to show."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -9,7 +10,6 @@ import yaml
 from conftest import EXPERIMENTS, QUICKSTART
 from imdb_lightning.cli import cli_main
 from imdb_lightning.models.encoders import ENCODERS
-from imdb_lightning.runs import file_digest
 from imdb_lightning.tools.compare import Run, compare, find_runs, group, leaderboard, mean_std
 from imdb_lightning.tools.sweep import sweep_key
 
@@ -154,7 +154,8 @@ def test_test_and_validate_runs_join_their_fit(tmp_path, cache_dir, monkeypatch)
     assert [records[f"version_{i}"]["kind"] for i in range(3)] == ["fit", "test", "validate"]
     # checkpoints are named relative to the record's own run folder, with their digest
     assert {records[f"version_{i}"]["checkpoint"] for i in (1, 2)} == {f"../version_0/checkpoints/{best.name}"}
-    assert {e["checkpoint"]["digest"] for i in (1, 2) for e in records[f"version_{i}"]["evaluations"]} == {file_digest(best)}
+    digest = "sha256:" + hashlib.sha256(best.read_bytes()).hexdigest()
+    assert {e["checkpoint"]["digest"] for i in (1, 2) for e in records[f"version_{i}"]["evaluations"]} == {digest}
     result = compare("lightning_logs", tmp_path / "out")
     assert result["runs"] == 1 and result["finished"] == 1  # one fit, nothing listed as unfinished
     row = result["rows"][0]

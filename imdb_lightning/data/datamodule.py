@@ -49,6 +49,11 @@ def reviews_digest(reviews: Reviews) -> str:
     return f"sha256:{sha.hexdigest()}"
 
 
+def file_list(value) -> list[str]:
+    """A files setting (one path, or a list of them) as a list."""
+    return [value] if isinstance(value, str) else list(value or [])
+
+
 def same_setting(old, new) -> bool:
     """Two values of a data setting, one file and a one-file list read alike."""
     norm = lambda v: list(v) if isinstance(v, (list, tuple)) else [v] if isinstance(v, str) and v else v  # noqa: E731
@@ -66,7 +71,7 @@ def changed_meaning(saved: dict, settings: dict, keys: tuple = MEANING) -> Optio
 
 def refuse_change(ckpt_path, key: str, old, new) -> ConfigError:
     return ConfigError(f"--ckpt_path {ckpt_path}: its run used data.{key}={old}, this one {new}; a resumed fit goes on with "
-                       "the checkpoint's data (its reviews, split and preprocessing define what its figures mean): resume "
+                       "its checkpoint's data (its reviews, split and preprocessing define what its figures mean): resume "
                        "with its settings, or start a new run without --ckpt_path")
 
 
@@ -201,9 +206,9 @@ class IMDBDataModule(L.LightningDataModule):
 
     def _where(self, split: str) -> dict:
         hp = self.hparams
-        files = hp.test_files if split == "test" else hp.train_files
+        files = file_list(hp.test_files if split == "test" else hp.train_files)
         return {"source": self.source_name,
-                "files": [os.path.abspath(f) for f in files or []] if self.source_name == "files" else None,
+                "files": [os.path.abspath(f) for f in files] if self.source_name == "files" else None,
                 "aclimdb_dir": os.path.abspath(hp.aclimdb_dir) if self.source_name == "aclimdb" else None,
                 "hub_name": hp.hub_name if self.source_name == "hub" else None,
                 "synthetic": {"size": hp.synthetic_size, "median_words": hp.synthetic_median_words, "seed": hp.split_seed}
@@ -212,7 +217,7 @@ class IMDBDataModule(L.LightningDataModule):
     def settings(self) -> dict:
         """The settings that define what this data module's figures mean (MEANING), files as absolute paths."""
         settings = {key: self.hparams[key] for key in MEANING}
-        settings["train_files"] = [os.path.abspath(f) for f in self.hparams.train_files or []] or None
+        settings["train_files"] = [os.path.abspath(f) for f in file_list(self.hparams.train_files)] or None
         settings["aclimdb_dir"] = os.path.abspath(self.hparams.aclimdb_dir) if self.hparams.aclimdb_dir else None
         settings["source"] = self.source_name
         return settings
