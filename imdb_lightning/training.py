@@ -395,7 +395,7 @@ class RunConfig(SaveConfigCallback):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         resumed_here = trainer.ckpt_path is not None and (Path(trainer.log_dir) / CONFIG).is_file()
-        if not resumed_here:
+        if not trainer.strategy.broadcast(resumed_here):  # (rank 0's answer: every process then takes the same path)
             super().setup(trainer, pl_module, "fit")
 
 

@@ -24,12 +24,12 @@ from imdb_lightning.data.sources import Reviews
 from imdb_lightning.data.split import carve_validation
 from imdb_lightning.data.synthetic import synthetic_reviews
 from imdb_lightning.helpers import clustered_standard_error
-from imdb_lightning.runs import read_record
+from imdb_lightning.runs import best_checkpoint, read_record
 from imdb_lightning.serve.predictor import load
 from imdb_lightning.tools.compare import compare, find_runs, leaderboard
 
 FLAGS = ["--config", str(QUICKSTART), "--data.source", "files", "--data.vocab_size", "300",
-         "--trainer.enable_progress_bar", "false"]
+         "--model.optimizer.init_args.lr", "0.01", "--trainer.enable_progress_bar", "false"]
 
 
 def file_digest(path) -> str:
@@ -64,7 +64,7 @@ def lab(tmp_path_factory):
     os.chdir(root)  # the commands run where a user runs them; compare later runs from elsewhere
     try:
         cli_main(["fit", *lab, "--trainer.max_epochs", "1"])
-        first_best = read_record("lightning_logs/lab/version_0")["best_checkpoint"]
+        first_best = read_record("lightning_logs/lab/version_0").get("best_checkpoint")
         cli_main(["test", *lab, "--ckpt_path", "best", "--data.test_files", data["test_a"],
                   "--trainer.logger.init_args.version", "5"])
         cli_main(["fit", *lab, "--trainer.max_epochs", "3", "--data.batch_size", "32", "--ckpt_path", "last"])
@@ -116,6 +116,7 @@ def test_every_figure_compare_shows_names_its_checkpoint_and_data_and_is_reprodu
     header, rows = result["header"], result["rows"]
     runs = {r.folder: r for r in find_runs(logs)}
     assert sorted(row[0] for row in rows) == ["gru", "lab"] and result["finished"] == 3
+    assert all(row[header.index("test acc")][0] == row[header.index("test acc")][0] for row in rows)  # none dropped
     for row in rows:
         members = [r for r in runs.values() if r.name == row[0]]
         validation = [reproduce_validation(r.folder, r.record) for r in members]
@@ -127,48 +128,58 @@ def test_every_figure_compare_shows_names_its_checkpoint_and_data_and_is_reprodu
         # the test is of the checkpoint the validation figure belongs to, never of another one
         assert all(r.test_evaluation()["checkpoint"]["digest"] == r.record["best_checkpoint"]["digest"] for r in members)
     lab_row = next(row for row in rows if row[0] == "lab")
-    assert lab_row[header.index("test data")] == "test_b.parquet"  # the newest test (version_10), not version_9's
     text = result["leaderboard"].read_text()
     best = read_record(logs / "lab" / "version_0")["best_checkpoint"]
     assert f"lab/version_0: val acc {lab_row[header.index('val acc')][0]:.4f} of lab/version_0/{best['path']}" in text
     assert "on test_b.parquet" in text and "in lab/version_10/run.json" in text
 
 
+def test_compare_shows_a_runs_newest_test_and_names_its_file(lab, monkeypatch):
+    monkeypatch.chdir(lab["root"])
+    header, rows = leaderboard(find_runs(Path("lightning_logs")))
+    lab_row = next(row for row in rows if row[0] == "lab")
+    newest = read_record(Path("lightning_logs/lab/version_10"))["test"]  # version_9 is older, though it sorts after as text
+    assert lab_row[header.index("test auroc")][0] == pytest.approx(newest["test/auroc"], abs=1e-9)
+    assert lab_row[header.index("test data")] == "test_b.parquet"
+    gru_row = next(row for row in rows if row[0] == "gru")
+    assert gru_row[header.index("test data")] == "test_a.parquet"
+
+
 def test_a_test_of_a_checkpoint_a_resume_replaced_is_never_shown_as_the_runs(lab):
-    record = read_record(lab["root"] / "lightning_logs" / "lab" / "version_0")
-    assert record["best_checkpoint"]["digest"] != lab["first_best"]["digest"]  # the resume moved the best
     header, rows = lab["stale"]
     [row] = rows
     assert row[header.index("test acc")][0] != row[header.index("test acc")][0]  # NaN: not the old checkpoint's figure
+    record = read_record(lab["root"] / "lightning_logs" / "lab" / "version_0")
+    assert record["best_checkpoint"]["digest"] != lab["first_best"]["digest"]  # (the resume moved the best)
     stale = read_record(lab["root"] / "lightning_logs" / "lab" / "version_5")
     assert stale["evaluations"][0]["checkpoint"]["digest"] == lab["first_best"]["digest"]
 
 
 def test_a_resume_records_its_segment_and_keeps_config_yaml(lab):
     run = lab["root"] / "lightning_logs" / "lab" / "version_0"
+    # config.yaml: the configuration the run started with, not rewritten as if every epoch had used the new one
+    assert "max_epochs: 1\n" in (run / "config.yaml").read_text() and "batch_size: 64\n" in (run / "config.yaml").read_text()
     record = read_record(run)
     first, second = record["segments"]
     assert first["from_checkpoint"] is None and first["config"]["trainer"]["max_epochs"] == 1
     assert second["from_checkpoint"]["path"] == "checkpoints/last.ckpt" and second["start_step"] == first["end_step"]
     assert second["changes"] == {"data.batch_size": [64, 32], "trainer.max_epochs": [1, 3]}
     assert second["config"]["data"]["batch_size"] == 32 and second["status"] == "finished"
-    # config.yaml: the configuration the run started with, not rewritten as if every epoch had used the new one
-    assert "max_epochs: 1\n" in (run / "config.yaml").read_text() and "batch_size: 64\n" in (run / "config.yaml").read_text()
 
 
 def test_validate_reads_the_checkpoints_split_and_says_so(lab, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     run = lab["root"] / "lightning_logs" / "lab" / "version_0"
-    record = read_record(run)
-    cli_main(["validate", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / record["best_checkpoint"]["path"]),
+    record, checkpoint = read_record(run), str(best_checkpoint(run))
+    cli_main(["validate", "--config", str(run / "config.yaml"), "--ckpt_path", checkpoint,
               "--data.split_seed", "3", "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")])
-    assert "data.split_seed 0 (this command line: 3)" in capsys.readouterr().err
     [validated] = [read_record(f) for f in (tmp_path / "logs" / "lab").glob("version_*")]
+    assert validated["val"]["val/acc"] == pytest.approx(record["best_val_acc"], abs=1e-6)  # its own split's figure
+    assert "data.split_seed 0 (this command line: 3)" in capsys.readouterr().err
     [evaluation] = validated["evaluations"]
     assert evaluation["data"]["digest"] == record["data"]["val_digest"] and evaluation["settings_from"] == "checkpoint"
-    assert validated["val"]["val/acc"] == pytest.approx(record["best_val_acc"], abs=1e-6)
     # on the command line's split when asked by name, and recorded as such
-    cli_main(["validate", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / record["best_checkpoint"]["path"]),
+    cli_main(["validate", "--config", str(run / "config.yaml"), "--ckpt_path", checkpoint,
               "--data.split_seed", "3", "--data_settings", "command_line", "--trainer.logger.init_args.save_dir",
               str(tmp_path / "logs")])
     asked = [read_record(f) for f in sorted((tmp_path / "logs" / "lab").glob("version_*"))][-1]["evaluations"][0]
@@ -178,17 +189,19 @@ def test_validate_reads_the_checkpoints_split_and_says_so(lab, tmp_path, monkeyp
 def test_test_uses_the_checkpoints_preprocessing_as_predict_does(lab, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     gru = lab["root"] / "lightning_logs" / "gru" / "version_0"
-    checkpoint = gru / read_record(gru)["best_checkpoint"]["path"]  # max_length 32, tail, not lowercased
+    checkpoint = best_checkpoint(gru)  # max_length 32, tail, not lowercased
     cli_main(["test", *FLAGS, *lab["cache"], "--ckpt_path", str(checkpoint), "--data.test_files", lab["data"]["test_b"],
               "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")])  # the quickstart's 200, head, lowercase
-    err = capsys.readouterr().err
-    assert "data.max_length 32 (this command line: 200)" in err and "data.truncation tail (this command line: head)" in err
     figures = read_record(next((tmp_path / "logs" / "quickstart").glob("version_*")))["test"]
     test = read_reviews([lab["data"]["test_b"]])
     logits = np.array(load(checkpoint).logits(test.texts))
-    loss = np.mean(np.logaddexp(0, logits) - test.labels * logits)  # binary cross-entropy of the logits
-    assert figures["test/loss"] == pytest.approx(loss, abs=1e-5)
+    probabilities = 1 / (1 + np.exp(-logits.astype(np.float32)))
+    assert figures["test/auroc"] == pytest.approx(roc_auc_score(test.labels, probabilities), abs=1e-6)
     assert figures["test/acc"] == pytest.approx(((logits >= 0) == test.labels).mean(), abs=1e-6)
+    # (and the loss is the mean over reviews, whatever the batches)
+    assert figures["test/loss"] == pytest.approx(np.mean(np.logaddexp(0, logits) - test.labels * logits), abs=1e-6)
+    err = capsys.readouterr().err
+    assert "data.max_length 32 (this command line: 200)" in err and "data.truncation tail (this command line: head)" in err
 
 
 @pytest.mark.parametrize("command", ["test", "validate"])
@@ -206,6 +219,7 @@ def test_records_name_paths_relative_to_their_run_folder(lab):
         record = json.loads(path.read_text())
         entries = [record.get("best_checkpoint"), *[e["checkpoint"] for e in record.get("evaluations", [])],
                    *[s["from_checkpoint"] for s in record.get("segments", [])]]
+        assert any(entries), path  # every run names the checkpoints it made or read
         for entry in filter(None, entries):
             assert not os.path.isabs(entry["path"]) and entry["digest"].startswith("sha256:"), entry
             assert (path.parent / entry["path"]).resolve().is_relative_to(logs / path.parent.parent.name), entry
