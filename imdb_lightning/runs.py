@@ -226,6 +226,21 @@ def run_configuration(folder: Path | str, record: Optional[dict] = None) -> Opti
     return configs[-1] if configs else read_config_file(folder)
 
 
+def run_recipe(folder: Path | str, record: Optional[dict] = None) -> Optional[dict]:
+    """The configuration that trains the run again with `fit --config` (seed, overrides and encoder included):
+    its newest segment's, without what says where it was logged or which checkpoint it resumed from."""
+    config = run_configuration(folder, record)
+    if config is None:
+        return None
+    recipe = json.loads(json.dumps(config))  # (a copy)
+    for key in ("ckpt_path", "config", "data_settings"):
+        recipe.pop(key, None)
+    logger = (recipe.get("trainer") or {}).get("logger")
+    if isinstance(logger, dict) and isinstance(logger.get("init_args"), dict):
+        logger["init_args"].pop("version", None)
+    return recipe
+
+
 def run_settings(folder: Path | str, record: Optional[dict] = None) -> dict:
     """The run's settings as {dotted key: value}; a setting a resume changed reads `before → after`, so
     a run trained under two settings is never taken for a run of either."""

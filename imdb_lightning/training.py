@@ -144,8 +144,8 @@ def check_resumed_length(config, ckpt: dict) -> None:
         state = (f"has trained {trained} {unit} already" if trained > limit else
                  f"has trained its {trained} {unit}: nothing is left to train")
         raise UserError(f"--trainer.{key} {limit}: {config.ckpt_path} {state}; to train on, resume with --trainer.{key} "
-                        f"{trained + 1} or more (a fit of {limit} {unit} is a new run: leave out --ckpt_path). "
-                        "Nothing was changed")
+                        f"{trained + 1} or more (a fit of {limit} {unit[:-1] if limit == 1 else unit} is a new run: leave "
+                        "out --ckpt_path). Nothing was changed")
 
 
 def namespace_dict(section) -> dict:
@@ -199,8 +199,8 @@ class ExperimentCLI(LightningCLI):
     """LightningCLI for fit / validate / test, plus:
 
     - `--ckpt_path last` on fit resumes the newest run of the experiment in its own version folder
-      (plain Lightning would start a new, empty one); on validate/test `last` and `best` name that
-      run's checkpoints.
+      (plain Lightning would start a new, empty one), checked against what its checkpoint was trained
+      with; on validate/test (which need a checkpoint) `last` and `best` name that run's checkpoints.
     - a checkpoint path is checked before anything runs (exists, readable, of the right model).
     - `--trainer.default_root_dir DIR` moves the runs under DIR (the logger's relative save_dir).
     """

@@ -167,6 +167,21 @@ def test_a_resume_records_its_segment_and_keeps_config_yaml(lab):
     assert second["config"]["data"]["batch_size"] == 32 and second["status"] == "finished"
 
 
+def test_a_runs_recipe_is_its_configuration_fit_takes_again(lab, tmp_path):
+    import yaml
+
+    from imdb_lightning.runs import run_recipe
+    from imdb_lightning.training import read_config
+
+    for run in (lab["root"] / "lightning_logs" / "gru").glob("version_*"):  # sweep cells: a seed, --set overrides
+        (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(run_recipe(run)))
+        config = read_config([str(tmp_path / "recipe.yaml")])
+        assert config.seed_everything == read_record(run)["seed"]
+    assert sorted(read_record(r)["seed"] for r in (lab["root"] / "lightning_logs" / "gru").glob("version_*")) == [0, 1]
+    assert config.data.max_length == 32 and config.data.truncation == "tail"
+    assert config.model.encoder.init_args.cell == "gru" and config.trainer.logger.init_args.version is None
+
+
 def test_validate_reads_the_checkpoints_split_and_says_so(lab, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     run = lab["root"] / "lightning_logs" / "lab" / "version_0"
