@@ -162,7 +162,7 @@ def checkpoint_data(config, ckpt: dict, subcommand: str) -> None:
     saved, data = data_settings(ckpt), config.data
     keys = PREPROCESSING if subcommand == "test" else (*PREPROCESSING, *SPLIT, *SOURCE)
     # where the reviews are: the checkpoint's, unless this command line names its own (then checked by digest)
-    named = (data.test_files if subcommand == "test" else data.train_files) or data.aclimdb_dir or data.source
+    named = (subcommand == "test" and data.test_files) or data.train_files or data.aclimdb_dir or data.source
     if not named:
         keys += tuple(k for k in LOCATION if subcommand == "validate" or k != "train_files")
     differ = [(key, saved[key], data[key]) for key in keys if key in saved and not same_setting(saved[key], data[key])]

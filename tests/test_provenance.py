@@ -199,6 +199,37 @@ def test_validate_reads_the_checkpoints_split_and_says_so(lab, tmp_path, monkeyp
               str(tmp_path / "logs")])
     asked = [read_record(f) for f in sorted((tmp_path / "logs" / "lab").glob("version_*"))][-1]["evaluations"][0]
     assert asked["settings_from"] == "command line" and asked["data"]["digest"] != record["data"]["val_digest"]
+    # with no data flags at all (and only an encoder class, which the checkpoint's replaces), the checkpoint says
+    # where its training reviews are
+    cli_main(["validate", "--ckpt_path", checkpoint, "--model.encoder", "imdb_lightning.models.encoders.RecurrentEncoder",
+              "--trainer.logger.init_args.save_dir", str(tmp_path / "bare"),
+              "--trainer.enable_progress_bar", "false", "--data.cache_dir", str(tmp_path / "cache")])
+    [bare] = [read_record(f) for f in (tmp_path / "bare").glob("*/version_*")]
+    assert bare["val"]["val/acc"] == pytest.approx(record["best_val_acc"], abs=1e-6)
+
+
+def test_a_checkpoint_from_before_data_identities_still_predicts_tests_and_resumes(lab, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    gru = lab["root"] / "lightning_logs" / "gru" / "version_0"
+    ckpt = torch.load(best_checkpoint(gru), weights_only=True)
+    data = next(v for v in ckpt.values() if isinstance(v, dict) and "tokenizer" in v)
+    del data["data"]  # what checkpoints held before: no data identity, no record totals
+    ckpt["callbacks"] = {k: v for k, v in ckpt["callbacks"].items() if k != "RunRecord"}
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    test = read_reviews([lab["data"]["test_a"]])
+    assert load(tmp_path / "old.ckpt").predict(test.texts[:3]) == load(best_checkpoint(gru)).predict(test.texts[:3])
+    cli_main(["test", *FLAGS, *lab["cache"], "--ckpt_path", str(tmp_path / "old.ckpt"), "--data.test_files",
+              lab["data"]["test_a"], "--trainer.logger.init_args.save_dir", "logs"])
+    [tested] = [read_record(f) for f in Path("logs").glob("*/version_*")]
+    assert tested["test"] == read_record(gru)["test"]  # its preprocessing from its saved settings, as before
+    cli_main(["fit", *FLAGS, *lab["cache"], "--data.train_files", lab["data"]["train"], "--data.max_length", "32",
+              "--data.truncation", "tail", "--data.lowercase", "false", "--model.encoder.init_args.cell", "gru",
+              "--trainer.max_epochs", "3", "--ckpt_path", str(tmp_path / "old.ckpt"),
+              "--trainer.logger.init_args.save_dir", "fits"])
+    [resumed] = [read_record(f) for f in Path("fits").glob("*/version_*")]
+    assert resumed["status"] == "finished" and resumed["segments"][0]["from_checkpoint"]["path"].endswith("old.ckpt")
 
 
 def test_test_uses_the_checkpoints_preprocessing_as_predict_does(lab, tmp_path, monkeypatch, capsys):
