@@ -13,7 +13,17 @@ from typing import Optional
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from .runs import RECORD, read_record, write_record
+from .runs import (
+    FORMAT,
+    RECORD,
+    add_evaluation,
+    checkpoint_entry,
+    config_changes,
+    now,
+    read_record,
+    run_configuration,
+    write_record,
+)
 
 AGREE_EVERY = 10  # steps between multi-process checks for a Ctrl-C
 
@@ -120,18 +130,35 @@ class LastCheckpoint(L.Callback):
 
 
 class RunRecord(L.Callback):
-    """Keeps `run.json` in the run folder: what ran (fit, validate or test), its status, wall time,
-    training speed, how validation was carved, and the figures.
+    """Keeps `run.json`, the run folder's record (its fields: runs.py): what ran, its status and speed,
+    each segment of training with the configuration it ran with, the data its figures mean, its best
+    checkpoint, and each evaluation with the checkpoint and data it read.
 
-    `imdb-lightning compare` reads it; a run killed before the end stays "running", and is
-    listed as unfinished rather than averaged in.
+    The training totals (time, samples) travel in every checkpoint, so a run resumed after a kill
+    counts each trained batch once. A run killed before the end stays "running"; `compare` lists it
+    as unfinished rather than averaging it in.
     """
 
     def __init__(self):
-        self.extra: dict = {}  # set by `imdb-lightning sweep`: the run's sweep key and encoder name
+        self.extra: dict = {}  # set by `imdb-lightning sweep` and `tune`: the run's sweep key, encoder, trial
+        self.configuration: Optional[dict] = None  # this segment's resolved configuration (set by the command line)
+        self.settings_from = "checkpoint"  # where an evaluation's data settings came from (set by the command line)
         self.record: dict = {}
         self._train_s, self._samples, self._tokens, self._tick, self._started = 0.0, 0, 0, 0.0, 0.0
+        self._restored: Optional[dict] = None  # the totals in the checkpoint a fit resumes from
+        self._from: dict = {}  # epoch and step of that checkpoint
+        self._seen = 0  # reviews (or windows) read by this validate / test
         self._file: Optional[Path] = None
+
+    # --- the totals, saved in checkpoints --------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"train_s": self._train_s, "train_samples": self._samples, "train_tokens": self._tokens}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._restored = dict(state)
+
+    def on_load_checkpoint(self, trainer, module, checkpoint: dict) -> None:
+        self._from = {"epoch": checkpoint.get("epoch"), "step": checkpoint.get("global_step")}
 
     def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         # trainer.log_dir is a collective call under DDP (rank 0 broadcasts it): ask once, while every
@@ -149,38 +176,78 @@ class RunRecord(L.Callback):
 
     def _begin(self, trainer: L.Trainer, module: L.LightningModule, kind: str) -> None:
         path = self._path(trainer)
-        if path and path.is_file():  # a resumed run keeps its totals so far
-            self.record = read_record(path.parent)
-            self._train_s, self._samples = self.record.get("train_s", 0.0), self.record.get("train_samples", 0)
-            self._tokens = self.record.get("train_tokens", 0)
-        self.record.pop("error", None)
+        resumed = kind == "fit" and trainer.ckpt_path is not None
+        previous = read_record(path.parent) if path and path.is_file() and trainer.is_global_zero else {}
+        # A resume goes on with its record; a fresh fit in a folder used before (a sweep cell started
+        # again) starts a new one: the old one's figures were of checkpoints it replaces.
+        self.record = dict(previous) if resumed else {}
+        totals = self._restored if resumed and self._restored else self.record  # (checkpoints from before: the record's)
+        self._train_s, self._samples = totals.get("train_s", 0.0), totals.get("train_samples", 0)
+        self._tokens = totals.get("train_tokens", 0)
+        for stale in ("error", "test"):  # a resumed run's test figures were of its checkpoint then: see evaluations
+            self.record.pop(stale, None)
         self._started = time.monotonic() - self.record.get("wall_s", 0.0)
         seed = os.environ.get("PL_GLOBAL_SEED")
-        self._write(trainer, kind=self.record.get("kind", kind), status="running",
-                    parameters=sum(p.numel() for p in module.parameters()),
-                    seed=int(seed) if seed is not None else None,
-                    checkpoint=str(trainer.ckpt_path) if trainer.ckpt_path else self.record.get("checkpoint"))
+        fields = dict(format=FORMAT, kind=self.record.get("kind", kind), status="running",
+                      parameters=sum(p.numel() for p in module.parameters()), seed=int(seed) if seed is not None else None)
+        if kind == "fit" and trainer.is_global_zero and path:
+            fields["segments"] = [*self.record.get("segments", []), self._segment(trainer, path.parent, previous, resumed)]
+        self._write(trainer, **fields)
+
+    def _segment(self, trainer: L.Trainer, folder: Path, previous: dict, resumed: bool) -> dict:
+        """This stretch of training: the configuration it runs with and what it changed."""
+        start = None
+        changes = {}
+        if resumed:
+            start = checkpoint_entry(folder, trainer.ckpt_path, **self._from)
+            before = run_configuration(folder, previous) or run_configuration(Path(trainer.ckpt_path).parent.parent)
+            changes = config_changes(before, self.configuration) if before and self.configuration else {}
+            if changes:
+                said = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changes.items())
+                print(f"Resuming with {said} (the checkpoint's run had the former; recorded in {folder / RECORD}, "
+                      f"segment {len(previous.get('segments', [])) + 1})", file=sys.stderr, flush=True)
+        return {"started": now(), "status": "running", "from_checkpoint": start, "start_step": None,
+                "config": self.configuration, "changes": changes}
+
+    def _end_segment(self, trainer: L.Trainer, status: str) -> None:
+        segments = self.record.get("segments")
+        if segments:
+            segments[-1].update(ended=now(), status=status, end_step=trainer.global_step)
 
     def on_fit_start(self, trainer, module) -> None:
         self._begin(trainer, module, "fit")
 
     def on_train_start(self, trainer, module) -> None:
         self._tick = time.monotonic()  # also after a mid-epoch resume, which skips on_train_epoch_start
+        fields = {}
         validation = getattr(trainer.datamodule, "validation", None)
         if validation:
-            self._write(trainer, validation=validation)
+            fields["validation"] = validation
+        identity = getattr(trainer.datamodule, "identity", None)
+        if callable(identity) and trainer.is_global_zero:
+            fields["data"] = identity()
+        if self.record.get("segments"):
+            self.record["segments"][-1]["start_step"] = trainer.global_step
+        self._write(trainer, **fields)
 
     def on_train_epoch_start(self, trainer, module) -> None:
         self._tick = time.monotonic()
 
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        # counted as the batch starts: a checkpoint written as it ends (last.ckpt) then holds its samples
+        self._samples, self._tokens = self._samples + batch_size(batch, "samples"), self._tokens + batch_size(batch, "tokens")
+
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        now = time.monotonic()  # time since the previous training batch: loading, step and logging
-        self._train_s += now - self._tick
-        self._tick = now
-        if isinstance(batch, dict) and "labels" in batch:
-            self._samples += len(batch["labels"])
-        elif isinstance(batch, dict) and "targets" in batch:  # a language model's window: its speed is in tokens
-            self._tokens += batch["targets"].numel()
+        now_ = time.monotonic()  # time since the previous training batch: loading, step and logging
+        self._train_s += now_ - self._tick
+        self._tick = now_
+
+    def on_validation_batch_end(self, trainer, module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if trainer.state.fn == "validate":
+            self._seen += batch_size(batch, "samples")
+
+    def on_test_batch_end(self, trainer, module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._seen += batch_size(batch, "samples")
 
     def on_validation_end(self, trainer, module) -> None:
         self._tick = time.monotonic()
@@ -188,7 +255,8 @@ class RunRecord(L.Callback):
             self._write(trainer, epochs=trainer.current_epoch + 1, **self._speed())
         elif trainer.state.fn == "validate" and self.record.get("kind") == "validate":
             figures = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-            self._write(trainer, status="finished", val=figures, validation=getattr(trainer.datamodule, "validation", None))
+            self._write(trainer, status="finished", val=figures, validation=getattr(trainer.datamodule, "validation", None),
+                        **self._evaluated(trainer, "validate", figures))
 
     def _speed(self) -> dict:
         unit, count = ("tokens", self._tokens) if self._tokens else ("samples", self._samples)
@@ -199,29 +267,66 @@ class RunRecord(L.Callback):
         saver = trainer.checkpoint_callback
         best = saver.best_model_score if saver else None
         name = "best_val_acc" if saver and saver.monitor == "val/acc" else "best"  # a language model's: its val/loss
-        best = {name: float(best) if best is not None else None} if saver else {}
+        fields = {name: float(best) if best is not None else None} if saver else {}
         figures = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if figures:  # (a resume with nothing left to train validates nothing: the figures stay)
+            fields["val"] = figures
+        path = self._path(trainer)
+        if saver and saver.best_model_path and Path(saver.best_model_path).is_file() and path and trainer.is_global_zero:
+            fields["best_checkpoint"] = checkpoint_entry(path.parent, saver.best_model_path, monitor=saver.monitor,
+                                                         score=fields.get(name))
+        self._end_segment(trainer, "finished")
         self._write(trainer, status="finished", epochs=trainer.current_epoch, global_step=trainer.global_step,
-                    **best, val=figures, **self._speed())
+                    **fields, **self._speed())
 
     def on_validation_start(self, trainer, module) -> None:
         if trainer.state.fn == "validate" and not self.record:
             self._begin(trainer, module, "validate")
+        if trainer.state.fn == "validate":
+            self._seen = 0
 
     def on_test_start(self, trainer, module) -> None:
         if not self.record:  # `imdb-lightning test` alone: a record of its own
             self._begin(trainer, module, "test")
+        self._seen = 0
 
     def on_test_end(self, trainer, module) -> None:
         tested = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-        self._write(trainer, test=tested, **({"status": "finished"} if self.record.get("kind") == "test" else {}))
+        self._write(trainer, **self._evaluated(trainer, "test", tested),
+                    **({"status": "finished"} if self.record.get("kind") == "test" else {}))
+
+    def _evaluated(self, trainer: L.Trainer, stage: str, figures: dict) -> dict:
+        """The record's fields after an evaluation: it added, with the checkpoint and the data it read."""
+        path = self._path(trainer)
+        if not trainer.is_global_zero or path is None:
+            return {}
+        folder, ckpt = path.parent, trainer.ckpt_path
+        entry = checkpoint_entry(folder, ckpt) if ckpt and Path(ckpt).is_file() else None
+        identity = getattr(trainer.datamodule, "identity", None)
+        evaluation = {"stage": stage, "time": now(), "checkpoint": entry,
+                      "data": identity("test" if stage == "test" else "val") if callable(identity) else None,
+                      "reviews_seen": self._seen, "settings_from": self.settings_from, "figures": figures}
+        record = add_evaluation(self.record, evaluation)
+        extra = {"checkpoint": entry["path"]} if entry and record.get("kind") in ("test", "validate") else {}
+        return {"evaluations": record["evaluations"], **({"test": record["test"]} if "test" in record else {}), **extra}
 
     def on_exception(self, trainer, module, exception: BaseException) -> None:
         if self.record:
             # (an Optuna trial stopped by its pruner is an outcome, not a crash: `imdb-lightning tune`)
             status = ("interrupted" if isinstance(exception, KeyboardInterrupt) else
                       "pruned" if type(exception).__name__ == "TrialPruned" else "crashed")
+            self._end_segment(trainer, status)
             self._write(trainer, status=status, error=f"{type(exception).__name__}: {exception}"[:500], **self._speed())
+
+
+def batch_size(batch, unit: str) -> int:
+    """Reviews (or windows of a series) in a batch, or the tokens a language model's batch predicts."""
+    if not isinstance(batch, dict):
+        return 0
+    if unit == "tokens":
+        return int(batch["targets"].numel()) if "targets" in batch else 0
+    labels = batch.get("labels", batch.get("target"))  # a classifier's reviews, a forecaster's windows
+    return len(labels) if labels is not None else 0
 
 
 def training_progress(trainer: L.Trainer) -> tuple[int, int]:

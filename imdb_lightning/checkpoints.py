@@ -43,8 +43,21 @@ def checkpoint_kind(ckpt: dict) -> str:
 
 
 def data_state(ckpt: dict) -> dict:
-    """The data module's part of a checkpoint: the tokenizer (JSON), max_length, truncation."""
+    """The data module's part of a checkpoint: the tokenizer (JSON), max_length, truncation, and (since
+    checkpoints record it) `data`, what its data were: settings, training and validation digests."""
     return next(v for v in ckpt.values() if isinstance(v, dict) and "tokenizer" in v)
+
+
+def data_identity(ckpt: dict) -> dict:
+    """What a checkpoint's data were (IMDBDataModule.identity): {} for checkpoints from before it was saved."""
+    return next((v.get("data") or {} for v in ckpt.values() if isinstance(v, dict) and "tokenizer" in v), {})
+
+
+def data_settings(ckpt: dict) -> dict:
+    """The data settings a checkpoint's run used: the recorded ones (files as absolute paths), else, for
+    checkpoints from before, the data module's saved arguments (files as they were typed)."""
+    saved = dict(ckpt.get("datamodule_hyper_parameters") or {})
+    return {**saved, **data_identity(ckpt).get("settings", {})}
 
 
 def expect_kind(path: str | Path, ckpt: dict, kind: str, command: str) -> None:

@@ -36,6 +36,9 @@ def fit_summary(trainer, task: str = "sentiment") -> str:
     if task == "language_model":
         if score is not None:
             lines.append(f"Done: best validation loss {float(score):.4f} (perplexity {2.718281828 ** float(score):.1f})")
+    elif task == "forecast":
+        if score is not None:
+            lines.append(f"Done: best {saver.monitor} {float(score):.4f} (in the series' own units)")
     elif score is not None:
         kind = SPLITS.get(validation.get("kind"), "validation")
         size = f", {validation['reviews']:,} reviews" if validation.get("reviews") else ""
@@ -61,9 +64,13 @@ def fit_summary(trainer, task: str = "sentiment") -> str:
         note = "" if cell in ("rnn", "lstm") else f"   (set its encoder to your {cell} LM's cell and sizes)"
         note += "   (add --model.encoder.init_args.cell rnn for a SimpleRNN)" if backward and cell == "rnn" else ""
         lines.append(f"  imdb-lightning fit --config {recipe} --model.pretrained {best}{note}")
+    elif task == "forecast":
+        config = f" --config {run / 'config.yaml'}" if run is not None else ""
+        lines.append(f"  imdb-lightning forecast test{config} --ckpt_path {best}")
     else:
-        lines.append("  imdb-lightning test <the same --config and --data flags> --ckpt_path best"
-                     "   (--data.test_files FILE: your own test reviews)")
+        config = f" --config {run / 'config.yaml'}" if run is not None else ""
+        lines.append(f"  imdb-lightning test{config} --ckpt_path {best}   (its data settings come from the checkpoint; "
+                     "--data.test_files FILE: your own test reviews)")
         lines.append(f"  imdb-lightning predict --ckpt_path {best} \"a wonderful film\"")
     lines += dashboard(trainer.logger, run)
     return "\n".join(lines)

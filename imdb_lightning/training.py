@@ -14,17 +14,18 @@ from pathlib import Path
 from typing import Optional
 
 import yaml
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-from .checkpoints import expect_kind, read_checkpoint
+from .callbacks import RunRecord
+from .checkpoints import data_identity, data_settings, expect_kind, read_checkpoint
 from .data.corpus import CorpusDataModule
-from .data.datamodule import IMDBDataModule
+from .data.datamodule import LOCATION, PREPROCESSING, SOURCE, SPLIT, IMDBDataModule, changed_meaning, refuse_change, same_setting
 from .errors import UserError
 from .helpers import NO_BF16, check_seed, cpu_runs_bf16
 from .models.base import sized_by_steps
 from .models.classifier import SentimentClassifier
 from .models.language_model import LanguageModel, check_unread, read_language_model
-from .runs import experiment_root, newest_checkpoint, run_version
+from .runs import CONFIG, RECORD, experiment_root, newest_checkpoint, read_record, run_version
 from .summary import fit_summary, say, test_summary
 
 CONFIG_DIR = Path(__file__).with_name("config")
@@ -130,6 +131,55 @@ def check_resumed_settings(config, ckpt: dict) -> None:
                         "goes on with the checkpoint's model: resume with its settings, or start a new run without --ckpt_path")
 
 
+def check_resumed_length(config, ckpt: dict) -> None:
+    """A resume that has nothing to train, or that Lightning would refuse (fewer epochs than the checkpoint
+    has trained), is refused here, before anything is written, saying how to go on."""
+    done = {"max_epochs": ckpt.get("epoch"), "max_steps": ckpt.get("global_step")}
+    run = Path(config.ckpt_path).parent.parent
+    finished = (run / RECORD).is_file() and read_record(run).get("status") == "finished"
+    for key, unit in (("max_epochs", "epochs"), ("max_steps", "steps")):
+        limit, trained = config.trainer.get(key), done[key]
+        if limit in (None, -1) or trained is None or trained < limit or (trained == limit and not finished):
+            continue
+        state = (f"has trained {trained} {unit} already" if trained > limit else
+                 f"has trained its {trained} {unit}: nothing is left to train")
+        raise UserError(f"--trainer.{key} {limit}: {config.ckpt_path} {state}; to train on, resume with --trainer.{key} "
+                        f"{trained + 1} or more (a fit of {limit} {unit[:-1] if limit == 1 else unit} is a new run: leave "
+                        "out --ckpt_path). Nothing was changed")
+
+
+def namespace_dict(section) -> dict:
+    if hasattr(section, "as_dict"):
+        return section.as_dict()
+    return {k: v for k, v in vars(section).items() if not k.startswith("__")}
+
+
+def checkpoint_data(config, ckpt: dict, subcommand: str) -> None:
+    """`validate` and `test` read the data settings that define a checkpoint's figures from the checkpoint
+    (as `predict` does): its preprocessing, and for `validate` its split and training reviews. With
+    `--data_settings command_line` they keep this command line's; either way a difference is said in
+    one line, and run.json records which were used."""
+    saved, data = data_settings(ckpt), config.data
+    keys = PREPROCESSING if subcommand == "test" else (*PREPROCESSING, *SPLIT, *SOURCE)
+    # where the reviews are: the checkpoint's, unless this command line names its own (then checked by digest)
+    named = (subcommand == "test" and data.test_files) or data.train_files or data.aclimdb_dir or data.source
+    if not named:
+        keys += tuple(k for k in LOCATION if subcommand == "validate" or k != "train_files")
+    differ = [(key, saved[key], data[key]) for key in keys if key in saved and not same_setting(saved[key], data[key])]
+    if not differ:
+        return
+    if config.get("data_settings") == "command_line":
+        said = ", ".join(f"data.{key} {new} (the checkpoint's: {old})" for key, old, new in differ)
+        print(f"{subcommand}: with this command line's data settings, not the checkpoint's: {said}; run.json records it",
+              file=sys.stderr)
+        return
+    for key, old, _ in differ:
+        data[key] = old
+    said = ", ".join(f"data.{key} {old} (this command line: {new})" for key, old, new in differ)
+    print(f"{subcommand}: with the checkpoint's data settings, which define what its figures mean: {said}; "
+          "--data_settings command_line evaluates with this command line's instead", file=sys.stderr)
+
+
 def _differences(saved: dict, mine: dict, prefix: str = ""):
     for key in saved.keys() & mine.keys():
         old, new = saved[key], mine[key]
@@ -149,13 +199,14 @@ class ExperimentCLI(LightningCLI):
     """LightningCLI for fit / validate / test, plus:
 
     - `--ckpt_path last` on fit resumes the newest run of the experiment in its own version folder
-      (plain Lightning would start a new, empty one); on validate/test `last` and `best` name that
-      run's checkpoints.
+      (plain Lightning would start a new, empty one), checked against what its checkpoint was trained
+      with; on validate/test (which need a checkpoint) `last` and `best` name that run's checkpoints.
     - a checkpoint path is checked before anything runs (exists, readable, of the right model).
     - `--trainer.default_root_dir DIR` moves the runs under DIR (the logger's relative save_dir).
     """
 
     task = "sentiment"  # the kind of checkpoint this command reads (checkpoints.py)
+    checkpoint: Optional[dict] = None  # the checkpoint of --ckpt_path, read
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -182,15 +233,33 @@ class ExperimentCLI(LightningCLI):
         if root is not None:  # the runs of --trainer.default_root_dir DIR land under DIR
             logger.init_args.save_dir = str(root.parent)
         ckpt = config.get("ckpt_path")
+        if subcommand in ("validate", "test") and not ckpt:
+            raise UserError(f"{subcommand} needs --ckpt_path: best or last (of this experiment's newest run) or a checkpoint "
+                            "file; without one it would score untrained weights")
         if ckpt in ("last", "best") and root is not None:
             config.ckpt_path = self._newest(root, ckpt, logger, subcommand)
         elif ckpt in ("last", "best"):
             raise UserError(f"--ckpt_path {ckpt} needs a TensorBoard/CSV logger config to find the run; pass a checkpoint path")
         if config.get("ckpt_path"):
-            ckpt = read_checkpoint(config.ckpt_path)
+            self.checkpoint = ckpt = read_checkpoint(config.ckpt_path)
             expect_kind(config.ckpt_path, ckpt, self.task, f"imdb-lightning {subcommand}")
             if subcommand == "fit":
                 check_resumed_settings(config, ckpt)
+                check_resumed_length(config, ckpt)
+        version = logger.init_args.get("version") if hasattr(logger, "init_args") else None
+        if subcommand != "fit" and root is not None and version is not None and (root / f"version_{version}" / RECORD).is_file():
+            logger.init_args.version = None  # (a run's own config.yaml names its folder) an evaluation gets a folder of its own
+
+    def after_instantiate_classes(self) -> None:
+        """The run's record gets the configuration this segment runs with (what config.yaml holds for a new run)."""
+        if getattr(self, "trainer", None) is None:
+            return
+        subcommand, config = self.command_config()
+        resolved = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, RunRecord):
+                callback.configuration = resolved.get(subcommand, resolved) if subcommand else resolved
+                callback.settings_from = "command line" if config.get("data_settings") == "command_line" else "checkpoint"
 
     def before_fit(self) -> None:
         self._check_precision()
@@ -253,19 +322,44 @@ class SentimentCLI(ExperimentCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # The vocabulary cap is known when the config is parsed, so the embedding can be sized then.
         parser.link_arguments("data.vocab_size", "model.encoder.init_args.vocab_size", apply_on="parse")
+        parser.add_argument("--data_settings", choices=("checkpoint", "command_line"), default="checkpoint",
+                            help="validate/test: read the data settings that define a checkpoint's figures (preprocessing; "
+                            "validate: its split and training reviews) from the checkpoint, or from this command line")
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
-        _, config = self.command_config()  # a sweep's runs too, which parse no subcommand
+        subcommand, config = self.command_config()  # a sweep's runs too, which parse no subcommand
         pretrained = config.model.get("pretrained") if config is not None else None
         if pretrained:  # the language model's vocabulary, and an embedding of its size
             lm = read_language_model(pretrained)
             vocab = lm["hyper_parameters"]["encoder"]["init_args"]["vocab_size"]
             config.data.tokenizer_from, config.data.vocab_size = pretrained, vocab
             config.model.encoder.init_args.vocab_size = vocab
+        if subcommand == "fit" and config.get("data_settings") == "command_line":
+            raise UserError("--data_settings command_line is for validate and test; a resumed fit always goes on with its "
+                            "checkpoint's data")
+        if self.checkpoint is None:
+            return
+        if subcommand == "fit":  # the split and preprocessing (the reviews themselves: by digest, as the checkpoint loads)
+            meaning = (*SOURCE, *SPLIT, *PREPROCESSING)
+            change = changed_meaning(data_settings(self.checkpoint), namespace_dict(config.data), meaning)
+            if change:
+                raise refuse_change(config.ckpt_path, *change)
+        elif subcommand in ("validate", "test"):
+            checkpoint_data(config, self.checkpoint, subcommand)
 
     def _check_data(self, stage: str) -> None:
         super()._check_data(stage)
+        _, config = self.command_config()
+        if stage == "fit" and self.checkpoint is not None:  # the reviews themselves, before Lightning makes any file
+            self.datamodule.check_resume(data_identity(self.checkpoint), config.ckpt_path)
+        saved = data_identity(self.checkpoint or {}).get("val_digest")
+        if stage == "validate" and saved and config.get("data_settings") != "command_line" and \
+                self.datamodule.digest("val") != saved:
+            raise UserError(f"--ckpt_path {config.ckpt_path}: the validation reviews carved from these training data differ "
+                            "from the ones its fit validated on (other training files, or changed ones); validate with the "
+                            "data it was trained on, or pass --data_settings command_line to score it on these (run.json "
+                            "then says so)")
         if self.model.hparams.get("pretrained"):  # the language model must not have read what is scored
             split = "test" if stage == "test" else "val"
             check_unread(self.model.hparams.pretrained, self.datamodule.reviews(split).texts, split,
@@ -290,6 +384,21 @@ class PretrainCLI(ExperimentCLI):
         self.datamodule.stream("train")  # read and tokenize before a run folder exists: a bad file fails here
 
 
+class RunConfig(SaveConfigCallback):
+    """config.yaml: the configuration a run started with. A resume never rewrites it (its own configuration,
+    and what it changed, is a segment of run.json); a fit writes it once its checkpoint, if any, is restored
+    and checked, so a refused resume changes no file."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage != "fit":
+            super().setup(trainer, pl_module, stage)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        resumed_here = trainer.ckpt_path is not None and (Path(trainer.log_dir) / CONFIG).is_file()
+        if not trainer.strategy.broadcast(resumed_here):  # (rank 0's answer: every process then takes the same path)
+            super().setup(trainer, pl_module, "fit")
+
+
 def make_cli(args: Optional[list[str]] = None, run: bool = True, cli_class: type[ExperimentCLI] = SentimentCLI,
              model_class: type = SentimentClassifier, datamodule_class: type = IMDBDataModule,
              defaults: str = DEFAULTS, other_command: str = "forecast fit") -> ExperimentCLI:
@@ -301,7 +410,7 @@ def make_cli(args: Optional[list[str]] = None, run: bool = True, cli_class: type
     with warnings.catch_warnings():  # args come from our own command table, not sys.argv: that is intended
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
         return cli_class(
-            model_class, datamodule_class, args=args, run=run,
+            model_class, datamodule_class, args=args, run=run, save_config_callback=RunConfig,
             parser_kwargs=kwargs if not run else {"exit_on_error": False, **{cmd: kwargs for cmd in cli_class.subcommands()}},
             save_config_kwargs={"overwrite": True},
         )

@@ -1,5 +1,6 @@
 """Sweeps, the leaderboard and plots, and what TensorBoard is given to show."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -152,7 +153,10 @@ def test_test_and_validate_runs_join_their_fit(tmp_path, cache_dir, monkeypatch)
     cli_main(["validate", *small, "--ckpt_path", "best"])
     records = {p.parent.name: json.loads(p.read_text()) for p in Path("lightning_logs/quickstart").glob("*/run.json")}
     assert [records[f"version_{i}"]["kind"] for i in range(3)] == ["fit", "test", "validate"]
-    assert {Path(records[f"version_{i}"]["checkpoint"]).resolve() for i in (1, 2)} == {best.resolve()}
+    # checkpoints are named relative to the record's own run folder, with their digest
+    assert {records[f"version_{i}"]["checkpoint"] for i in (1, 2)} == {f"../version_0/checkpoints/{best.name}"}
+    digest = "sha256:" + hashlib.sha256(best.read_bytes()).hexdigest()
+    assert {e["checkpoint"]["digest"] for i in (1, 2) for e in records[f"version_{i}"]["evaluations"]} == {digest}
     result = compare("lightning_logs", tmp_path / "out")
     assert result["runs"] == 1 and result["finished"] == 1  # one fit, nothing listed as unfinished
     row = result["rows"][0]

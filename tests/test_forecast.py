@@ -1,4 +1,5 @@
 import json
+import os
 import re
 from pathlib import Path
 
@@ -64,7 +65,14 @@ def test_forecast_cli_fit_test_and_report(tmp_path, monkeypatch, capsys):
     cli_main(["forecast", "fit", *short])
     best = next(Path("lightning_logs/airline_lstm/version_0/checkpoints").glob("best*.ckpt"))
     assert torch.load(best, weights_only=True)["hyper_parameters"]["encoder"]["init_args"]["input_size"] == 1
-    capsys.readouterr()
+    # the summary names the figure it gives (an RMSE, not an accuracy) and what to run next with a forecaster
+    record = json.loads(Path("lightning_logs/airline_lstm/version_0/run.json").read_text())
+    done = capsys.readouterr().err
+    assert f"Done: best val/rmse {record['best']:.4f}" in done and "val/acc" not in done
+    assert f"imdb-lightning forecast test --config lightning_logs{os.sep}airline_lstm{os.sep}version_0{os.sep}config.yaml" in done
+    assert "predict" not in done and "review" not in done
+    # windows of the series are its samples: 3 epochs of 96 training windows
+    assert record["train_samples"] == 3 * 96 and record["train_samples_per_s"] > 0
     cli_main(["forecast", "test", *short, "--ckpt_path", str(best)])
     printed = re.search(r"^\s*test/rmse\s+([0-9.]+)\s*$", capsys.readouterr().out, re.M)  # Lightning's table
     assert printed and float(printed.group(1)) == pytest.approx(rmse_by_hand(best), rel=1e-5)

@@ -189,6 +189,10 @@ def test_combine_with_recurrent_runs(files, tmp_path, cache_dir, monkeypatch):
     test = IMDBDataModule(train_files=files["train"], test_files=files["test"], cache_dir=cache_dir).reviews("test")
     stack = load(both["folder"])
     probabilities = np.array(stack.predict(test.texts))
+    folder = Path(both["folder"]).absolute()
+    monkeypatch.chdir(tmp_path / "combined")  # its record names its checkpoints relative to its own folder
+    np.testing.assert_allclose(load(folder).predict(test.texts), probabilities, rtol=1e-6)
+    monkeypatch.chdir(tmp_path)
     assert ((probabilities >= 0.5) == test.labels).mean() == pytest.approx(both["test"]["test/acc"])
     predict(["--ckpt_path", both["folder"], "--file", files["test"], "--output", "stacked.csv"])
     written = np.loadtxt("stacked.csv", delimiter=",", skiprows=1, usecols=1)

@@ -5,6 +5,7 @@ an every-N-steps checkpoint, a kill at an epoch's end, a real SIGKILL of the com
 with `--ckpt_path last`, and compares every logged value at every step with an uninterrupted run.
 """
 
+import json
 import re
 import signal
 import subprocess
@@ -145,6 +146,9 @@ def test_resume_reproduces_the_uninterrupted_run(references, tmp_path, recipe, h
     fit(tmp_path, recipe, "--ckpt_path", "last")
     assert not (tmp_path / "logs/resume/version_1").exists()  # resumed in its own folder
     assert_same_run(references[recipe], run)
+    # each trained batch counted once, however far the run got past its last.ckpt before it stopped
+    records = [json.loads((r / "run.json").read_text()) for r in (references[recipe], run)]
+    assert records[1]["train_samples"] == records[0]["train_samples"] == 3 * 450
 
 
 def test_last_checkpoint_is_the_final_model(references):
@@ -223,7 +227,8 @@ def test_a_resumed_fit_applies_a_new_learning_rate_and_refuses_a_new_model_shape
     assert "Resuming at learning rate 1e-05 (the checkpoint's run was configured with 0.003)" in capsys.readouterr().err
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == 1e-05
-    assert "lr: 1.0e-05" in (run / "config.yaml").read_text()  # the value recorded is the value used
+    segment = json.loads((run / "run.json").read_text())["segments"][-1]  # the value recorded is the value used
+    assert segment["config"]["model"]["optimizer"]["init_args"]["lr"] == 1e-05 and "model.optimizer" in segment["changes"]
     for flags, message in [
         (["--model.encoder.init_args.hidden_size", "16"], r"model.encoder.init_args.hidden_size=32, this one 16"),
         (["--model.encoder.init_args.cell", "gru"], r"model.encoder.init_args.cell=lstm, this one gru"),
@@ -235,3 +240,46 @@ def test_a_resumed_fit_applies_a_new_learning_rate_and_refuses_a_new_model_shape
             cli_main([*resume, "--trainer.max_epochs", "3", *flags])
         assert re.search(message, str(exit.value.code)), exit.value.code
         assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2  # nothing trained
+
+
+def test_a_resume_that_would_change_what_its_figures_mean_is_refused_and_changes_nothing(tmp_path, cache_dir, monkeypatch):
+    from conftest import SMALL, write_reviews
+    from imdb_lightning.data.synthetic import synthetic_reviews
+
+    monkeypatch.chdir(tmp_path)
+    texts, labels = synthetic_reviews(300, seed=0)
+    films = [f"tt{i // 3:07d}" for i in range(300)]
+    train = write_reviews(tmp_path / "train.parquet", texts, labels, films)
+    same = write_reviews(tmp_path / "same.parquet", texts, labels, films)  # the same reviews, elsewhere
+    other = write_reviews(tmp_path / "other.parquet", texts[::-1], labels[::-1], films)  # other reviews for each film
+    base = ["fit", "--config", str(QUICKSTART), *SMALL, "--data.source", "files", "--data.train_files", train,
+            "--data.cache_dir", cache_dir, "--trainer.max_epochs", "2"]
+    cli_main(base)
+    run = tmp_path / "lightning_logs" / "quickstart" / "version_0"
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    for flags, message in [
+        (["--data.split_seed", "3"], r"its run used data\.split_seed=0, this one 3; a resumed fit goes on with its checkpoint"),
+        (["--data.val_split", "random"], r"data\.val_split=auto, this one random"),
+        (["--data.val_fraction", "0.2"], r"data\.val_fraction=0\.1, this one 0\.2"),
+        (["--data.max_length", "32"], r"data\.max_length=60, this one 32"),
+        (["--data.truncation", "tail"], r"data\.truncation=head, this one tail"),
+        (["--data.lowercase", "false"], r"data\.lowercase=True, this one False"),
+        (["--data.train_files", other], r"its run trained on other training reviews than data\.train_files holds now"),
+        # Lightning would refuse it after rewriting config.yaml and marking the finished run crashed
+        (["--trainer.max_epochs", "1"], r"^imdb-lightning: error: --trainer\.max_epochs 1: \S+last\.ckpt has trained 2 epochs "
+                                        r"already; to train on, resume with --trainer\.max_epochs 3 or more"),
+        (["--trainer.max_epochs", "2"], r"has trained its 2 epochs: nothing is left to train"),
+    ]:
+        with pytest.raises(SystemExit) as exit:
+            cli_main([*base, "--ckpt_path", "last", "--trainer.max_epochs", "3", *flags])
+        assert re.search(message, str(exit.value.code)) and "\n" not in str(exit.value.code), exit.value.code
+        assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before, flags  # nothing written
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+    # where the files are is not what they are: the same reviews at another path, a larger batch and more
+    # epochs are applied, said, and recorded in the run's second segment
+    cli_main([*base, "--ckpt_path", "last", "--trainer.max_epochs", "3", "--data.train_files", same,
+              "--data.batch_size", "16"])
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "finished" and record["epochs"] == 3
+    assert set(record["segments"][1]["changes"]) == {"data.train_files", "data.batch_size", "trainer.max_epochs"}
+    assert (run / "config.yaml").read_bytes() == before["config.yaml"]  # the configuration it started with

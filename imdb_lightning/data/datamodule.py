@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -25,6 +26,53 @@ from .tokenizer import build_tokenizer, encode
 
 SourceName = Literal["hub", "files", "aclimdb", "synthetic"]
 ValSplit = Literal["auto", "grouped", "random"]
+
+# The settings that define what a checkpoint's figures mean: which reviews it trained on, how validation
+# was carved from them, and how a review becomes tokens. A resume may not change them; `validate` and
+# `test` take them from the checkpoint. (Where the files are is not among them: their digest is.)
+LOCATION = ("source", "train_files", "aclimdb_dir", "hub_name")
+SOURCE = ("group_column", "synthetic_size", "synthetic_median_words")
+SPLIT = ("val_split", "val_fraction", "split_seed")
+PREPROCESSING = ("vocab_size", "min_frequency", "lowercase", "max_length", "truncation")
+MEANING = (*LOCATION, *SOURCE, *SPLIT, *PREPROCESSING)
+
+
+def reviews_digest(reviews: Reviews) -> str:
+    """sha256 of reviews as read: texts, labels and films, in order."""
+    sha = hashlib.sha256()
+    for text in reviews.texts:
+        raw = text.encode("utf-8", "surrogatepass")
+        sha.update(len(raw).to_bytes(8, "little") + raw)
+    sha.update(np.ascontiguousarray(reviews.labels, dtype=np.int8).tobytes())
+    if reviews.groups is not None:
+        sha.update("\0".join(map(str, reviews.groups)).encode("utf-8", "surrogatepass"))
+    return f"sha256:{sha.hexdigest()}"
+
+
+def file_list(value) -> list[str]:
+    """A files setting (one path, or a list of them) as a list."""
+    return [value] if isinstance(value, str) else list(value or [])
+
+
+def same_setting(old, new) -> bool:
+    """Two values of a data setting, one file and a one-file list read alike."""
+    norm = lambda v: list(v) if isinstance(v, (list, tuple)) else [v] if isinstance(v, str) and v else v  # noqa: E731
+    return norm(old) == norm(new)
+
+
+def changed_meaning(saved: dict, settings: dict, keys: tuple = MEANING) -> Optional[tuple[str, object, object]]:
+    """(key, saved value, this value) of the first setting among `keys` that differs, else None; settings
+    `saved` does not hold (checkpoints from before them) are not compared."""
+    for key in keys:
+        if key in saved and key in settings and not same_setting(saved[key], settings[key]):
+            return key, saved[key], settings[key]
+    return None
+
+
+def refuse_change(ckpt_path, key: str, old, new) -> ConfigError:
+    return ConfigError(f"--ckpt_path {ckpt_path}: its run used data.{key}={old}, this one {new}; a resumed fit goes on with "
+                       "its checkpoint's data (its reviews, split and preprocessing define what its figures mean): resume "
+                       "with its settings, or start a new run without --ckpt_path")
 
 
 def _save_arrays(path: str, **arrays: np.ndarray) -> None:
@@ -128,6 +176,7 @@ class IMDBDataModule(L.LightningDataModule):
         self.validation: dict = {}  # how validation was carved: kind, fraction, reviews, films
         self._reviews: dict[str, Reviews] = {}
         self._datasets: dict[str, TokenizedReviews] = {}
+        self._digests: dict[str, str] = {}  # "train" (every training review, before validation is carved), "val", "test"
         self._resume_at: Optional[dict] = None  # where a resumed fit's training data continue
 
     # --- raw data -------------------------------------------------------------------------
@@ -142,9 +191,69 @@ class IMDBDataModule(L.LightningDataModule):
 
     def _split(self, data: Reviews) -> None:
         hp = self.hparams
+        self._digests["train"] = reviews_digest(data)
         (train, val), self.validation = carve_validation(data, hp.val_split, hp.val_fraction, hp.split_seed,
                                                          self.source_name, hp.group_column)
         self._reviews["train"], self._reviews["val"] = train, val
+
+    # --- what the data are: the record of a run and of its checkpoints -----------------------------------
+    def digest(self, split: Literal["train", "val", "test"]) -> str:
+        """sha256 of a split's reviews ("train": all the training reviews, before validation is carved)."""
+        if split not in self._digests:
+            reviews = self.reviews("val" if split == "train" else split)  # (carving digests the training reviews)
+            self._digests.setdefault(split, reviews_digest(reviews))
+        return self._digests[split]
+
+    def _where(self, split: str) -> dict:
+        hp = self.hparams
+        files = file_list(hp.test_files if split == "test" else hp.train_files)
+        return {"source": self.source_name,
+                "files": [os.path.abspath(f) for f in files] if self.source_name == "files" else None,
+                "aclimdb_dir": os.path.abspath(hp.aclimdb_dir) if self.source_name == "aclimdb" else None,
+                "hub_name": hp.hub_name if self.source_name == "hub" else None,
+                "synthetic": {"size": hp.synthetic_size, "median_words": hp.synthetic_median_words, "seed": hp.split_seed}
+                if self.source_name == "synthetic" else None}
+
+    def settings(self) -> dict:
+        """The settings that define what this data module's figures mean (MEANING), files as absolute paths."""
+        settings = {key: self.hparams[key] for key in MEANING}
+        settings["train_files"] = [os.path.abspath(f) for f in file_list(self.hparams.train_files)] or None
+        settings["aclimdb_dir"] = os.path.abspath(self.hparams.aclimdb_dir) if self.hparams.aclimdb_dir else None
+        settings["source"] = self.source_name
+        return settings
+
+    def identity(self, split: Literal["fit", "val", "test"] = "fit") -> dict:
+        """What the data are, for a record: for a fit its settings, training reviews and validation reviews;
+        for an evaluation the split it read (source, files, digest, reviews) and the preprocessing."""
+        if split == "test":
+            test = self.reviews("test")
+            preprocessing = {key: self.hparams[key] for key in PREPROCESSING}
+            return {"split": "test", **self._where("test"), "digest": self.digest("test"), "reviews": len(test),
+                    "preprocessing": preprocessing}
+        train = {**self._where("train"), "digest": self.digest("train"),
+                 "reviews": len(self.reviews("train")) + len(self.reviews("val"))}
+        fit = {"settings": self.settings(), "train": train, "val_digest": self.digest("val"), "validation": self.validation}
+        if split == "val":
+            return {"split": "val", "digest": fit["val_digest"], "reviews": len(self.reviews("val")), **fit}
+        return fit
+
+    def check_resume(self, saved: Optional[dict], ckpt_path) -> None:
+        """A resumed fit must go on with the data its checkpoint was trained on: the same settings (MEANING)
+        and the same training reviews, wherever the files are now. Checkpoints from before they held
+        their data's identity are checked by the command line, on their saved settings."""
+        if not saved:
+            return
+        change = changed_meaning(saved.get("settings", {}), self.settings(), keys=(*SOURCE, *SPLIT, *PREPROCESSING))
+        if change:
+            raise refuse_change(ckpt_path, *change)
+        for part, mine, theirs in (("training", self.digest("train"), saved.get("train", {}).get("digest")),
+                                   ("validation", self.digest("val"), saved.get("val_digest"))):
+            if theirs and mine != theirs:
+                where = next(f"data.{key}" for key in ("train_files", "aclimdb_dir", "hub_name", "source")
+                             if self.settings().get(key))
+                raise ConfigError(f"--ckpt_path {ckpt_path}: its run trained on other {part} reviews than {where} "
+                                  f"holds now ({theirs[:19]}..., now {mine[:19]}...); resume with the data it was trained "
+                                  "on, or start a new run without --ckpt_path")
 
     # --- tokenizer and cached token ids -----------------------------------------------------
     def split_key(self) -> list:
@@ -226,14 +335,15 @@ class IMDBDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
 
-    # The tokenizer travels in every checkpoint as plain JSON, so a checkpoint alone classifies text.
+    # The tokenizer travels in every checkpoint as plain JSON, so a checkpoint alone classifies text, and
+    # so does what its data were (`identity`), which a resume checks and `validate`/`test` read.
     # So does the training data's position: Lightning restores a data module before it asks for the
     # training data (the loop's own copy of the position arrives after, too late when a schedule
     # sized to the run made Lightning load the data early).
     def state_dict(self) -> dict:
         hp = self.hparams
         return {"tokenizer": self.get_tokenizer().to_str(), "max_length": hp.max_length, "truncation": hp.truncation,
-                **train_position(self)}
+                "data": self.identity(), **train_position(self)}
 
     def load_state_dict(self, state: dict) -> None:
         restored = Tokenizer.from_str(state["tokenizer"])
@@ -241,3 +351,6 @@ class IMDBDataModule(L.LightningDataModule):
             self._datasets.clear()  # re-encode with the checkpoint's vocabulary
         self.tokenizer = restored
         self._resume_at = state.get("train_position")
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.state.fn == "fit":  # (restored before anything of the run is written)
+            self.check_resume(state.get("data"), trainer.ckpt_path)

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
-from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, MetricCollection
+from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 
-from ..models.base import EncoderModule, compute_and_reset
+from ..models.base import EncoderModule, WeightedMean, compute_and_reset
 
 
 class SequenceRegressor(EncoderModule):
@@ -30,7 +30,7 @@ class SequenceRegressor(EncoderModule):
         super().__init__(encoder, dropout, optimizer, scheduler, monitor)
         self.save_encoder_hyperparameters()
         self.predictions: dict[int, float] = {}  # test month -> forecast, for the report's plot
-        self.train_loss = MeanMetric(nan_strategy="disable")  # the epoch's mean, from the deferred step losses
+        self.train_loss = WeightedMean()  # the epoch's mean, from the deferred step losses
 
     def metrics(self) -> MetricCollection:
         return MetricCollection({"mse": MeanSquaredError(), "rmse": MeanSquaredError(squared=False), "mae": MeanAbsoluteError()})

@@ -12,7 +12,7 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
-from torchmetrics import Metric, MetricCollection
+from torchmetrics import MeanMetric, Metric, MetricCollection
 
 from ..errors import ConfigError, UserError
 from .encoders import encoder_spec
@@ -43,6 +43,21 @@ def scale_one_cycle(scheduler) -> None:
             for key in ("initial_lr", "max_lr", "min_lr", "lr"):
                 group[key] *= scale
             scheduler.base_lrs[index] *= scale
+
+
+class WeightedMean(MeanMetric):
+    """A mean of values with weights (a batch's loss weighs as many reviews as it had), without MeanMetric's
+    NaN check, which reads the device every step: MeanMetric with nan_strategy "disable" drops the weights
+    too, and an epoch's loss would be the mean of its batches' losses, whatever their sizes."""
+
+    def __init__(self, **kwargs):
+        super().__init__(nan_strategy="disable", **kwargs)
+
+    def update(self, value, weight=1.0) -> None:
+        value = torch.as_tensor(value, dtype=self.dtype, device=self.device)
+        weight = torch.broadcast_to(torch.as_tensor(weight, dtype=self.dtype, device=self.device), value.shape)
+        self.mean_value += (value * weight).sum()
+        self.weight += weight.sum()
 
 
 def compute_and_reset(metric):

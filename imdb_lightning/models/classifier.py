@@ -20,7 +20,7 @@ from ..helpers import clustered_standard_error, digest
 from ..runs import write_val_reviews
 from . import hparams as tab
 from .adversarial import adversarial_loss
-from .base import EncoderModule, NonFiniteLossError, compute_and_reset, plateau  # noqa: F401  (NonFiniteLossError: part of this API)
+from .base import EncoderModule, NonFiniteLossError, WeightedMean, compute_and_reset, plateau  # noqa: F401  (NonFiniteLossError: part of this API)
 from .encoders import layer_groups
 from .finetuning import FineTuningCollapsed, check_collapse, check_lr_decay, discriminative_groups, unfreeze  # noqa: F401
 from .language_model import load_pretrained
@@ -77,8 +77,8 @@ class SentimentClassifier(EncoderModule):
         check_lr_decay(lr_decay)
         self.save_encoder_hyperparameters()
         # Epoch means of the training losses, persistent like the training metrics (see EncoderModule).
-        # (nan_strategy disable: no host sync per step to look for NaNs; training_step stops on a non-finite loss)
-        self.train_loss, self.train_adversarial_loss = MeanMetric(nan_strategy="disable"), MeanMetric(nan_strategy="disable")
+        # (no host sync per step to look for NaNs: training_step stops on a non-finite loss)
+        self.train_loss, self.train_adversarial_loss = WeightedMean(), WeightedMean()
         self.train_loss.persistent(True)
         self.train_adversarial_loss.persistent(True)
         # Each review's outcome, film, place in its split and P(positive): the film-clustered error of the
@@ -87,7 +87,7 @@ class SentimentClassifier(EncoderModule):
         # Test-time pictures for TensorBoard; 200 ROC thresholds keep the state small.
         self.test_curves = MetricCollection({"confusion_matrix": BinaryConfusionMatrix(), "roc": BinaryROC(thresholds=200)})
         # Evaluation losses, averaged over each epoch's reviews and logged with the other epoch figures
-        self.val_loss, self.test_loss = MeanMetric(nan_strategy="disable"), MeanMetric(nan_strategy="disable")
+        self.val_loss, self.test_loss = WeightedMean(), WeightedMean()
         self.val_positive = MeanMetric()  # share of validation reviews predicted positive: a collapse shows there
         self.register_buffer("best_val_acc", torch.tensor(0.0))  # in checkpoints: hp/val_acc survives a resume
         self._unfrozen_in: Optional[int] = None  # the epoch gradual unfreezing last set the layers for

@@ -20,13 +20,12 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
-from torchmetrics import MeanMetric
 
 from ..callbacks import training_progress
 from ..checkpoints import data_state, expect_kind, read_checkpoint
 from ..data.corpus import text_digests
 from ..errors import ConfigError, UserError
-from .base import DeferredFigures, RandomStateResume, ResumedLearningRate, compute_and_reset, sized_by_steps
+from .base import DeferredFigures, RandomStateResume, ResumedLearningRate, WeightedMean, compute_and_reset, sized_by_steps
 from .encoders import RecurrentEncoder, encoder_spec
 
 
@@ -69,8 +68,8 @@ class LanguageModel(DeferredFigures, ResumedLearningRate, RandomStateResume, L.L
         self._state: dict[str, Optional[list]] = {"train": None, "val": None}  # carried between windows
         # Token-weighted mean losses over an epoch; the training one goes into checkpoints, so a run
         # resumed mid-epoch reports the same epoch figure as one never stopped.
-        # (nan_strategy disable: no host sync per step to look for NaNs; DeferredFigures stops on a non-finite loss)
-        self.train_loss, self.val_loss = MeanMetric(nan_strategy="disable"), MeanMetric(nan_strategy="disable")
+        # (no host sync per step to look for NaNs: DeferredFigures stops on a non-finite loss)
+        self.train_loss, self.val_loss = WeightedMean(), WeightedMean()
         self.train_loss.persistent(True)
 
     def hidden(self, input_ids: torch.Tensor, state: Optional[list] = None) -> tuple[torch.Tensor, list]:

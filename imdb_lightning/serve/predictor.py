@@ -17,7 +17,7 @@ from ..errors import UserError
 from ..models.classifier import SentimentClassifier
 from ..models.encoders import build_encoder
 from ..models.linear import LINEAR_FILE, LinearReference, Stack
-from ..runs import read_record
+from ..runs import read_record, stack_checkpoints
 from .runtime import BATCH_SIZE, padded_batches
 
 
@@ -60,11 +60,8 @@ def load_linear_run(folder: Path, device: torch.device) -> LinearPredictor:
     record = read_record(folder)
     if not record.get("checkpoints"):
         return LinearPredictor(linear)
-    missing = [c for c in record["checkpoints"] if not Path(c).is_file()]
-    if missing:
-        raise UserError(f"{folder}: this stack reads {missing[0]}, which is not there (moved or deleted? "
-                        "run `linear --combine` again with the run folders where they are now)")
-    return LinearPredictor(Stack(linear, [load(c, device) for c in record["checkpoints"]], record["weights"]))
+    # (named relative to the stack's folder, with their digests: runs.py finds and checks them)
+    return LinearPredictor(Stack(linear, [load(c, device) for c in stack_checkpoints(folder, record)], record["weights"]))
 
 
 def load(path: str | Path, device: str = "cpu") -> Predictor | LinearPredictor:

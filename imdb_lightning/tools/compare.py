@@ -3,8 +3,10 @@
 Runs that differ only by seed form one group (mean ± std over distinct seeds, and how many); with
 `--over_splits`, runs that differ only by seed and `data.split_seed` do (mean ± std over split seeds,
 and each group's paired difference to the best one on the splits they share).
-Every accuracy names its split: validation (grouped by film, or random) or test. `test` and
-`validate` runs add their figures to the fit whose checkpoint they read. Runs that crashed or
+Every accuracy names its split: validation (grouped by film, or random) or test, and comes from a
+run's record (runs.py): a run's validation figure is its best checkpoint's, and its test figure the
+newest test of that same checkpoint (by its digest), whichever run folder the test was recorded in;
+leaderboard.md says which checkpoint and which test data each figure came from. Runs that crashed or
 did not finish are listed apart, never averaged in.
 """
 
@@ -12,23 +14,23 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import statistics
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Optional
-
-import yaml
 
 from ..errors import UserError
 from ..helpers import ArgumentParser, pyplot
 from ..models.hparams import encoder_name
-from ..runs import read_record, run_version
+from ..runs import RECORD, best_checkpoint, evaluations, read_record, run_settings, run_version
 from .paired import format_rows, pair_rows
 
 # Settings that say where or how a run was logged, not what was trained.
 IGNORED = ("seed_everything", "trainer.logger", "trainer.callbacks", "trainer.enable_progress_bar", "data.cache_dir",
            "ckpt_path", "trainer.default_root_dir", "data.num_workers", "trainer.enable_model_summary", "config",
-           "data.test_files", "model.pretrained")
+           "data.test_files", "model.pretrained", "data_settings", "weights_only")
 STATS = ("val acc", "val ±95%", "test acc", "test f1", "test auroc")  # mean ± std over seeds in the csv
 PAIRED = "val acc − best"  # (mean, standard error, splits ahead of the best, splits shared) in the csv
 SPLIT_SEED = "data.split_seed"
@@ -42,7 +44,7 @@ class Run:
     settings: dict
     record: dict
     curves: dict = field(default_factory=dict)  # tag -> [(epoch, value)]
-    evaluations: list = field(default_factory=list)  # records of `test` / `validate` runs of its checkpoints
+    evaluations: list = field(default_factory=list)  # evaluations of its checkpoints, from any run folder (runs.evaluations)
 
     def cost_s(self) -> Optional[float]:
         """The run's wall time, a stack's with its recurrent runs' (it cannot exist without them)."""
@@ -93,22 +95,51 @@ class Run:
         best = max(accs, key=accs.get)
         return Z95 * errors[best] if best in errors else None
 
+    def test_evaluation(self) -> Optional[dict]:
+        """The newest test of the checkpoint its validation figure belongs to (its best), with that
+        checkpoint's own data settings; None when there is none. A test of an earlier best checkpoint
+        (before a resume replaced it), or with the command line's data settings, is never its figure."""
+        best = self.record.get("best_checkpoint") or {}
+        tests = [e for e in self.evaluations if e.get("stage") == "test" and e.get("settings_from", "checkpoint") == "checkpoint"]
+        if best.get("digest"):
+            tests = [e for e in tests if (e.get("checkpoint") or {}).get("digest") == best["digest"]]
+        else:  # a record from before checkpoints were named: its own test, or one of its best checkpoint file as it is now
+            current = best_checkpoint(self.folder)
+            tests = [e for e in tests if e.get("legacy") and e.get("checkpoint_file") is None and e.get("owner") == self.folder
+                     or current is not None and e.get("checkpoint_file") is not None and same_file(e["checkpoint_file"], current)]
+        return max(tests, key=lambda e: e["sort_time"], default=None)
+
     def test_figures(self) -> dict:
-        figures = dict(self.record.get("test", {}))
-        for evaluation in self.evaluations:  # the newest evaluation of the best checkpoint wins
-            figures.update(evaluation.get("test", {}))
-        return figures
+        evaluation = self.test_evaluation()
+        return dict(evaluation["figures"]) if evaluation else {}
+
+    def stale_tests(self) -> int:
+        """Tests of this run's checkpoints that are not of its best one now (a resume replaced it)."""
+        best = (self.record.get("best_checkpoint") or {}).get("digest")
+        return sum(e.get("stage") == "test" and ((e.get("checkpoint") or {}).get("digest") != best or
+                                                 e.get("settings_from", "checkpoint") != "checkpoint")
+                   for e in self.evaluations) if best else 0
 
 
-def flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in (tree or {}).items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and not ("class_path" in value and path.endswith(("optimizer", "scheduler"))):
-            flat.update(flatten(value, f"{path}."))
-        else:
-            flat[path] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
-    return flat
+def same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def data_label(data: Optional[dict]) -> str:
+    """Which reviews an evaluation read, in a few words: its files, folder, hub dataset or generated corpus."""
+    if not data:
+        return "(not recorded)"
+    if data.get("files"):
+        return "+".join(Path(f).name for f in data["files"])
+    if data.get("aclimdb_dir"):
+        return f"{Path(data['aclimdb_dir']).name}/{data.get('split', 'test')}"
+    if data.get("hub_name"):
+        return f"{data['hub_name']}:{data.get('split', 'test')}"
+    synthetic = data.get("synthetic") or {}
+    return f"synthetic {data.get('split', 'test')} (size {synthetic.get('size')}, seed {synthetic.get('seed')})"
 
 
 def read_curves(folder: Path, tags=("val/acc", "val/loss", "val/acc_se")) -> dict:
@@ -126,33 +157,39 @@ def read_curves(folder: Path, tags=("val/acc", "val/loss", "val/acc_se")) -> dic
 
 
 def find_runs(logdir: Path) -> list[Run]:
-    """Fit runs (and linear references) of a log folder, with the test/validate runs of their checkpoints attached."""
-    runs, evaluations = [], []
-    for config in sorted(logdir.glob("**/config.yaml")):
+    """Fit runs (and linear references) of a log folder, each with every evaluation of its checkpoints,
+    wherever it is recorded (its own run.json, or a `test`/`validate` run's)."""
+    runs, found = [], []
+    for config in sorted(logdir.glob("**/config.yaml"), key=lambda p: (p.parent.parent, run_version(p.parent) or 0)):
         folder = config.parent
         try:
-            content = yaml.safe_load(config.read_text())
             record = read_record(folder)
-            if not isinstance(content, dict):
-                raise ValueError(f"config.yaml holds a {type(content).__name__}, not a mapping of settings")
-            settings = {k: v for k, v in flatten(content).items() if not k.startswith(IGNORED)}
-        except (yaml.YAMLError, OSError, UnicodeDecodeError, ValueError, UserError) as err:
+            settings = {k: v for k, v in run_settings(folder, record).items() if not k.startswith(IGNORED)}
+            recorded = evaluations(folder, record)
+        except (OSError, UserError) as err:
             print(f"compare: skipped {folder}: {' '.join(str(err).split())}")
             continue
         if not record and not list(folder.glob("events.out.tfevents.*")):
             continue
+        written = (folder / RECORD).stat().st_mtime if (folder / RECORD).is_file() else 0.0
+        for evaluation in recorded:  # (records from before evaluations had times: the record's own)
+            evaluation.update(owner=folder, sort_time=evaluation.get("time") or
+                              datetime.fromtimestamp(written, UTC).isoformat(timespec="microseconds"))
+        if record.get("status", "finished") == "finished":
+            found += recorded
         run = Run(folder, folder.parent.name, settings, record)
         if run.kind in ("test", "validate"):
-            evaluations.append(run)
             continue
         run.curves = read_curves(folder) if list(folder.glob("events.out.tfevents.*")) else {}
         runs.append(run)
     by_folder = {r.folder.resolve(): r for r in runs}
-    for evaluation in evaluations:
-        checkpoint = evaluation.record.get("checkpoint")
-        owner = by_folder.get(Path(checkpoint).resolve().parent.parent) if checkpoint else None
-        if owner is not None and evaluation.finished:
-            owner.evaluations.append(evaluation.record)
+    for evaluation in found:
+        checkpoint = evaluation["checkpoint_file"]
+        # a fit's checkpoints are in its checkpoints/ folder; a linear run's model is in the run folder itself
+        places = [checkpoint.parent.parent, checkpoint.parent] if checkpoint else [evaluation["owner"]]
+        owner = next((by_folder[p.resolve()] for p in places if p.resolve() in by_folder), None)
+        if owner is not None:
+            owner.evaluations.append(evaluation)
     return runs
 
 
@@ -213,12 +250,15 @@ def leaderboard(runs: list[Run], over_splits: bool = False) -> tuple[list[str], 
     varying, groups = group(finished, over_splits)
     header = ["model", "encoder", *[k.split(".")[-1] if k.count(".") else k for k in varying], "val split",
               *(["splits"] if over_splits else []), "seeds", "parameters",
-              "val acc", "val ±95%", "test acc", "test f1", "test auroc", "epochs", "wall s", "train samples/s"]
+              "val acc", "val ±95%", "test acc", "test f1", "test auroc", "test data", "epochs", "wall s", "train samples/s"]
     rows, split_accs = [], []
     for key, members in groups.items():
         members = distinct_seeds(members)
         stat = lambda get, members=members: mean_std([get(r) for r in members])
-        tests = [r.test_figures() for r in members]
+        tested = [e for e in (r.test_evaluation() for r in members) if e is not None]
+        data = {(e.get("data") or {}).get("digest"): data_label(e.get("data")) for e in tested}
+        # figures on other reviews are not one measurement: averaged only when every member read the same test data
+        tests = [e["figures"] for e in tested] if len(data) == 1 else []
         splits = sorted({r.val_split for r in members})
         split_accs.append(per_split(members))
         # over splits, a split is the unit: the spread of one split's figure, not of model seeds within it
@@ -229,6 +269,7 @@ def leaderboard(runs: list[Run], over_splits: bool = False) -> tuple[list[str], 
             val_acc, stat(lambda r: r.val_interval()),
             mean_std([t.get("test/acc") for t in tests]), mean_std([t.get("test/f1") for t in tests]),
             mean_std([t.get("test/auroc") for t in tests]),
+            next(iter(data.values())) if len(data) == 1 else "differs: " + ", ".join(sorted(data.values())) if data else "",
             stat(lambda r: r.record.get("epochs"))[0], stat(lambda r: r.cost_s())[0],
             stat(lambda r: r.record.get("train_samples_per_s"))[0],
         ])
@@ -240,6 +281,36 @@ def leaderboard(runs: list[Run], over_splits: bool = False) -> tuple[list[str], 
         for row, accs in zip(rows, split_accs):
             row.insert(best + 1, paired(accs, split_accs[0]))
     return header, rows
+
+
+def provenance(runs: list[Run], logdir: Path, over_splits: bool = False) -> list[str]:
+    """One line per run counted in the leaderboard: which checkpoint and which data each of its figures came from."""
+    here = lambda path: os.path.relpath(path, logdir)  # noqa: E731
+    _, groups = group([r for r in runs if r.finished], over_splits)
+    lines = []
+    for members in groups.values():
+        for run in distinct_seeds(members):
+            best = run.record.get("best_checkpoint") or {}
+            file = best_checkpoint(run.folder)
+            checkpoint = (f"{here(file)} ({best['digest'][:19]}...)" if best.get("digest") and file else
+                          f"{here(file)} (digest not recorded)" if file else "(no checkpoint)")
+            value = run.record.get("best_val_acc")
+            line = f"- {here(run.folder)}: val acc {value:.4f} of {checkpoint}" if value is not None else \
+                f"- {here(run.folder)}: {checkpoint}"
+            test = run.test_evaluation()
+            if test is not None:
+                data = test.get("data") or {}
+                digest = f", {data['digest'][:19]}..., {data.get('reviews')} reviews" if data.get("digest") else ""
+                line += (f"; test acc {test['figures'].get('test/acc', float('nan')):.4f} of that checkpoint on "
+                         f"{data_label(data)}{digest}, in {here(test['owner'] / RECORD)}")
+            stale = run.stale_tests()
+            if stale and test is None:
+                line += (f"; its {stale} test(s) were of an earlier best checkpoint (a resume replaced it) or with other data "
+                         "settings: test its best checkpoint again")
+            elif stale:
+                line += f"; {stale} other test(s) not counted (of an earlier best checkpoint, or with other data settings)"
+            lines.append(line)
+    return lines
 
 
 def fmt(value, column: str = "") -> str:
@@ -381,6 +452,9 @@ def compare(logdir: str | Path, out: str | Path | None = None, over_splits: bool
     if pairs:
         lines += ["", *format_rows(pairs), "", PAIRS_NOTE]
         write_pairs(pairs, out / "pairs.csv")
+    lines += ["", "Where each figure comes from (run: its best checkpoint, the validation figure it had; the test of that "
+              "same checkpoint, its data, and the record it is in):", ""]
+    lines += provenance(runs, logdir, over_splits)
     others = [r for r in runs if not r.finished]
     if others:
         lines += ["", "Runs not counted above:", ""]

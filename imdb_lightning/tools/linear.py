@@ -6,11 +6,12 @@ run folder (`config.yaml`, `run.json`, TensorBoard scalars, the model as `linear
 `compare` ranks with the rest and `predict --ckpt_path FOLDER` applies.
 
 `--combine RUN [RUN ...]` stacks a linear model with trained recurrent runs instead: fitted on
-their own split (their `config.yaml`), its logit and each run's best checkpoint's logit are
-weighed by a logistic regression fitted on the validation reviews, whose figure is therefore
-cross-fitted by film. Runs that validated on the same reviews are stacked together; runs of other
-splits (another `data.split_seed`, say) make one stack per split. A stack's run.json names the
-checkpoints it reads: `predict` needs them where they were.
+their own split (the data settings their best checkpoint was trained with), its logit and each
+run's best checkpoint's logit are weighed by a logistic regression fitted on the validation reviews,
+whose figure is therefore cross-fitted by film. Runs that validated on the same reviews are stacked
+together; runs of other splits (another `data.split_seed`, say) make one stack per split. A stack's
+run.json names the checkpoints it reads (relative to its folder, with their digests): `predict`
+needs them where they were.
 """
 
 from __future__ import annotations
@@ -26,17 +27,23 @@ from typing import Optional
 import numpy as np
 import yaml
 
-from ..checkpoints import expect_kind, read_checkpoint
+from ..checkpoints import data_identity, data_settings, expect_kind, read_checkpoint
 from ..data.datamodule import IMDBDataModule
 from ..errors import DataError, UserError
 from ..helpers import ArgumentParser, clustered_standard_error, comma_list, digest
 from ..models.hparams import linear_session
 from ..models.linear import DEFAULT_C, LINEAR_FILE, LinearReference, Stack
 from ..runs import (
+    FORMAT,
+    add_evaluation,
     atomic_write,
     best_checkpoint,
+    checkpoint_entry,
     last_checkpoint,
+    now,
     read_record,
+    relative_to_run,
+    run_configuration,
     run_folders,
     run_version,
     write_record,
@@ -84,14 +91,18 @@ def run(kind: str, C: float, data: dict, logdir: str, name: str, partners: Optio
     train, val = dm.reviews("train"), dm.reviews("val")
     model = LinearReference(kind, C, ngrams).fit(train.texts, train.labels)
     fit_s = time.monotonic() - start
-    record = {"kind": "linear", "status": "finished", "model": model_label(kind, ngrams), "C": model.C,
-              "parameters": model.parameters, "validation": dm.validation, "train_samples": len(train), "seed": None}
+    record = {"format": FORMAT, "kind": "linear", "status": "finished", "model": model_label(kind, ngrams), "C": model.C,
+              "parameters": model.parameters, "validation": dm.validation, "data": dm.identity(),
+              "train_samples": len(train), "seed": None}
     if partners:
+        for partner in partners:  # the stacker is fitted on validation: it must be the reviews each run validated on
+            if partner["val_digest"] and partner["val_digest"] != dm.digest("val"):
+                raise UserError(f"--combine: {partner['checkpoint']} validated on other reviews than its run's data settings "
+                                "carve now (its training files changed since?); fit it again, or leave it out")
         model = Stack(model, [p["predictor"] for p in partners])
         val_logits = model.fit(val.texts, val.labels, film_numbers(val))
         seeds = sorted({str(p["seed"]) for p in partners})  # runs of one seed stack as that seed
-        record.update(model=name, seed=partners[0]["seed"] if len(seeds) == 1 else "+".join(seeds),
-                      checkpoints=[p["checkpoint"] for p in partners], weights=model.weights,
+        record.update(model=name, seed=partners[0]["seed"] if len(seeds) == 1 else "+".join(seeds), weights=model.weights,
                       parameters=record["parameters"] + sum(p["parameters"] for p in partners))
     else:
         val_logits = model.logits(val.texts)
@@ -99,8 +110,9 @@ def run(kind: str, C: float, data: dict, logdir: str, name: str, partners: Optio
     record["best_val_acc"], record["val_acc_se"] = record["val"]["val/acc"], record["val"]["val/acc_se"]
     try:
         test = dm.reviews("test")
-        record["test"] = figures(model.logits(test.texts), test.labels, film_numbers(test), "test")
+        tested = figures(model.logits(test.texts), test.labels, film_numbers(test), "test")
     except DataError as err:
+        tested = None
         print(f"  not tested: {err}", file=sys.stderr)
     record.update(wall_s=time.monotonic() - start, train_s=fit_s)
     if partners:  # what the stack cost in all: its own fit and its recurrent runs' (unknown if one lacks a wall time)
@@ -113,6 +125,16 @@ def run(kind: str, C: float, data: dict, logdir: str, name: str, partners: Optio
     config = {"data": data, "model": {"kind": kind, "C": linear.C, "ngrams": linear.ngrams,
                                       **({"combined_with": "+".join(p["name"] for p in partners)} if partners else {})}}
     linear.save(folder / LINEAR_FILE)  # `predict --ckpt_path FOLDER` applies it (a stack with its runs' checkpoints)
+    # what the figures came from: this model (with, for a stack, its runs' checkpoints, by path and digest) and the data
+    record["best_checkpoint"] = checkpoint_entry(folder, folder / LINEAR_FILE, monitor="val/acc", score=record["best_val_acc"])
+    if partners:
+        record["partners"] = [{"run": relative_to_run(folder, p["run"]), "checkpoint": checkpoint_entry(folder, p["checkpoint"])}
+                              for p in partners]
+        record["checkpoints"] = [p["checkpoint"]["path"] for p in record["partners"]]
+    if tested is not None:
+        add_evaluation(record, {"stage": "test", "time": now(), "checkpoint": record["best_checkpoint"],
+                                "data": dm.identity("test"), "reviews_seen": len(test), "settings_from": "checkpoint",
+                                "figures": tested})
     atomic_write(folder / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(config, sort_keys=False)))
     write_record(folder, record)
     write_val_reviews(folder, np.arange(len(val)), film_numbers(val), val.labels, 1 / (1 + np.exp(-val_logits)),
@@ -136,13 +158,13 @@ def resolve_device(device: str) -> str:
 SAFE_WITH_COMBINE = ("--data.test_files", "--data.cache_dir", "--data.num_workers")
 
 
-def data_settings(configs: list[str], overrides: list[str]) -> dict:
+def command_line_data(configs: list[str], overrides: list[str]) -> dict:
     return {k: v for k, v in vars(read_config(configs, overrides).data).items() if not k.startswith("__")}
 
 
 def partner_runs(folders: list[str], scratch: Path, overrides: list[str], device: str = "cpu") -> list[tuple[list[dict], dict]]:
     """Recurrent fits' best checkpoints, loaded, grouped by the split they trained on: for each
-    split (in the order first given), its runs and its data settings."""
+    split (in the order first given), its runs and its data settings (the ones the checkpoint was trained with)."""
     from ..serve.predictor import load
 
     if len({Path(f).resolve() for f in folders}) < len(folders):
@@ -150,21 +172,24 @@ def partner_runs(folders: list[str], scratch: Path, overrides: list[str], device
     groups: dict[str, tuple[list[dict], dict]] = {}
     for i, folder in enumerate(folders):
         run_dir = Path(folder)
-        config = run_dir / "config.yaml"
+        configuration = run_configuration(run_dir) if run_dir.is_dir() else None
         ckpt = best_checkpoint(run_dir) or last_checkpoint(run_dir)
-        if not config.is_file() or ckpt is None:
+        if configuration is None or ckpt is None:
             raise UserError(f"--combine {folder}: not a fit's run folder (it needs config.yaml and checkpoints/)")
         # a language model's or a forecaster's run stacks with nothing: say so before reading its data settings
-        expect_kind(ckpt, read_checkpoint(ckpt), "sentiment", "imdb-lightning linear --combine")
+        saved = read_checkpoint(ckpt)
+        expect_kind(ckpt, saved, "sentiment", "imdb-lightning linear --combine")
         record = read_record(run_dir)
-        data_only = scratch / f"data{i}.yaml"  # the saved config also holds fit-only keys (ckpt_path, ...)
-        data_only.write_text(yaml.safe_dump({"data": yaml.safe_load(config.read_text()).get("data") or {}}))
-        settings = data_settings([str(data_only)], overrides)
+        data_only = scratch / f"data{i}.yaml"  # (the configuration also holds fit-only keys: ckpt_path, ...)
+        recorded = {k: v for k, v in data_settings(saved).items() if k in (configuration.get("data") or {})}
+        data_only.write_text(yaml.safe_dump({"data": {**(configuration.get("data") or {}), **recorded}}))
+        settings = command_line_data([str(data_only)], overrides)
         # the stacker is fitted on validation: only runs that never trained on those reviews stack together
         key = json.dumps(IMDBDataModule(**settings).split_key(), default=str)
         partners, _ = groups.setdefault(key, ([], settings))
         predictor = load(ckpt, device=device)
-        partners.append({"predictor": predictor, "checkpoint": str(ckpt), "seed": record.get("seed"),
+        partners.append({"predictor": predictor, "checkpoint": ckpt, "run": run_dir, "seed": record.get("seed"),
+                         "val_digest": data_identity(saved).get("val_digest"),
                          "parameters": sum(p.numel() for p in predictor.model.parameters()),
                          "wall_s": record.get("wall_s"),  # a stack costs its partners' training too
                          # the experiment: runs of one recipe with other seeds group together in compare
@@ -222,7 +247,7 @@ def main(argv: list[str]) -> list[dict]:
         with tempfile.TemporaryDirectory() as scratch:
             groups = partner_runs(opts.combine, Path(scratch), rest, resolve_device(opts.device))
     else:
-        data = data_settings(opts.config, rest)
+        data = command_line_data(opts.config, rest)
         groups = [(None, {**data, "split_seed": s}) for s in opts.split_seeds] if opts.split_seeds else [(None, data)]
     results = []
     for (partners, data), kind in product(groups, models):
