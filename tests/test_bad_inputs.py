@@ -253,6 +253,7 @@ CASES = [
                            "--set", "data.split_seed=2"], r"--split_seeds and --set data\.split_seed"),
     ("compare missing folder", ["compare", "nowhere"], r"nowhere: no such log folder"),
     ("compare empty folder", ["compare", f"{D}/folder.csv"], r"no runs found"),
+    ("results file a folder", ["results", "--file", f"{D}/folder.csv", "--check"], r"folder\.csv: a folder, not a results file"),
     ("bench encoder", ["bench", "--encoders", "nbow"], r"unknown encoder\(s\) nbow"),
     ("memory size", ["memory", "--size", "0"], r"--size must be at least 1"),
     ("linear model", ["linear", "--models", "svm"], r"--models: unknown svm"),

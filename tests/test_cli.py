@@ -48,7 +48,7 @@ def test_fit_test_predict_for_every_experiment(config, tmp_path, cache_dir, monk
 
     capsys.readouterr()
     cli_main(["test", *common, "--ckpt_path", str(best), "--trainer.limit_test_batches", "1.0"])  # every test review
-    printed = re.search(r"^\s*test/acc\s+([0-9.]+)\s*$", capsys.readouterr().out, re.M)  # Lightning's table
+    printed = re.search(r"^\W*test/acc\W+([0-9.]+)\W*$", capsys.readouterr().out, re.M)  # Lightning's table, plain or rich
     # the figure is the checkpoint's accuracy on the test reviews, as the checkpoint alone scores them
     import imdb_lightning
     from imdb_lightning.data.datamodule import IMDBDataModule
@@ -106,6 +106,7 @@ def test_weight_averaging_from_the_command_line(tmp_path, cache_dir, monkeypatch
     # the averaged weights are the ones validated and saved; the trained ones are kept beside them
     name = "encoder.layers.0.0.weight_hh_l0"
     assert not torch.equal(ckpt["state_dict"][name], ckpt["current_model_state"][name])
+    capsys.readouterr()  # fit's own output (a model summary on stdout where rich is installed)
     cli_main(["predict", "--ckpt_path", str(best), "a great film"])
     label, prob, _ = capsys.readouterr().out.strip().split("\t")
     assert label in {"positive", "negative"} and 0 <= float(prob) <= 1

@@ -232,5 +232,5 @@ def test_training_batches_truncate_a_long_review_at_the_same_end(tmp_path, cache
     for truncation, kept in (("head", slice(None, 15)), ("tail", slice(-15, None))):
         dm = IMDBDataModule(train_files=train, test_files=test, vocab_size=300, max_length=15, truncation=truncation,
                             cache_dir=cache_dir)
-        ids, _, _ = dm.dataset("test")[0]
+        ids = dm.dataset("test")[0][0]
         assert list(ids) == dm.get_tokenizer().encode(LONG).ids[kept]

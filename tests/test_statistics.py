@@ -54,9 +54,11 @@ def test_the_leaderboard_names_its_columns_by_the_last_part_of_a_varying_setting
             run("gru", 0, 0.9, 1, **{"model.encoder.init_args.hidden_size": 16})]
     for r in runs:
         r.record["parameters"] = 123
+        r.settings.update({"model.encoder.class_path": "imdb_lightning.models.encoders.RecurrentEncoder",
+                           "model.encoder.init_args.cell": "gru"})
     header, rows = leaderboard(runs)
-    assert header[:4] == ["model", "hidden_size", "val split", "seeds"] and header[4] == "parameters"
-    assert [row[:2] for row in rows] == [["gru", 16], ["gru", 8]] and rows[0][header.index("parameters")] == 123
+    assert header[:5] == ["model", "encoder", "hidden_size", "val split", "seeds"] and header[5] == "parameters"
+    assert [row[:3] for row in rows] == [["gru", "gru", 16], ["gru", "gru", 8]] and rows[0][header.index("parameters")] == 123
 
 
 def test_every_leaderboard_figure_is_the_mean_over_seeds_of_the_runs_records_and_a_row_without_val_acc_comes_last():
@@ -68,8 +70,11 @@ def test_every_leaderboard_figure_is_the_mean_over_seeds_of_the_runs_records_and
     runs[1].record["validation"] = {"kind": "random"}
     for r, (epochs, speed, se, test) in zip(runs, [(3, 100.0, 0.01, (0.7, 0.6, 0.8)), (5, 300.0, 0.02, (0.9, 0.8, 1.0)),
                                                (1, 50.0, 0.03, (0.5, 0.5, 0.5))]):
-        r.record.update(epochs=epochs, train_samples_per_s=speed, val_acc_se=se,
-                        test={"test/acc": test[0], "test/f1": test[1], "test/auroc": test[2]})
+        # a test figure is an evaluation of the run's best checkpoint, found by its digest
+        r.record.update(epochs=epochs, train_samples_per_s=speed, val_acc_se=se, best_checkpoint={"digest": f"{r.folder}"})
+        r.evaluations = [{"stage": "test", "checkpoint": {"digest": f"{r.folder}"}, "sort_time": 0, "owner": r.folder,
+                          "data": {"digest": "same reviews", "files": ["test.parquet"]},
+                          "figures": {"test/acc": test[0], "test/f1": test[1], "test/auroc": test[2]}}]
     header, rows = leaderboard(runs)
     assert header[-3:] == ["epochs", "wall s", "train samples/s"]
     gru, lstm = rows  # the row with no validation accuracy last
@@ -80,3 +85,4 @@ def test_every_leaderboard_figure_is_the_mean_over_seeds_of_the_runs_records_and
     for column, (mean, std) in expected.items():
         assert gru[header.index(column)] == pytest.approx((mean, std)), column
     assert gru[header.index("epochs")] == 4 and gru[header.index("train samples/s")] == 200.0
+    assert gru[header.index("test data")] == "test.parquet"

@@ -37,8 +37,12 @@ def load(path: Path | str = FILE) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise UserError(f"{path}: no results file here (give --file)") from err
+    except IsADirectoryError as err:
+        raise UserError(f"{path}: a folder, not a results file (give --file)") from err
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: not readable JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: not a results file (its JSON is a {type(data).__name__}, not an object)")
     missing = {"machines", "recipes", "runs", "levers"} - set(data)
     if missing:
         raise UserError(f"{path}: no {', '.join(sorted(missing))} section")
