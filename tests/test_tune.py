@@ -1,14 +1,10 @@
 """`imdb-lightning tune` (Optuna studies in a database) and the sweep's grid on the same engine, on generated data."""
 
-import glob
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import optuna
@@ -149,48 +145,6 @@ def test_a_time_budget_stops_new_trials_and_the_study_resumes_to_its_trial_budge
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
     with pytest.raises(SystemExit, match=r"--timeout must be a positive number of minutes, got 0"):
         cli_main(tune_args(tmp_path, "--timeout", "0"))
-
-
-@pytest.fixture
-def postgres_url():
-    """A throwaway PostgreSQL server from the system's own package (initdb + postgres), on a Unix socket."""
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin")) + [os.path.dirname(shutil.which("initdb") or "/none/x")]
-    found = [b for b in bins if os.path.isfile(os.path.join(b, "initdb")) and os.path.isfile(os.path.join(b, "postgres"))]
-    if not found:
-        pytest.skip("no PostgreSQL server on this machine (initdb and postgres not found; apt install postgresql)")
-    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[postgres]')")
-    as_user = []
-    if os.geteuid() == 0:  # the server refuses to run as root: run it as the package's own user
-        if shutil.which("runuser") is None or subprocess.run(["id", "postgres"], capture_output=True).returncode:
-            pytest.skip("running as root with no 'postgres' user to run the server as")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    root = tempfile.mkdtemp(prefix="imdb-pg-")
-    os.chmod(root, 0o777)
-    data = os.path.join(root, "data")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    subprocess.run([*as_user, f"{found[-1]}/initdb", "-D", data, "-U", "postgres", "--auth=trust"], check=True,
-                   capture_output=True)
-    server = subprocess.Popen([*as_user, f"{found[-1]}/postgres", "-D", data, "-k", root, "-p", str(port),
-                               "-c", "listen_addresses="], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"postgresql://postgres@/postgres?host={root}&port={port}"
-    try:
-        import psycopg
-
-        for _ in range(100):
-            try:
-                psycopg.connect(dbname="postgres", user="postgres", host=root, port=port).close()
-                break
-            except psycopg.OperationalError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("the PostgreSQL server did not start in 10 s")
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_a_study_on_a_postgresql_server_runs_resumes_and_refuses_another_space(tmp_path, postgres_url):
