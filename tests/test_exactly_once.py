@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -299,3 +300,61 @@ def test_a_bad_setting_is_one_line_before_any_database_or_folder_is_made(tmp_pat
                   "--storage", sqlite_url(tmp_path)])
     assert not (tmp_path / "logs").exists() and not (tmp_path / "sweep.db").exists()
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_heartbeat_the_database_refuses_once_does_not_end_a_live_trial(tmp_path, monkeypatch):
+    import sqlalchemy
+    from optuna.distributions import FloatDistribution
+    from optuna.storages import RDBStorage
+
+    from imdb_lightning.tools.studies import load_study, open_storage
+
+    refused = []
+    record = RDBStorage.record_heartbeat
+
+    def flaky(self, trial_id):
+        refused.append(trial_id)
+        if len(refused) == 2:  # the second beat: a dropped connection
+            raise sqlalchemy.exc.OperationalError("UPDATE trial_heartbeats", {}, Exception("server closed the connection"))
+        return record(self, trial_id)
+
+    monkeypatch.setattr(RDBStorage, "record_heartbeat", flaky)
+    storage = open_storage(sqlite_url(tmp_path), tmp_path, heartbeat=1)
+    study = load_study(storage, "live", {"x": FloatDistribution(0, 1)})
+
+    def objective(trial):
+        time.sleep(4.5)  # past two grace periods (2 s): another worker now looks for dead trials
+        with warnings.catch_warnings():  # (experimental in Optuna)
+            warnings.simplefilter("ignore")
+            optuna.storages.fail_stale_trials(trial.study)
+        return trial.suggest_float("x", 0, 1)
+
+    study.optimize(objective, n_trials=1)
+    assert len(refused) >= 4 and [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]
+
+
+def test_a_database_server_that_does_not_answer_is_an_error_in_seconds_not_a_hang(tmp_path, monkeypatch):
+    import socket
+    import threading
+
+    from imdb_lightning.errors import UserError
+    from imdb_lightning.tools import studies
+
+    monkeypatch.setattr(studies, "CONNECT_TIMEOUT_S", 2, raising=False)
+    with socket.socket() as silent:  # accepts connections (the kernel does), never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"postgresql://nobody@127.0.0.1:{silent.getsockname()[1]}/none"
+        outcome = []
+        opener = threading.Thread(target=lambda: outcome.append(catch(UserError, studies.open_storage, url, tmp_path, 60)),
+                                  daemon=True)
+        opener.start()
+        opener.join(timeout=20)
+    assert outcome and f"--storage {url}: cannot open the database" in str(outcome[0])
+
+
+def catch(kind, function, *args):
+    try:
+        return function(*args)
+    except kind as err:
+        return err

@@ -159,8 +159,21 @@ def identity_of(configs: list[str], preset: list[str], overrides: list[str]) -> 
 
     files = [a for c in configs for a in compose(c) if a != "--config"]
     texts = [a if "\n" in a or not Path(a).is_file() else Path(a).read_text(encoding="utf-8") for a in files]
-    return {"recipe": configs, "recipe_digest": hashlib.sha1(json.dumps(texts).encode()).hexdigest()[:12],
-            "preset": preset, "overrides": overrides}
+    return {"recipe": [Path(c).name for c in configs],
+            "recipe_digest": hashlib.sha1(json.dumps(texts).encode()).hexdigest()[:12],
+            "preset": preset, "overrides": effective(overrides)}
+
+
+def effective(overrides: list[str]) -> dict:
+    """--set items as what they set: {key: value}, the last of a key winning (`key+=` appends: all kept)."""
+    out: dict = {}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.endswith("+"):
+            out.setdefault(key, []).append(value)
+        else:
+            out[key] = value
+    return dict(sorted(out.items()))
 
 
 def load_study(storage, name: str, space: dict, direction: str = "maximize", sampler=None, identity: Optional[dict] = None):
@@ -193,11 +206,11 @@ def load_study(storage, name: str, space: dict, direction: str = "maximize", sam
 def describe(key: str, theirs, mine) -> str:
     """The difference between a study's recorded identity and this command's, in the user's words."""
     if key == "overrides":
-        only_theirs = [o for o in theirs if o not in mine]
-        only_mine = [o for o in mine if o not in theirs]
-        return ("other --set overrides: it has " + (", ".join(only_theirs) or "none of") + "; this one "
-                + (", ".join(only_mine) or "none of them") if only_theirs or only_mine else
-                f"the same --set overrides in another order ({', '.join(theirs)})")
+        def said(found, name):
+            return "not set" if name not in found else f"{name}={found[name]}"
+
+        keys = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
+        return "other --set overrides: " + ", ".join(f"{said(theirs, k)} (this one: {said(mine, k)})" for k in keys)
     if key == "recipe":
         return f"--config {' '.join(theirs)}, this one --config {' '.join(mine)}"
     if key == "recipe_digest":
