@@ -182,6 +182,7 @@ def test_chaos_on_postgresql(tmp_path, postgres_url, seed):
     print(f"chaos schedule {seed} {schedule}: {time.monotonic() - started:.0f} s")
 
 
+@pytest.mark.slow
 def test_a_dead_workers_cell_is_taken_over_by_a_worker_that_waits_for_it(tmp_path):
     # The slow worker is killed mid-fit just as the other finishes the rest of the grid, well inside the grace
     # period (2 heartbeats of 2 s): that worker must wait, notice the silence and take the cell over.
@@ -205,6 +206,7 @@ def wait_for(team: Workers, seen, worker: subprocess.Popen, timeout: float = 300
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("storage", ["sqlite", "postgresql"])
 def test_two_workers_released_together_on_the_last_cell_train_it_once(tmp_path, storage, request):
     url = sqlite_url(tmp_path) if storage == "sqlite" else request.getfixturevalue("postgres_url")
@@ -225,6 +227,7 @@ def test_two_workers_released_together_on_the_last_cell_train_it_once(tmp_path, 
     assert len([e for e in events(team.marker) if e["event"] == "fit_start"]) == 1
 
 
+@pytest.mark.slow
 def test_a_cell_that_raises_is_run_again_and_the_sweep_ends_well(tmp_path):
     team = Workers(tmp_path, 2, sqlite_url(tmp_path), 0.0)
     # raises on its first start only: run again at once, and the sweep ends well
@@ -238,6 +241,7 @@ def test_a_cell_that_raises_is_run_again_and_the_sweep_ends_well(tmp_path):
     assert failed.params["cell"] == "nbow seed 1" and "planted failure" in failed.user_attrs["error"]
 
 
+@pytest.mark.slow
 def test_a_cell_that_keeps_raising_is_reported_failed_not_done_and_a_restart_retries_it(tmp_path):
     team = Workers(tmp_path / "b", 2, sqlite_url(tmp_path), 0.0)
     (tmp_path / "b").mkdir()

@@ -204,6 +204,7 @@ def test_a_missing_best_checkpoint_is_an_error_never_a_new_fit(tmp_path, review_
     assert run_folders(tmp_path / "logs" / "tune_test") == [] and len(run_folders(tmp_path / "logs" / "tune")) == 1
 
 
+@pytest.mark.slow
 def test_the_best_is_tested_once_a_dead_workers_trial_is_found_dead(tmp_path, review_files):
     # a worker died in trial 0 a moment ago: its heartbeat is fresh (5 s, grace 10 s) when this one starts
     (tmp_path / "logs").mkdir()

@@ -21,7 +21,8 @@ from ..errors import UserError
 CONNECT_TIMEOUT_S = 10  # a filtered database host is an error after this, not a hang
 
 
-def open_storage(url: Optional[str], logdir: Path, heartbeat: int, attempts: int = 5, retry_stale: bool = True):
+def open_storage(url: Optional[str], logdir: Path, heartbeat: int, attempts: int = 5, retry_stale: bool = True,
+                 null_pool: bool = False):
     """The study's database: a SQLite file in the log folder, or any SQLAlchemy URL. Heartbeats (RDB storages
     only; Optuna's journal file has none) let a live worker fail a dead one's trial; with `retry_stale` Optuna
     then queues it again (a sweep queues its failed cells itself: sweep.py)."""
@@ -36,7 +37,7 @@ def open_storage(url: Optional[str], logdir: Path, heartbeat: int, attempts: int
                 return SteadyHeartbeatStorage(
                     url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3) if retry_stale else None,
-                    engine_kwargs=engine_options(url))
+                    engine_kwargs=engine_options(url, null_pool))
         except (ImportError, ModuleNotFoundError) as err:
             raise UserError(f"--storage {url}: its database driver is not installed ({err})") from err
         except Exception as err:  # sqlalchemy's OperationalError and kin: the server is not there
@@ -48,13 +49,18 @@ def open_storage(url: Optional[str], logdir: Path, heartbeat: int, attempts: int
             raise UserError(f"--storage {url}: cannot open the database ({first})") from err
 
 
-def engine_options(url: str) -> Optional[dict]:
-    """SQLite waits for a busy file rather than failing; a server that does not answer is an error in seconds."""
+def engine_options(url: str, null_pool: bool = False) -> dict:
+    """SQLite waits for a busy file rather than failing; a server that does not answer is an error in seconds, a
+    connection it dropped is noticed before use. `null_pool`: no connection kept between database calls (SQLAlchemy's
+    NullPool), for more workers than the server takes connections."""
+    options: dict = {"poolclass": sqlalchemy.pool.NullPool} if null_pool else {}
     if url.startswith("sqlite"):
-        return {"connect_args": {"timeout": 60}}
-    if url.startswith(("postgresql", "mysql")) and "connect_timeout" not in url:
-        return {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
-    return None
+        return {**options, "connect_args": {"timeout": 60}}
+    if url.startswith(("postgresql", "mysql")):
+        options["pool_pre_ping"] = True
+        if "connect_timeout" not in url:
+            options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    return options
 
 
 class SteadyHeartbeatStorage(RDBStorage):

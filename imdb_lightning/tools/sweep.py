@@ -228,7 +228,7 @@ def say(message: str) -> None:
 
 def sweep(encoders: list[str], seeds: list[int], configs: list[str], overrides: list[str], logdir: str,
           split_seeds: list[int] | None = None, storage: str | None = None, study: str | None = None,
-          heartbeat: int = 60, max_retries: int = 3) -> dict:
+          heartbeat: int = 60, max_retries: int = 3, null_pool: bool = False) -> dict:
     """Run the grid's cells, each once, with any number of workers sharing `storage`. Returns the final progress
     ({"complete": {label: trial}, "failed": {label: [trials]}, ...}); failed cells are an error."""
     import optuna
@@ -237,7 +237,7 @@ def sweep(encoders: list[str], seeds: list[int], configs: list[str], overrides: 
     grid.check()
     # Alone (no --storage) the study lives in memory and the run folders say what is done; with a shared
     # database every worker started with the same sweep takes the next waiting cell (studies.CellQueue).
-    backend = open_storage(storage, Path(logdir), heartbeat, retry_stale=False) if storage else None
+    backend = open_storage(storage, Path(logdir), heartbeat, retry_stale=False, null_pool=null_pool) if storage else None
     labels = list(grid.cells)
     found = load_study(backend, study or grid.study_name(), {CELL: CategoricalDistribution(labels)},
                        sampler=optuna.samplers.RandomSampler(seed=0))
@@ -268,6 +268,9 @@ def main(argv: list[str]) -> None:
                         help="a database URL (sqlite:///sweep.db, postgresql://...): every sweep started with it "
                         "and the same cells shares them out, none run twice")
     parser.add_argument("--study", default=None, help="the grid's study name (default: one named after the cells)")
+    parser.add_argument("--null_pool", action="store_true",
+                        help="keep no database connection between calls (for more workers than the server takes "
+                        "connections; docs/tuning.md)")
     parser.add_argument("--heartbeat", type=int, default=60, help="seconds between a worker's heartbeats (with --storage)")
     parser.add_argument("--max_retries", type=int, default=3,
                         help="a cell that fails (raises, or its worker dies) is run again this many times, then "
@@ -282,7 +285,7 @@ def main(argv: list[str]) -> None:
             check_seed(option, seed)
     try:
         sweep(opts.encoders, opts.seeds, opts.config, opts.set, opts.logdir, opts.split_seeds, opts.storage, opts.study,
-              opts.heartbeat, opts.max_retries)
+              opts.heartbeat, opts.max_retries, opts.null_pool)
     except KeyboardInterrupt:
         print("\n[sweep] interrupted: start the same sweep again to go on (each cell resumes from its last.ckpt)",
               file=sys.stderr)

@@ -306,7 +306,8 @@ def running(study) -> list:
 
 def tune(encoders: Optional[list[str]], configs: list[str], space_path: str, trials: int, overrides: list[str],
          logdir: str, storage: Optional[str], study: str, split_seeds: Optional[list[int]], prune: bool,
-         heartbeat: int = 60, timeout_min: Optional[float] = None, recipe_first: bool = False) -> list[dict]:
+         heartbeat: int = 60, timeout_min: Optional[float] = None, recipe_first: bool = False,
+         null_pool: bool = False) -> list[dict]:
     import optuna
 
     per_encoder = encoder_configs(encoders or [None], configs)
@@ -320,7 +321,7 @@ def tune(encoders: Optional[list[str]], configs: list[str], space_path: str, tri
               for e, (files, preset) in per_encoder.items()]
     for tuner in tuners:  # every key, for every encoder, before any database or run folder is made
         tuner.check(space_path)
-    backend = open_storage(storage, root, heartbeat)
+    backend = open_storage(storage, root, heartbeat, null_pool=null_pool)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if prune else optuna.pruners.NopPruner()
     board = []
     for tuner in tuners:
@@ -388,6 +389,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--storage", default=None, help="SQLAlchemy URL (default: sqlite file LOGDIR/tune.db)")
     parser.add_argument("--study", default="tune", help="study name: workers with the same one cooperate")
     parser.add_argument("--no_pruning", action="store_true", help="run every trial to its last epoch")
+    parser.add_argument("--null_pool", action="store_true",
+                        help="keep no database connection between calls (for more workers than the server takes "
+                        "connections; docs/tuning.md)")
     parser.add_argument("--heartbeat", type=int, default=60, help="seconds between a worker's heartbeats")
     parser.add_argument("--recipe_first", action="store_true",
                         help="a new study's first trial is the recipe as it stands, scored like every other")
@@ -406,7 +410,8 @@ def main(argv: list[str]) -> None:
         raise UserError(f"--timeout must be a positive number of minutes, got {opts.timeout}")
     try:
         board = tune(opts.encoders, opts.config, opts.space, opts.trials, opts.set, opts.logdir, opts.storage, opts.study,
-                     opts.split_seeds, not opts.no_pruning, opts.heartbeat, opts.timeout, opts.recipe_first)
+                     opts.split_seeds, not opts.no_pruning, opts.heartbeat, opts.timeout, opts.recipe_first,
+                     opts.null_pool)
     except KeyboardInterrupt:
         print("\n[tune] interrupted: start the same tune again to go on (the stopped trial resumes from its last.ckpt)",
               file=sys.stderr)
