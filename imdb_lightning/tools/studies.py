@@ -17,6 +17,7 @@ import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from ..errors import UserError
+from ..training import compose
 
 CONNECT_TIMEOUT_S = 10  # a filtered database host is an error after this, not a hang
 
@@ -135,6 +136,8 @@ class StudyLock:
             connection = self.storage.engine.connect()
             connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": self.key})
             self._held = ("postgresql", connection)
+        elif url.startswith("sqlite"):  # (in memory: one process)
+            self._held = ("none", None)
         elif url.startswith("mysql"):
             connection = self.storage.engine.connect()
             connection.execute(sqlalchemy.text("SELECT GET_LOCK(:name, -1)"), {"name": f"imdb-lightning-{self.key}"})
@@ -161,8 +164,6 @@ class StudyLock:
 
 def identity_of(configs: list[str], preset: list[str], overrides: list[str]) -> dict:
     """What a study's trials are trials of, besides the space: the recipe's files (their text) and flags."""
-    from ..training import compose
-
     files = [a for c in configs for a in compose(c) if a != "--config"]
     texts = [a if "\n" in a or not Path(a).is_file() else Path(a).read_text(encoding="utf-8") for a in files]
     return {"recipe": [Path(c).name for c in configs],
@@ -336,13 +337,22 @@ class CellQueue:
 
     def run(self, run_cell, wait_s: float, say=print) -> dict:
         """Take cells until none waits or runs; returns the last refill's progress."""
-        announced = False
+        announced, lost = False, 0
         while True:
-            with self.lock:
-                progress = self.refill()
-                if progress["waiting"]:
-                    self.take_next(run_cell)
-                    continue
+            try:
+                with self.lock:
+                    progress = self.refill()
+                    if progress["waiting"]:
+                        self.take_next(run_cell)
+                        continue
+            except sqlalchemy.exc.OperationalError as err:  # a dropped connection: a cell it cut short is retried
+                lost += 1
+                if lost > 5:
+                    raise UserError(f"the study's database stopped answering ({str(err).splitlines()[0][:200]})") from err
+                say(f"the database did not answer ({type(err).__name__}); trying again in {2 * lost} s")
+                time.sleep(2 * lost)
+                continue
+            lost = 0
             if not progress["running"]:
                 return progress
             if not announced:

@@ -1,9 +1,9 @@
 """`imdb-lightning sweep`: encoders x seeds (x split seeds) x overrides, one run after another, each then tested.
 
-The cells are an Optuna grid study; with `--storage URL` any number of workers share them.
-Each run lands in lightning_logs/<encoder>/version_N with a `run.json` that carries the run's
-sweep key. Running the same sweep again skips finished runs and resumes unfinished ones from
-their last.ckpt (or starts them again in the same folder).
+The cells are the waiting trials of an Optuna study (studies.CellQueue); with `--storage URL` any number of
+workers share them, each cell run by one. Each run lands in lightning_logs/<encoder>/version_N with a
+`run.json` that carries the run's sweep key, by which a cell finds its run again: a finished, tested run is
+done, a finished fit is tested, an unfinished one resumes from its last.ckpt (or starts again in its folder).
 """
 
 from __future__ import annotations

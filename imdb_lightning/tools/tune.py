@@ -219,8 +219,10 @@ class Tuner:
         if not (run / "config.yaml").is_file():
             raise UserError(f"{run}: the best trial's run has no config.yaml to write best.yaml from")
         config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-        logger = config["trainer"]["logger"]["init_args"]
-        logger.update(save_dir=str(Path(logger["save_dir"]).resolve()), name=f"{self.study_name}_best", version=None)
+        logger = config["trainer"].get("logger")
+        init = logger.get("init_args") if isinstance(logger, dict) else None
+        if init and init.get("save_dir"):  # its runs go beside the study's, in a folder of their own
+            init.update(save_dir=str(Path(init["save_dir"]).resolve()), name=f"{self.study_name}_best", version=None)
         data = config.get("data") or {}
         for key in ("train_files", "test_files", "cache_dir", "aclimdb_dir", "tokenizer_from"):
             data[key] = absolute(data.get(key))
@@ -343,6 +345,8 @@ def tune(encoders: Optional[list[str]], configs: list[str], space_path: str, tri
                            timeout=None if timeout_min is None else timeout_min * 60 / len(tuners))
         if tuner.test_files:
             settle(found, heartbeat, tuner.study_name)
+        else:
+            running(found)  # (a dead worker's trial is failed, and queued again, by whoever looks)
         best = tuner.write_best(found)
         tuner.test_best(found, lock)
         counts = {s.name.lower(): sum(t.state == s for t in found.trials) for s in optuna.trial.TrialState}
