@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 from itertools import product
@@ -22,7 +23,7 @@ from ..callbacks import LastCheckpoint, RunRecord
 from ..errors import DataError, UserError
 from ..helpers import ArgumentParser, check_seed, comma_list
 from ..models.encoders import ENCODERS, class_path
-from ..runs import best_checkpoint, last_checkpoint, read_record, run_folders, run_version, write_record
+from ..runs import RECORD, best_checkpoint, last_checkpoint, read_record, run_folders, run_version, write_record
 from ..training import compose, make_cli
 from .studies import CELL, CellQueue, load_study, open_storage
 
@@ -199,27 +200,38 @@ class Grid:
         key = sweep_key(encoder, seed, files, self.overrides, split_seed, own_recipe=self.own)
         extra = {"sweep_key": key, **info}
         folder, record = existing_run(self.logdir, encoder, key)
-        if folder is None:
+        claimed = folder is None
+        if claimed:
             folder = claim_folder(self.logdir / encoder, {**extra, "status": "claimed"})
             record = read_record(folder)
         trial.set_user_attr("run", str(folder.resolve()))
-        args, version = self.args(encoder, split_seed, seed), run_version(folder)
-        if record.get("status") == "finished" and "test" in record:
-            say(f"{label}: finished and tested in {folder}")
-        elif record.get("status") == "finished":
-            say(f"{label}: its fit finished in {folder}; testing its best checkpoint")
-            # (the record stays "finished" while it is tested, and keeps the checkpoint its fit resumed from)
-            test_only(args, {**extra, "status": "finished", "checkpoint": record.get("checkpoint")}, version,
-                      best_checkpoint(folder), folder)
-        else:
-            ckpt = last_checkpoint(folder)
-            say(f"{label}: " + (f"resuming {ckpt}" if ckpt else f"starting in {folder}"))
-            run_one(args, extra, version, ckpt)
+        try:
+            go_on(label, folder, record, extra, self.args(encoder, split_seed, seed))
+        except UserError:
+            if claimed and [p.name for p in folder.iterdir()] == [RECORD]:  # refused before it began: no trace
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
         record = read_record(folder)
         figure = record.get("best_val_acc", record.get("best"))
         if figure is None:
             raise UserError(f"{folder}: the run recorded no best validation figure (is there a validation split?)")
         return float(figure)
+
+
+def go_on(label: str, folder: Path, record: dict, extra: dict, args: list[str]) -> None:
+    """Take a cell's run on from where it is: done, tested, resumed, or started in its folder."""
+    version = run_version(folder)
+    if record.get("status") == "finished" and "test" in record:
+        say(f"{label}: finished and tested in {folder}, skipped")
+    elif record.get("status") == "finished":
+        say(f"{label}: its fit finished in {folder}; testing its best checkpoint")
+        # (the record stays "finished" while it is tested, and keeps the checkpoint its fit resumed from)
+        test_only(args, {**extra, "status": "finished", "checkpoint": record.get("checkpoint")}, version,
+                  best_checkpoint(folder), folder)
+    else:
+        ckpt = last_checkpoint(folder)
+        say(f"{label}: " + (f"resuming {ckpt}" if ckpt else f"starting in {folder}"))
+        run_one(args, extra, version, ckpt)
 
 
 def say(message: str) -> None:
