@@ -79,7 +79,7 @@ def run_one(args: list[str], extra: dict, version: int | None, ckpt: Path | None
         cli.trainer.test(cli.model, cli.datamodule, ckpt_path="best")
 
 
-def test_only(args: list[str], extra: dict, version: int | None, ckpt: Path | None, run: Path,
+def run_test_only(args: list[str], extra: dict, version: int | None, ckpt: Path | None, run: Path,
               command: str = "sweep") -> bool:
     """Test a finished fit's best checkpoint (never fit): False when there are no test data."""
     if ckpt is None or not Path(ckpt).is_file():
@@ -226,7 +226,7 @@ def go_on(label: str, folder: Path, record: dict, extra: dict, args: list[str]) 
     elif record.get("status") == "finished":
         say(f"{label}: its fit finished in {folder}; testing its best checkpoint")
         # (the record stays "finished" while it is tested, and keeps the checkpoint its fit resumed from)
-        test_only(args, {**extra, "status": "finished", "checkpoint": record.get("checkpoint")}, version,
+        run_test_only(args, {**extra, "status": "finished", "checkpoint": record.get("checkpoint")}, version,
                   best_checkpoint(folder), folder)
     else:
         ckpt = last_checkpoint(folder)

@@ -25,7 +25,7 @@ from ..models.encoders import ENCODERS
 from ..runs import atomic_write, best_checkpoint, last_checkpoint, read_record, write_record
 from ..training import load_yaml, make_cli, read_config
 from .studies import StudyLock, identity_of, load_study, open_storage
-from .sweep import encoder_configs, override_flags, run_one, test_only
+from .sweep import encoder_configs, override_flags, run_one, run_test_only
 
 DISTRIBUTIONS = {"uniform": "a float in [low, high] (step: optional)", "log_uniform": "a float in [low, high], log scale",
                  "int": "an integer in [low, high] (step: optional)", "choice": "one of a list"}
@@ -189,8 +189,8 @@ class Tuner:
         return sum(scores) / len(scores)
 
     def _resume_from(self, trial, name: str) -> Optional[Path]:
-        """A retried trial (its worker died, or was stopped) goes on from its first attempt's last.ckpt; that
-        attempt's run is marked as one that will not finish."""
+        """A retried trial (its worker died, or was stopped) goes on from the newest last.ckpt of its earlier
+        attempts; their runs are marked as ones that will not finish."""
         from optuna.storages import RetryHeartbeatStaleTrialCallback
 
         frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
@@ -202,7 +202,8 @@ class Tuner:
             record = read_record(earlier)
             if record.get("status") in ("running", "interrupted", "crashed"):
                 write_record(earlier, {**record, "status": "retried", "retried_as": trial.number})
-        return last_checkpoint(self.logdir / name / f"version_{history[0]}") if history else None
+        saved = [ckpt for number in reversed(history) if (ckpt := last_checkpoint(self.logdir / name / f"version_{number}"))]
+        return saved[0] if saved else None
 
     def best_run(self, study) -> Path:
         return self.logdir / self.run_name((self.split_seeds or [None])[0]) / f"version_{study.best_trial.number}"
@@ -256,7 +257,7 @@ class Tuner:
             if ckpt is None:
                 raise UserError(f"{run}: the best trial's run has no best checkpoint (checkpoints/best*.ckpt) to test; "
                                 "it was moved or deleted")
-            test_only(args, {"trial": {"study": self.study_name, "number": best.number, "params": best.params,
+            run_test_only(args, {"trial": {"study": self.study_name, "number": best.number, "params": best.params,
                                        "state": "tested"}}, best.number, ckpt, run, command="tune")
             study.set_user_attr("tested", best.number)  # (a restart does not test again)
 
