@@ -39,7 +39,8 @@ class Workers:
                      *[a for item in CHAOS_SETS for a in ("--set", item)],
                      "--set", f"data.cache_dir={tmp_path / 'cache'}", "--heartbeat", "1",
                      *(["--storage", storage] if storage else []), *extra]
-        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "MARKER_FILE": str(self.marker), "MARKER_PAUSE": str(pause),
+        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", "MARKER_FILE": str(self.marker),
+                    "MARKER_PAUSE": str(pause),
                     "PYTHONPATH": os.pathsep.join([str(PACKAGE_ROOT), str(Path(__file__).parent)]), **(env or {})}
         self.logs: list[Path] = []
 
@@ -143,7 +144,13 @@ def chaos(tmp_path: Path, storage: str, seed: int, kills, extra: tuple = (), cel
             continue
         time.sleep(rng.uniform(0, 0.2))
         victim.send_signal(sig)
-        victim.wait(timeout=120)
+        try:
+            victim.wait(timeout=120)
+        except subprocess.TimeoutExpired:  # (PYTHONFAULTHANDLER: SIGABRT writes every thread's stack to its log)
+            victim.send_signal(signal.SIGABRT)
+            victim.wait(timeout=60)
+            raise AssertionError(f"a worker did not stop within 2 minutes of {signal.Signals(sig).name}:\n"
+                                 + team.output()) from None
         schedule.append(f"{signal.Signals(sig).name} {phase}")
         alive[alive.index(victim)] = team.start()
     for worker in alive:
