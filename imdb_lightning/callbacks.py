@@ -41,6 +41,8 @@ class LastCheckpoint(L.Callback):
     never leaves half a file. After a non-finite loss nothing is written: the last good state stays.
     """
 
+    resume_hint = "Resume with --ckpt_path last"  # (a sweep or a study says how it goes on)
+
     def __init__(self, every_n_train_steps: int = 200):
         if every_n_train_steps < 1:
             raise ValueError(f"every_n_train_steps must be at least 1, got {every_n_train_steps}")
@@ -89,7 +91,7 @@ class LastCheckpoint(L.Callback):
         return self._interrupted
 
     def _stop(self, trainer: L.Trainer) -> None:
-        print(f"\nInterrupted at step {trainer.global_step}; {self.path(trainer)} holds it. Resume with --ckpt_path last",
+        print(f"\nInterrupted at step {trainer.global_step}; {self.path(trainer)} holds it. {self.resume_hint}",
               flush=True)
         raise KeyboardInterrupt
 

@@ -1,8 +1,14 @@
 """Shared test helpers: generated data only (no download, nothing from ../shared)."""
 
+import glob
 import os
+import shutil
 import signal
 import socket
+import subprocess
+import tempfile
+import time
+import uuid
 from pathlib import Path
 
 import lightning as L
@@ -95,3 +101,66 @@ class Stop(L.Callback):
 
 class Killed(BaseException):
     """Like a SIGKILL, as far as the run is concerned: no handler writes anything."""
+
+
+def not_here(reason: str):
+    """A test this machine cannot run: skipped here, but a failure in CI (CI=1), which installs what it needs."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run this test: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL server from the system's own package (initdb + postgres), on a Unix socket:
+    (socket folder, port)."""
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin")) + [os.path.dirname(shutil.which("initdb") or "/none/x")]
+    found = [b for b in bins if os.path.isfile(os.path.join(b, "initdb")) and os.path.isfile(os.path.join(b, "postgres"))]
+    if not found:
+        not_here("no PostgreSQL server on this machine (initdb and postgres not found; apt install postgresql)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        not_here("psycopg is not installed (pip install -e '.[postgres]')")
+    as_user = []
+    if os.geteuid() == 0:  # the server refuses to run as root: run it as the package's own user
+        if shutil.which("runuser") is None or subprocess.run(["id", "postgres"], capture_output=True).returncode:
+            not_here("running as root with no 'postgres' user to run the server as")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    root = tempfile.mkdtemp(prefix="imdb-pg-")
+    os.chmod(root, 0o777)
+    data = os.path.join(root, "data")
+    port = free_port()
+    subprocess.run([*as_user, f"{found[-1]}/initdb", "-D", data, "-U", "postgres", "--auth=trust"], check=True,
+                   capture_output=True)
+    server = subprocess.Popen([*as_user, f"{found[-1]}/postgres", "-D", data, "-k", root, "-p", str(port),
+                               "-c", "listen_addresses=", "-c", "max_connections=200", "-c", "fsync=off"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import psycopg
+
+        for _ in range(200):
+            try:
+                psycopg.connect(dbname="postgres", user="postgres", host=root, port=port).close()
+                break
+            except psycopg.OperationalError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("the PostgreSQL server did not start in 20 s")
+        yield root, port
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A new, empty database on the session's PostgreSQL server, as a SQLAlchemy URL."""
+    import psycopg
+
+    root, port = postgres_server
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(dbname="postgres", user="postgres", host=root, port=port, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    return f"postgresql://postgres@/{name}?host={root}&port={port}"

@@ -1,26 +1,31 @@
 """`imdb-lightning sweep`: encoders x seeds (x split seeds) x overrides, one run after another, each then tested.
 
-The cells are an Optuna grid study; with `--storage URL` any number of workers share them.
-Each run lands in lightning_logs/<encoder>/version_N with a `run.json` that carries the run's
-sweep key. Running the same sweep again skips finished runs and resumes unfinished ones from
-their last.ckpt (or starts them again in the same folder).
+The cells are the waiting trials of an Optuna study (studies.CellQueue); with `--storage URL` any number of
+workers share them, each cell run by one. Each run lands in lightning_logs/<encoder>/version_N with a
+`run.json` that carries the run's sweep key, by which a cell finds its run again: a finished, tested run is
+done, a finished fit is tested, an unfinished one resumes from its last.ckpt (or starts again in its folder).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import sys
+import tempfile
 from itertools import product
 from pathlib import Path
 
-from ..callbacks import RunRecord
+from optuna.distributions import CategoricalDistribution
+
+from ..callbacks import LastCheckpoint, RunRecord
 from ..errors import DataError, UserError
 from ..helpers import ArgumentParser, check_seed, comma_list
 from ..models.encoders import ENCODERS, class_path
-from ..runs import claim_version, last_checkpoint, read_record, run_folders, run_version
+from ..runs import RECORD, best_checkpoint, last_checkpoint, read_record, run_folders, run_version, write_record
 from ..training import compose, make_cli
-from .studies import load_study, open_storage
+from .studies import CELL, CellQueue, load_study, open_storage
 
 
 def sweep_key(encoder: str, seed: int, configs: list[str], overrides: list[str], split_seed: int | None = None,
@@ -47,10 +52,9 @@ def existing_run(logdir: Path, encoder: str, key: str) -> tuple[Path | None, dic
     return None, {}
 
 
-def run_one(args: list[str], extra: dict, version: int | None, ckpt: Path | None, callbacks: tuple = (),
-            test: bool = True, test_only: Path | None = None) -> None:
-    """One run of a sweep (or a tuning trial) in this process: fit (from `ckpt` if given), then test the best
-    checkpoint when there are test data; `test_only`: test that checkpoint, no fit."""
+def make_run(args: list[str], extra: dict, version: int | None, callbacks: tuple = (), command: str = "sweep"):
+    """A run of a sweep (or a tuning trial) in this process, built but not started: LightningCLI with the run's
+    record fields, `callbacks` added, and a Ctrl-C that says how to go on."""
     if version is not None:
         args = [*args, "--trainer.logger.init_args.version", str(version)]
     cli = make_cli(args, run=False)
@@ -58,21 +62,64 @@ def run_one(args: list[str], extra: dict, version: int | None, ckpt: Path | None
     if not records:
         raise UserError("the sweep needs the RunRecord callback (imdb_lightning.callbacks.RunRecord) in trainer.callbacks")
     records[0].extra = extra
+    for saver in cli.trainer.callbacks:
+        if isinstance(saver, LastCheckpoint):  # (it says "--ckpt_path last" to a fit's user)
+            saver.resume_hint = f"Start the same {command} again to go on from there"
     cli.trainer.callbacks.extend(callbacks)
-    if test_only is not None:
-        cli.before_test()
-        cli.trainer.test(cli.model, cli.datamodule, ckpt_path=str(test_only))
-        return
+    return cli
+
+
+def run_one(args: list[str], extra: dict, version: int | None, ckpt: Path | None, callbacks: tuple = (),
+            test: bool = True, command: str = "sweep") -> None:
+    """Fit (from `ckpt` if given), then test the best checkpoint when there are test data."""
+    cli = make_run(args, extra, version, callbacks, command)
     cli.before_fit()  # fit's own checks (precision, monitors, data), which a run=False CLI skips
     cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=str(ckpt) if ckpt else None)
-    if not test:
-        return
+    if test and has_test_data(cli):
+        cli.trainer.test(cli.model, cli.datamodule, ckpt_path="best")
+
+
+def run_test_only(args: list[str], extra: dict, version: int | None, ckpt: Path | None, run: Path,
+                  command: str = "sweep", record: dict | None = None) -> bool:
+    """Test a finished fit's best checkpoint (never fit): False when there are no test data. Given the fit's
+    `record` (the test logs into the fit's own folder), the test is added to it rather than replacing it."""
+    if ckpt is None or not Path(ckpt).is_file():
+        raise UserError(f"{run}: its fit finished but it has no best checkpoint (checkpoints/best*.ckpt) to test")
+    cli = make_run(args, extra, version, command=command)
+    if record:
+        next(cb for cb in cli.trainer.callbacks if isinstance(cb, RunRecord)).record = dict(record)
+    if not has_test_data(cli):
+        return False
+    cli.before_test()
+    cli.trainer.test(cli.model, cli.datamodule, ckpt_path=str(ckpt))
+    return True
+
+
+def has_test_data(cli) -> bool:
     try:
         cli.datamodule.dataset("test")
     except DataError as err:
         print(f"  not tested: {err}", file=sys.stderr)
-        return
-    cli.trainer.test(cli.model, cli.datamodule, ckpt_path="best")
+        return False
+    return True
+
+
+def claim_folder(root: Path, record: dict) -> Path:
+    """A new `version_N` under `root` holding `record`: made whole in a hidden folder, then renamed into place
+    (atomic), so two workers never get the same N and a kill while claiming leaves no empty version_N."""
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".claim-", dir=root))
+    write_record(staging, record)
+    number = max((run_version(p) for p in run_folders(root)), default=-1) + 1
+    while True:
+        target = root / f"version_{number}"
+        if not target.exists():  # (a rename would replace an empty folder of that name)
+            try:
+                os.rename(staging, target)
+                return target
+            except OSError:  # taken in between
+                pass
+        number += 1
 
 
 def override_flags(overrides: list[str]) -> list[str]:
@@ -116,72 +163,106 @@ def encoder_args(encoder: str | None) -> list[str]:
                                                    for k, v in preset_args.items()]]
 
 
+class Grid:
+    """A sweep's cells and how one of them is run: found in its folder (by the sweep key its record holds) and
+    taken on from where it is: a finished, tested run is done; a finished fit is tested; an unfinished one goes
+    on from its last.ckpt (or starts again in its folder when it saved none)."""
+
+    def __init__(self, encoders, seeds, configs, overrides, logdir: str, split_seeds=None):
+        self.per_encoder = encoder_configs(encoders, configs)
+        self.overrides, self.flags, self.logdir = overrides, override_flags(overrides), Path(logdir)
+        if split_seeds and any(item.partition("=")[0] == "data.split_seed" for item in overrides):
+            raise UserError("--split_seeds and --set data.split_seed=... both name the split; give one of them")
+        self.own = own_recipes(configs)
+        self.cells = {f"{e} seed {seed}" + ("" if split is None else f" split seed {split}"): (e, split, seed)
+                      for e, split, seed in product(encoders, split_seeds or [None], seeds)}
+
+    def args(self, encoder: str, split_seed: int | None, seed: int) -> list[str]:
+        files, preset = self.per_encoder[encoder]
+        return [*[a for c in files for a in ("--config", c)], *preset, "--seed_everything", str(seed),
+                "--trainer.logger.init_args.save_dir", str(self.logdir), "--trainer.logger.init_args.name", encoder,
+                *self.flags, *([] if split_seed is None else ["--data.split_seed", str(split_seed)])]
+
+    def check(self) -> None:
+        """Every encoder's run can be built (an unknown --set key, a value out of its range) before any database
+        or folder is made: the model, data and trainer are made, nothing is run or written."""
+        for encoder in self.per_encoder:
+            _, split_seed, seed = next(c for c in self.cells.values() if c[0] == encoder)
+            make_cli(self.args(encoder, split_seed, seed), run=False)
+
+    def study_name(self) -> str:
+        files = sorted({c for f, _ in self.per_encoder.values() for c in f})
+        return ("sweep-" + sweep_key("grid", 0, files, self.overrides, None) + "-"
+                + hashlib.sha1(json.dumps(list(self.cells)).encode()).hexdigest()[:8])
+
+    def run_cell(self, trial, label: str) -> float:
+        """One attempt at a cell; its value in the study is the run's best validation figure."""
+        encoder, split_seed, seed = self.cells[label]
+        files, _ = self.per_encoder[encoder]
+        info = {"encoder": encoder, "seed": seed, **({} if split_seed is None else {"split_seed": split_seed})}
+        key = sweep_key(encoder, seed, files, self.overrides, split_seed, own_recipe=self.own)
+        extra = {"sweep_key": key, **info}
+        folder, record = existing_run(self.logdir, encoder, key)
+        claimed = folder is None
+        if claimed:
+            folder = claim_folder(self.logdir / encoder, {**extra, "status": "claimed"})
+            record = read_record(folder)
+        trial.set_user_attr("run", str(folder.resolve()))
+        try:
+            go_on(label, folder, record, extra, self.args(encoder, split_seed, seed))
+        except UserError:
+            if claimed and [p.name for p in folder.iterdir()] == [RECORD]:  # refused before it began: no trace
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+        record = read_record(folder)
+        figure = record.get("best_val_acc", record.get("best"))
+        if figure is None:
+            raise UserError(f"{folder}: the run recorded no best validation figure (is there a validation split?)")
+        return float(figure)
+
+
+def go_on(label: str, folder: Path, record: dict, extra: dict, args: list[str]) -> None:
+    """Take a cell's run on from where it is: done, tested, resumed, or started in its folder."""
+    version = run_version(folder)
+    if record.get("status") == "finished" and "test" in record:
+        say(f"{label}: finished and tested in {folder}, skipped")
+    elif record.get("status") == "finished":
+        say(f"{label}: its fit finished in {folder}; testing its best checkpoint")
+        # (the record stays "finished" while it is tested: the test is added to it)
+        run_test_only(args, extra, version, best_checkpoint(folder), folder, record=record)
+    else:
+        ckpt = last_checkpoint(folder)
+        say(f"{label}: " + (f"resuming {ckpt}" if ckpt else f"starting in {folder}"))
+        run_one(args, extra, version, ckpt)
+
+
+def say(message: str) -> None:
+    print(f"[sweep] {message}", file=sys.stderr, flush=True)
+
+
 def sweep(encoders: list[str], seeds: list[int], configs: list[str], overrides: list[str], logdir: str,
           split_seeds: list[int] | None = None, storage: str | None = None, study: str | None = None,
-          heartbeat: int = 60) -> list[dict]:
-    from optuna.distributions import CategoricalDistribution
-    from optuna.exceptions import TrialPruned
-    from optuna.samplers import GridSampler
+          heartbeat: int = 60, max_retries: int = 3, null_pool: bool = False) -> dict:
+    """Run the grid's cells, each once, with any number of workers sharing `storage`. Returns the final progress
+    ({"complete": {label: trial}, "failed": {label: [trials]}, ...}); failed cells are an error."""
+    import optuna
 
-    per_encoder = encoder_configs(encoders, configs)
-    flags = override_flags(overrides)
-    if split_seeds and any(item.partition("=")[0] == "data.split_seed" for item in overrides):
-        raise UserError("--split_seeds and --set data.split_seed=... both name the split; give one of them")
-    cells = list(product(encoders, split_seeds or [None], seeds))
-    labels = [f"{e} seed {seed}" + ("" if split is None else f" split seed {split}") for e, split, seed in cells]
-    own = own_recipes(configs)
-
-    def run_cell(encoder: str, split_seed: int | None, seed: int, label: str) -> dict:
-        files, preset = per_encoder[encoder]
-        key = sweep_key(encoder, seed, files, overrides, split_seed, own_recipe=own)
-        folder, record = existing_run(Path(logdir), encoder, key)
-        info = {"encoder": encoder, "seed": seed, **({} if split_seed is None else {"split_seed": split_seed})}
-        if record.get("status") == "finished":
-            print(f"[sweep] {label}: finished in {folder}, skipped", file=sys.stderr)
-            return {**info, "folder": str(folder), "skipped": True}
-        # a new run's folder is claimed before it starts, so workers starting together never share one
-        version = run_version(folder) if folder else claim_version(Path(logdir) / encoder)
-        ckpt = last_checkpoint(folder) if folder else None
-        print(f"[sweep] {label}: " + (f"resuming {ckpt}" if ckpt else "starting"), file=sys.stderr)
-        args = [
-            *[a for c in files for a in ("--config", c)], *preset,
-            "--seed_everything", str(seed),
-            "--trainer.logger.init_args.save_dir", logdir, "--trainer.logger.init_args.name", encoder, *flags,
-            *([] if split_seed is None else ["--data.split_seed", str(split_seed)]),
-        ]
-        run_one(args, {"sweep_key": key, **info}, version, ckpt)
-        return {**info, "skipped": False}
-
-    done = []
-
-    def objective(trial) -> float:
-        label = trial.suggest_categorical("cell", labels)
-        earlier = running_or_done(trial, "cell", label)
-        if earlier is not None:  # another worker has this cell (the grid hands out a busy cell near the end)
-            trial.set_user_attr("duplicate_of", earlier)
-            raise TrialPruned(f"cell {label} is trial {earlier}'s")
-        done.append(run_cell(*cells[labels.index(label)], label))
-        return 0.0
-
-    # The grid is a study: alone (in memory) it runs every cell once, in the grid's fixed (seeded) order;
-    # on a shared --storage, every worker started with the same sweep takes the next cell no one has, and
-    # a dead worker's cell is run again (resumed from its last.ckpt) by the next worker to start a cell.
-    backend = open_storage(storage, Path(logdir), heartbeat) if storage else None
-    name = study or "sweep-" + sweep_key("grid", 0, sorted({c for f, _ in per_encoder.values() for c in f}), overrides,
-                                         None) + "-" + hashlib.sha1(json.dumps(labels).encode()).hexdigest()[:8]
-    grid = load_study(backend, name, {"cell": CategoricalDistribution(labels)}, sampler=GridSampler({"cell": labels}))
-    grid.optimize(objective, catch=())
-    return done
-
-
-def running_or_done(trial, param: str, value) -> int | None:
-    """The number of an earlier trial of the study holding the same value that is running or complete, else None."""
-    from optuna.trial import TrialState
-
-    for other in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE)):
-        if other.number < trial.number and other.params.get(param) == value:
-            return other.number
-    return None
+    grid = Grid(encoders, seeds, configs, overrides, logdir, split_seeds)
+    grid.check()
+    # Alone (no --storage) the study lives in memory and the run folders say what is done; with a shared
+    # database every worker started with the same sweep takes the next waiting cell (studies.CellQueue).
+    backend = open_storage(storage, Path(logdir), heartbeat, retry_stale=False, null_pool=null_pool) if storage else None
+    labels = list(grid.cells)
+    found = load_study(backend, study or grid.study_name(), {CELL: CategoricalDistribution(labels)},
+                       sampler=optuna.samplers.RandomSampler(seed=0))
+    queue = CellQueue(found, backend, labels, max_retries)
+    progress = queue.run(grid.run_cell, wait_s=heartbeat, say=say)
+    if progress["failed"]:
+        lines = [f"{label} ({len(tried)} attempts; last: {tried[-1].user_attrs.get('error', 'its worker stopped')})"
+                 for label, tried in progress["failed"].items()]
+        raise UserError(f"sweep: {len(lines)} of {len(labels)} cells failed: {'; '.join(lines)}; the others are done. "
+                        f"Fix the cause and start the sweep again with --max_retries {max_retries + 1} or more")
+    return progress
 
 
 def main(argv: list[str]) -> None:
@@ -201,12 +282,27 @@ def main(argv: list[str]) -> None:
                         help="a database URL (sqlite:///sweep.db, postgresql://...): every sweep started with it "
                         "and the same cells shares them out, none run twice")
     parser.add_argument("--study", default=None, help="the grid's study name (default: one named after the cells)")
+    parser.add_argument("--null_pool", action="store_true",
+                        help="keep no database connection between calls (for more workers than the server takes "
+                        "connections; docs/tuning.md)")
     parser.add_argument("--heartbeat", type=int, default=60, help="seconds between a worker's heartbeats (with --storage)")
+    parser.add_argument("--max_retries", type=int, default=3,
+                        help="a cell that fails (raises, or its worker dies) is run again this many times, then "
+                        "reported as failed")
     opts = parser.parse_args(argv)
+    if opts.heartbeat < 1:
+        raise UserError(f"--heartbeat must be at least 1 second, got {opts.heartbeat}")
+    if opts.max_retries < 0:
+        raise UserError(f"--max_retries must be 0 or more, got {opts.max_retries}")
     for option, seeds in (("--seeds", opts.seeds), ("--split_seeds", opts.split_seeds or [])):
         for seed in seeds:
             check_seed(option, seed)
-    sweep(opts.encoders, opts.seeds, opts.config, opts.set, opts.logdir, opts.split_seeds, opts.storage, opts.study,
-          opts.heartbeat)
+    try:
+        sweep(opts.encoders, opts.seeds, opts.config, opts.set, opts.logdir, opts.split_seeds, opts.storage, opts.study,
+              opts.heartbeat, opts.max_retries, opts.null_pool)
+    except KeyboardInterrupt:
+        print("\n[sweep] interrupted: start the same sweep again to go on (each cell resumes from its last.ckpt)",
+              file=sys.stderr)
+        raise SystemExit(130) from None
     pool = " --over_splits" if opts.split_seeds else ""
     print(f"[sweep] done; compare with: imdb-lightning compare {opts.logdir}{pool}", file=sys.stderr)
