@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
-from typing import NoReturn
+from typing import NoReturn, Optional
 
 from .errors import UserError
 
@@ -92,6 +92,24 @@ def clustered_standard_error(correct, groups) -> float:
         return float("nan")
     residuals = np.bincount(cluster, weights=correct - correct.mean())  # (clusters,)
     return float(np.sqrt(clusters / (clusters - 1) * np.sum(residuals**2)) / n)
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory this process may still take: the kernel's MemAvailable, or less under a cgroup limit."""
+    found = []
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError):
+        pass
+    try:  # a container's limit (cgroup v2), less what the group already uses
+        limit = open("/sys/fs/cgroup/memory.max").read().strip()
+        if limit.isdigit():
+            found.append(int(limit) - int(open("/sys/fs/cgroup/memory.current").read()))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
 
 
 def pyplot():

@@ -19,10 +19,12 @@ from lightning.pytorch.cli import LightningCLI
 from .checkpoints import expect_kind, read_checkpoint
 from .data.corpus import CorpusDataModule
 from .data.datamodule import IMDBDataModule
+from .data.tokenizer import check_words
 from .errors import UserError
-from .helpers import NO_BF16, check_seed, cpu_runs_bf16
+from .helpers import NO_BF16, available_memory, check_seed, cpu_runs_bf16
 from .models.base import sized_by_steps
 from .models.classifier import SentimentClassifier
+from .models.encoders import count_parameters
 from .models.language_model import LanguageModel, check_unread, read_language_model
 from .runs import experiment_root, newest_checkpoint, run_version
 from .summary import fit_summary, say, test_summary
@@ -139,6 +141,66 @@ def _differences(saved: dict, mine: dict, prefix: str = ""):
             yield f"{prefix}{key}", old, new
 
 
+def check_accelerator(trainer_config) -> None:
+    """An accelerator this machine lacks (a GPU, a TPU) or that does not exist: one line, as `bench
+    --accelerator gpu` gives, rather than Lightning's error from deep inside (a missing torch_xla, say)."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    accelerator = trainer_config.get("accelerator")
+    if not isinstance(accelerator, str) or accelerator.lower() == "auto":
+        return
+    name = accelerator.lower()
+    known = {*AcceleratorRegistry.available_accelerators(), "gpu"}
+    if name not in known:
+        raise UserError(f"--trainer.accelerator {accelerator}: no such accelerator; use one of auto, {', '.join(sorted(known))}")
+
+    def available(name: str) -> bool:
+        try:
+            return bool(AcceleratorRegistry[name]["accelerator"].is_available())
+        except Exception:  # noqa: BLE001  (its library is missing: torch_xla for a TPU)
+            return False
+
+    if not (available("cuda") or available("mps") if name == "gpu" else available(name)):
+        device = {"gpu": "GPU", "cuda": "CUDA GPU", "mps": "Apple GPU (MPS)"}.get(name, name.upper())
+        raise UserError(f"--trainer.accelerator {accelerator}: no {device} is available here; leave the option out "
+                        "(or --trainer.accelerator cpu) to run on the CPU")
+
+
+TRAINING_BYTES = 16  # per fp32 parameter while training on a CPU: the weight, its gradient and Adam's two moments
+
+
+def check_model_fits(model_config, on_cpu: bool) -> None:
+    """A model larger than the memory left (a vocabulary cap of 100 million words, say) is refused before it
+    is built: built, it would have the kernel kill the fit later, without a word."""
+    encoder = model_config.get("encoder") if hasattr(model_config, "get") else None
+    class_path, init = getattr(encoder, "class_path", None), getattr(encoder, "init_args", None)
+    if not isinstance(class_path, str):
+        return
+    kwargs = init.as_dict() if hasattr(init, "as_dict") else dict(init or {})
+    try:
+        parameters = count_parameters({"class_path": class_path, "init_args": kwargs})
+    except UserError:  # a setting the encoder refuses, in its own words
+        raise
+    except RuntimeError as err:  # sizes whose byte count overflows 64 bits; else an operation meta tensors lack
+        if "overflow" in str(err):
+            raise UserError(f"model.encoder: far too large to build ({str(err).splitlines()[0]}); lower its sizes") from err
+        return
+    except Exception:  # noqa: BLE001  (building it for real says what is wrong)
+        return
+    need, free = parameters * (TRAINING_BYTES if on_cpu else 4), available_memory()
+    if free is None or need <= free:
+        return
+    vocab, width = kwargs.get("vocab_size"), kwargs.get("embed_dim")
+    if isinstance(vocab, int) and isinstance(width, int) and vocab * width > parameters / 2:
+        hint = (f"; most of it is the word embedding, data.vocab_size {vocab:,} x embed_dim {width}: the cap counts rows "
+                "for words, and rows beyond the words the training data hold are never used, so lower --data.vocab_size")
+    else:
+        hint = "; lower its sizes"
+    purpose = "train here (weights, gradients and Adam's state)" if on_cpu else "build"
+    raise UserError(f"model.encoder: {parameters:,} parameters need about {need / 2**30:.1f} GiB to {purpose}, and this "
+                    f"machine has {free / 2**30:.1f} GiB free{hint}")
+
+
 def logged_runs_root(trainer_config) -> Optional[Path]:
     """The experiment's run folder root from a parsed trainer config (its logger and default_root_dir)."""
     init = getattr(trainer_config.logger, "init_args", None)
@@ -191,11 +253,56 @@ class ExperimentCLI(LightningCLI):
             expect_kind(config.ckpt_path, ckpt, self.task, f"imdb-lightning {subcommand}")
             if subcommand == "fit":
                 check_resumed_settings(config, ckpt)
+            else:  # evaluated with its own vocabulary (its tokenizer travels in it): the embedding takes its size
+                vocab = ckpt.get("hyper_parameters", {}).get("encoder", {}).get("init_args", {}).get("vocab_size")
+                if vocab and "vocab_size" in (config.get("data") or {}):
+                    config.data.vocab_size = vocab
+
+    def instantiate_classes(self) -> None:
+        # Before anything is built: Lightning's own answer to a missing GPU says less, and a model too large
+        # for the memory is a kill, with no word, once training touches it.
+        import torch
+
+        _, config = self.command_config()
+        if config is not None:
+            check_accelerator(config.trainer)
+            check_model_fits(config.model, on_cpu=config.trainer.get("accelerator") == "cpu" or not torch.cuda.is_available())
+        super().instantiate_classes()
 
     def before_fit(self) -> None:
+        self._check_something_to_train()
         self._check_precision()
         self._check_monitors()
+        self._check_optimizer()
         self._check_data("fit")
+
+    def _check_something_to_train(self) -> None:
+        """A fit told to train nothing would end "finished" with no checkpoint and no word."""
+        trainer = self.trainer
+        counts = "1 or more"
+        for option, value, wanted in (("max_epochs", trainer.max_epochs, counts), ("max_steps", trainer.max_steps, counts),
+                                      ("limit_train_batches", trainer.limit_train_batches, "a fraction above 0 or a count")):
+            if value == 0:
+                raise UserError(f"--trainer.{option} {value:g}: nothing would be trained and no checkpoint written; give "
+                                f"{wanted} (to score a checkpoint without training: imdb-lightning validate or test "
+                                "--ckpt_path CKPT)")
+
+    def _check_optimizer(self) -> None:
+        """A setting torch refuses (a negative learning rate, betas outside [0, 1), a plateau factor of 2) is
+        named before the run starts: the optimizer and schedule are built once here, on the model's parameters."""
+        optimizer, scheduler = getattr(self.model, "optimizer", None), getattr(self.model, "scheduler", None)
+        if not callable(optimizer):
+            return
+        try:
+            built = optimizer(self.model.parameters())
+        except (ValueError, TypeError) as err:
+            raise UserError(f"model.optimizer: {err}") from err
+        if not callable(scheduler):
+            return
+        try:
+            scheduler(built, total_steps=100) if sized_by_steps(scheduler) else scheduler(built)
+        except (ValueError, TypeError, ZeroDivisionError) as err:
+            raise UserError(f"model.scheduler: {err}") from err
 
     def after_fit(self) -> None:
         say(fit_summary, self.trainer, self.task)
@@ -266,6 +373,8 @@ class SentimentCLI(ExperimentCLI):
 
     def _check_data(self, stage: str) -> None:
         super()._check_data(stage)
+        if stage == "fit":
+            check_words(self.datamodule.reviews("train").texts)
         if self.model.hparams.get("pretrained"):  # the language model must not have read what is scored
             split = "test" if stage == "test" else "val"
             check_unread(self.model.hparams.pretrained, self.datamodule.reviews(split).texts, split,
