@@ -16,6 +16,7 @@ checkpoints it reads: `predict` needs them where they were.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -28,6 +29,7 @@ import yaml
 
 from ..checkpoints import expect_kind, read_checkpoint
 from ..data.datamodule import IMDBDataModule
+from ..data.tokenizer import check_words
 from ..errors import DataError, UserError
 from ..helpers import ArgumentParser, clustered_standard_error, comma_list
 from ..models.linear import DEFAULT_C, LINEAR_FILE, LinearReference, Stack
@@ -72,6 +74,7 @@ def run(kind: str, C: float, data: dict, logdir: str, name: str, partners: Optio
     start = time.monotonic()
     dm = IMDBDataModule(**data)
     train, val = dm.reviews("train"), dm.reviews("val")
+    check_words(train.texts)
     model = LinearReference(kind, C, ngrams).fit(train.texts, train.labels)
     fit_s = time.monotonic() - start
     record = {"kind": "linear", "status": "finished", "model": model_label(kind, ngrams), "C": model.C,
@@ -102,14 +105,18 @@ def run(kind: str, C: float, data: dict, logdir: str, name: str, partners: Optio
     # the stacker's weights are fitted, not set: they stay in run.json, so `compare` groups seeds
     config = {"data": data, "model": {"kind": kind, "C": linear.C, "ngrams": linear.ngrams,
                                       **({"combined_with": "+".join(p["name"] for p in partners)} if partners else {})}}
-    linear.save(folder / LINEAR_FILE)  # `predict --ckpt_path FOLDER` applies it (a stack with its runs' checkpoints)
-    atomic_write(folder / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(config, sort_keys=False)))
-    write_record(folder, record)
-    with SummaryWriter(log_dir=str(folder)) as writer:
-        for stage in ("val", "test"):
-            for key, value in record.get(stage, {}).items():
-                writer.add_scalar(key, value, 0)
-        writer.add_scalar("hp/val_acc", record["best_val_acc"], 0)
+    try:
+        linear.save(folder / LINEAR_FILE)  # `predict --ckpt_path FOLDER` applies it (a stack with its runs' checkpoints)
+        atomic_write(folder / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(config, sort_keys=False)))
+        write_record(folder, record)
+        with SummaryWriter(log_dir=str(folder)) as writer:
+            for stage in ("val", "test"):
+                for key, value in record.get(stage, {}).items():
+                    writer.add_scalar(key, value, 0)
+            writer.add_scalar("hp/val_acc", record["best_val_acc"], 0)
+    except BaseException:  # (Ctrl-C included) a run folder is whole or not there
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     record["folder"] = str(folder)
     return record
 
