@@ -21,7 +21,7 @@ from .data.corpus import CorpusDataModule
 from .data.datamodule import IMDBDataModule
 from .data.tokenizer import check_words
 from .errors import UserError
-from .helpers import NO_BF16, available_memory, check_seed, cpu_runs_bf16
+from .helpers import NO_BF16, available_memory, check_seed, check_writable, cpu_runs_bf16
 from .models.base import sized_by_steps
 from .models.classifier import SentimentClassifier
 from .models.encoders import count_parameters
@@ -191,9 +191,11 @@ def check_model_fits(model_config, on_cpu: bool) -> None:
     if free is None or need <= free:
         return
     vocab, width = kwargs.get("vocab_size"), kwargs.get("embed_dim")
-    if isinstance(vocab, int) and isinstance(width, int) and vocab * width > parameters / 2:
+    if isinstance(vocab, int) and isinstance(width, int) and vocab * width > parameters / 2 and vocab > width:
         hint = (f"; most of it is the word embedding, data.vocab_size {vocab:,} x embed_dim {width}: the cap counts rows "
                 "for words, and rows beyond the words the training data hold are never used, so lower --data.vocab_size")
+    elif isinstance(width, int) and isinstance(vocab, int) and vocab * width > parameters / 2:
+        hint = f"; most of it is the word embedding, data.vocab_size {vocab:,} x embed_dim {width:,}: lower embed_dim"
     else:
         hint = "; lower its sizes"
     purpose = "train here (weights, gradients and Adam's state)" if on_cpu else "build"
@@ -243,6 +245,8 @@ class ExperimentCLI(LightningCLI):
         root = logged_runs_root(config.trainer)
         if root is not None:  # the runs of --trainer.default_root_dir DIR land under DIR
             logger.init_args.save_dir = str(root.parent)
+            check_writable(root.parent, "--trainer.default_root_dir" if config.trainer.get("default_root_dir")
+                           else "--trainer.logger.init_args.save_dir")
         ckpt = config.get("ckpt_path")
         if ckpt in ("last", "best") and root is not None:
             config.ckpt_path = self._newest(root, ckpt, logger, subcommand)

@@ -31,7 +31,7 @@ from ..checkpoints import expect_kind, read_checkpoint
 from ..data.datamodule import IMDBDataModule
 from ..data.tokenizer import check_words
 from ..errors import DataError, UserError
-from ..helpers import ArgumentParser, clustered_standard_error, comma_list
+from ..helpers import ArgumentParser, check_writable, clustered_standard_error, comma_list
 from ..models.linear import DEFAULT_C, LINEAR_FILE, LinearReference, Stack
 from ..runs import atomic_write, best_checkpoint, last_checkpoint, read_record, run_folders, run_version, write_record
 from ..training import read_config
@@ -193,6 +193,7 @@ def main(argv: list[str]) -> list[dict]:
     unknown = [a for a in rest if a.startswith("--") and not a.startswith("--data.")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    check_writable(opts.logdir, "--logdir")
     models = opts.models or (["nbsvm"] if opts.combine else ["nbsvm", "tfidf"])
     bad = set(models) - set(DEFAULT_C)
     if bad:
