@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import signal
 import sys
@@ -92,23 +93,23 @@ def run(command: str, argv: list[str]) -> None:
         sys.exit(f"imdb-lightning {command}: error: {one_line(str(err))} (imdb-lightning {command} --help lists the options)")
 
 
-class stop_on_sigterm:
+@contextlib.contextmanager
+def stop_on_sigterm():
     """SIGTERM (`kill`, a scheduler's timeout) raises `Stopped`, a KeyboardInterrupt: whatever is running
     stops as on Ctrl-C (output files discarded, a fit's last.ckpt written and its run recorded as interrupted)
     rather than vanish mid-write."""
+    if threading.current_thread() is not threading.main_thread():  # (only the main thread may set handlers)
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
-    def __enter__(self):
-        self.previous = None
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, self._stop)
 
-    def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
-
-    @staticmethod
-    def _stop(signum, frame) -> None:
-        raise Stopped("SIGTERM")
+def _raise_stopped(signum, frame) -> None:
+    raise Stopped("SIGTERM")
 
 
 def one_line(message: str) -> str:

@@ -274,22 +274,41 @@ class ExperimentCLI(LightningCLI):
         super().instantiate_classes()
 
     def before_fit(self) -> None:
-        self._check_something_to_train()
+        self._check_something_to_do("fit")
         self._check_precision()
         self._check_monitors()
         self._check_optimizer()
         self._check_data("fit")
 
-    def _check_something_to_train(self) -> None:
-        """A fit told to train nothing would end "finished" with no checkpoint and no word."""
-        trainer = self.trainer
-        counts = "1 or more"
-        for option, value, wanted in (("max_epochs", trainer.max_epochs, counts), ("max_steps", trainer.max_steps, counts),
-                                      ("limit_train_batches", trainer.limit_train_batches, "a fraction above 0 or a count")):
+    def _check_something_to_do(self, stage: str) -> None:
+        """A fit told to train nothing, or a test told to test nothing, would end "finished" with no checkpoint
+        or figure and no word; a fit that never validates would crash at its first epoch's end, when what watches
+        the validation figures (best checkpoint, early stopping, schedule) finds none."""
+        trainer, counts = self.trainer, "1 or more"
+        batches = "a fraction above 0 or a count"
+        options = {"fit": [("max_epochs", trainer.max_epochs, counts), ("max_steps", trainer.max_steps, counts),
+                           ("limit_train_batches", trainer.limit_train_batches, batches)],
+                   "validate": [("limit_val_batches", trainer.limit_val_batches, batches)],
+                   "test": [("limit_test_batches", trainer.limit_test_batches, batches)]}[stage]
+        for option, value, wanted in options:
             if value == 0:
-                raise UserError(f"--trainer.{option} {value:g}: nothing would be trained and no checkpoint written; give "
-                                f"{wanted} (to score a checkpoint without training: imdb-lightning validate or test "
-                                "--ckpt_path CKPT)")
+                what = {"fit": "trained and no checkpoint written", "validate": "validated", "test": "tested"}[stage]
+                hint = " (to score a checkpoint without training: imdb-lightning validate or test --ckpt_path CKPT)"
+                raise UserError(f"--trainer.{option} {value:g}: nothing would be {what}; give {wanted}"
+                                + (hint if stage == "fit" else ""))
+        watched = [monitor for _, monitor in self._watchers() if isinstance(monitor, str) and monitor.startswith("val/")]
+        if stage == "fit" and trainer.limit_val_batches == 0 and watched:
+            raise UserError(f"--trainer.limit_val_batches 0: nothing would be validated, and {watched[0]} is watched "
+                            f"(by the best checkpoint, early stopping or the schedule); give {batches}")
+        every = trainer.check_val_every_n_epoch
+        if stage == "fit" and every is not None and every < 1:
+            raise UserError(f"--trainer.check_val_every_n_epoch {every}: validate every 1 or more epochs (or null, with "
+                            "--trainer.val_check_interval counting steps)")
+        schedule = [m for owner, m in self._watchers() if owner.startswith("model.monitor") and m in watched]
+        if stage == "fit" and every and every > 1 and schedule:
+            raise UserError(f"--trainer.check_val_every_n_epoch {every}: the learning-rate schedule steps every epoch on "
+                            f"{schedule[0]}, which validation would compute every {every} epochs only; validate every epoch, or "
+                            "leave the schedule out (--model.scheduler null)")
 
     def _check_optimizer(self) -> None:
         """A setting torch refuses (a negative learning rate, betas outside [0, 1), a plateau factor of 2) is
@@ -315,10 +334,12 @@ class ExperimentCLI(LightningCLI):
         say(test_summary, self.trainer)
 
     def before_validate(self) -> None:
+        self._check_something_to_do("validate")
         self._check_precision()
         self._check_data("validate")
 
     def before_test(self) -> None:
+        self._check_something_to_do("test")
         self._check_precision()
         self._check_data("test")
 
@@ -336,16 +357,20 @@ class ExperimentCLI(LightningCLI):
             for split in {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}[stage]:
                 reviews(split)
 
+    def _watchers(self) -> list[tuple[str, str]]:
+        """(who, metric) for every callback and schedule that watches a metric."""
+        watchers = [(f"trainer.callbacks {type(cb).__name__}", cb.monitor) for cb in self.trainer.callbacks
+                    if getattr(cb, "monitor", None)]
+        if getattr(self.model, "scheduler", None) is not None and not sized_by_steps(self.model.scheduler):
+            watchers.append(("model.monitor (the learning-rate schedule's metric)", self.model.hparams.monitor))
+        return watchers
+
     def _check_monitors(self) -> None:
         """Every metric a callback or the schedule watches must be one the model logs."""
         known = getattr(self.model, "metric_names", lambda: None)()
         if not known:
             return
-        watchers = [(f"trainer.callbacks {type(cb).__name__}", cb.monitor) for cb in self.trainer.callbacks
-                    if getattr(cb, "monitor", None)]
-        if self.model.scheduler is not None and not sized_by_steps(self.model.scheduler):
-            watchers.append(("model.monitor (the learning-rate schedule's metric)", self.model.hparams.monitor))
-        for owner, monitor in watchers:
+        for owner, monitor in self._watchers():
             if monitor not in known:
                 raise UserError(f"{owner}: monitor {monitor!r} is never logged; the model logs {', '.join(sorted(known))}")
 

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import imdb_lightning
 from conftest import EXPERIMENTS, QUICKSTART
 from conftest import write_reviews as write_reviews_file
 from imdb_lightning.cli import cli_main
@@ -31,6 +32,7 @@ from imdb_lightning.helpers import cpu_runs_bf16
 FIT = ["fit", "--config", str(QUICKSTART), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
        "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false", "--data.synthetic_size", "200"]
 PRETRAIN = ["pretrain", "--config", str(EXPERIMENTS / "pretrain" / "cpu_lstm.yaml"), "--trainer.enable_progress_bar", "false"]
+SYNTHETIC = ["--data.source", "synthetic", "--data.synthetic_size", "300"]  # for commands that would ask the hub
 # the same from an experiment that names no data source: files given on the command line choose it
 FILES = ["fit", "--config", str(EXPERIMENTS / "lstm.yaml"), *FIT[3:-2]]
 
@@ -316,6 +318,15 @@ CASES = [
     ("zero training batches", [*FIT, "--trainer.limit_train_batches", "0"],
      r"--trainer\.limit_train_batches 0: nothing would be trained.*a fraction above 0 or a count"),
     ("zero steps", [*FIT, "--trainer.max_steps", "0"], r"--trainer\.max_steps 0: nothing would be trained"),
+    ("zero validation batches", [*FIT, "--trainer.limit_val_batches", "0"],
+     r"--trainer\.limit_val_batches 0: nothing would be validated, and val/\w+ is watched"),
+    ("validation every 3rd epoch under a plateau schedule", [*FIT, "--trainer.check_val_every_n_epoch", "3"],
+     r"--trainer\.check_val_every_n_epoch 3: the learning-rate schedule steps every epoch on val/loss"),
+    ("validation every 0 epochs", [*FIT, "--trainer.check_val_every_n_epoch", "0"],
+     r"--trainer\.check_val_every_n_epoch 0: validate every 1 or more epochs"),
+    ("zero test batches", ["test", *FIT[1:], "--ckpt_path", f"{D}/sentiment.ckpt", "--trainer.limit_test_batches", "0"],
+     r"--trainer\.limit_test_batches 0: nothing would be tested; give a fraction above 0 or a count"),
+    ("linear C infinite", ["linear", *SYNTHETIC, "--C", "inf"], r"--C must be positive \(or 0 for the default\), got inf"),
     ("no such accelerator", [*FIT, "--trainer.accelerator", "tpu"],
      r"--trainer\.accelerator tpu: no TPU is available here; leave the option out \(or --trainer\.accelerator cpu\)"),
     ("unknown accelerator", [*FIT, "--trainer.accelerator", "abacus"], r"--trainer\.accelerator abacus: no such accelerator"),
@@ -326,7 +337,8 @@ CASES = [
      r"all 36 training reviews are empty once HTML line breaks"),
     ("runs under a file", [*FIT, "--trainer.default_root_dir", f"{D}/afile"],
      r"--trainer\.default_root_dir .*afile/lightning_logs: cannot write there \(Not a directory\)"),
-    ("linear logdir under /proc", ["linear", "--logdir", "/proc/nowhere"], r"--logdir /proc/nowhere: cannot write there"),
+    ("linear logdir under /proc", ["linear", *SYNTHETIC, "--logdir", "/proc/nowhere"],
+     r"--logdir /proc/nowhere: cannot write there"),
     ("binary file as text", ["predict", "--ckpt_path", f"{D}/sentiment.ckpt", "--file", f"{D}/binary.txt"],
      r"binary\.txt: not UTF-8 text \(50% of the characters in its first 4,096 bytes are NUL or not UTF-8: binary data"),
     ("binary file as text, to a file", ["predict", "--ckpt_path", f"{D}/sentiment.ckpt", "--file", f"{D}/binary.txt",
@@ -668,6 +680,7 @@ def test_sigterm_in_predict_leaves_no_output(inputs, tmp_path, monkeypatch, caps
 
 
 # --- real signals to real processes --------------------------------------------------------------------
+PACKAGE_ROOT = str(Path(imdb_lightning.__file__).parents[1])  # the package under test, in the child too
 def wait_for(condition, seconds: float = 120) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
@@ -677,7 +690,7 @@ def wait_for(condition, seconds: float = 120) -> None:
 
 def test_ctrl_c_during_predict_of_a_large_file(inputs, tmp_path):
     (tmp_path / "big.txt").write_text("a fine film that i liked a lot\n" * 400_000)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = {**os.environ, "PYTHONPATH": PACKAGE_ROOT}
     cmd = [sys.executable, "-m", "imdb_lightning", "predict", "--ckpt_path", str(inputs / "sentiment.ckpt"),
            "--file", str(tmp_path / "big.txt"), "--output", str(tmp_path / "p.parquet")]
     run = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -692,7 +705,7 @@ def test_ctrl_c_during_predict_of_a_large_file(inputs, tmp_path):
 
 
 def test_sigterm_during_a_fit_stops_it_cleanly_and_records_why(inputs, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = {**os.environ, "PYTHONPATH": PACKAGE_ROOT}
     cmd = [sys.executable, "-m", "imdb_lightning", "fit", "--config", str(QUICKSTART), "--data.synthetic_size", "2000",
            "--trainer.max_epochs", "50", "--trainer.enable_progress_bar", "false", "--data.cache_dir", str(inputs / "cache")]
     run = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)

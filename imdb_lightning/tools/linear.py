@@ -198,7 +198,7 @@ def main(argv: list[str]) -> list[dict]:
     bad = set(models) - set(DEFAULT_C)
     if bad:
         parser.error(f"--models: unknown {', '.join(sorted(bad))}; choose from {', '.join(DEFAULT_C)}")
-    if opts.C < 0:
+    if not 0 <= opts.C < float("inf"):  # (NaN too)
         parser.error(f"--C must be positive (or 0 for the default), got {opts.C}")
     if not 1 <= opts.ngrams <= 5:
         parser.error(f"--ngrams must be 1 to 5, got {opts.ngrams}")
