@@ -392,8 +392,8 @@ def run_example(world: dict, args: list[str], capfd):
         shutil.copytree(world["compare_logs"], tmp / "logs")
     args = [a.replace(IN, str(world["inputs"])).replace(TMP, str(tmp)).replace("{cache}", str(world["cache"])) for a in args]
     capfd.readouterr()
-    for handler in logging.getLogger("optuna").handlers:  # made under an earlier test's captured (now closed) stderr
-        if isinstance(handler, logging.StreamHandler):
+    for handler in logging.getLogger("optuna").handlers:  # Optuna's, made under an earlier test's captured stderr
+        if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
             handler.stream = sys.stderr  # (setStream would flush the closed one first)
     with inside(tmp):
         try:
