@@ -422,15 +422,21 @@ def run_example(world: dict, args: list[str], capfd):
     return code
 
 
-def fuzz(world, capfd, command: str, examples: int) -> None:
+def fuzz(world, capfd, command: str, examples: int) -> dict:
+    """Run the examples; {"examples": n, "exit 0": k, "refused": n - k} (a failing one raises)."""
+    tally = {"examples": 0, "exit 0": 0, "refused": 0}
+
     # (no shrinking: a drawn command is short already, and each try costs a second or two)
     @settings(max_examples=examples, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(args=COMMANDS[command])
     def check(args):
-        run_example(world, args, capfd)
+        code = run_example(world, args, capfd)
+        tally["examples"] += 1
+        tally["exit 0" if code == 0 else "refused"] += 1
 
     check()
+    return tally
 
 
 # examples per command in the default suite (about 40 s here) and under -m slow
@@ -445,7 +451,9 @@ def test_commands_end_in_a_result_or_one_line(world, capfd, command):
 @pytest.mark.slow
 @pytest.mark.parametrize("command", list(QUICK))
 def test_commands_deeper(world, capfd, command):
-    fuzz(world, capfd, command, 15 * QUICK[command])
+    tally = fuzz(world, capfd, command, 15 * QUICK[command])
+    with capfd.disabled():  # what ran, for the record
+        print(f"\n{command}: {tally}")
 
 
 def test_the_grammar_is_read_from_the_code():
