@@ -13,6 +13,7 @@ from typing import Optional
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from .errors import Stopped, UserError
 from .runs import (
     FORMAT,
     RECORD,
@@ -32,8 +33,8 @@ class LastCheckpoint(L.Callback):
     """Keeps `checkpoints/last.ckpt` the newest state of a fit, the one to resume from.
 
     Written after every `every_n_train_steps` steps and after each epoch's next-to-last step,
-    at the end of the fit, and on Ctrl-C, which lets the step in progress finish, writes
-    last.ckpt at that clean point and stops (a second Ctrl-C stops at once). Checkpoints inside
+    at the end of the fit, and on Ctrl-C or SIGTERM, which lets the step in progress finish, writes
+    last.ckpt at that clean point and stops (a second one stops at once). Checkpoints inside
     an epoch are the ones Lightning resumes exactly from; from one written at an epoch's end it
     would skip that epoch's validation and scheduler step. So the epoch's last step is left to
     replay: a resume from the next-to-last step redoes one step and the epoch's validation, the
@@ -48,8 +49,8 @@ class LastCheckpoint(L.Callback):
             raise ValueError(f"every_n_train_steps must be at least 1, got {every_n_train_steps}")
         self.every_n_train_steps = every_n_train_steps
         self._saved_step: Optional[int] = None
-        self._interrupted = False
-        self._previous_handler = None
+        self._interrupted: Optional[str] = None  # the signal that asked for a stop: "Ctrl-C" or "SIGTERM"
+        self._previous_handlers: dict = {}
 
     @staticmethod
     def path(trainer: L.Trainer) -> Path:
@@ -68,18 +69,24 @@ class LastCheckpoint(L.Callback):
         return path
 
     # --- Ctrl-C: stop at the next clean point --------------------------------------------------------
-    def _on_sigint(self, signum, frame) -> None:
-        if self._interrupted:  # the second Ctrl-C: stop now, keep the last.ckpt already written
+    def _on_signal(self, signum, frame) -> None:
+        name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+        if self._interrupted:  # the second one: stop now, keep the last.ckpt already written
             self._restore_handler()
-            raise KeyboardInterrupt
-        self._interrupted = True
-        print("\nCtrl-C: stopping once this step is done, after writing last.ckpt (Ctrl-C again to stop at once)",
+            raise self._interruption(name, "again, during a step")
+        self._interrupted = name
+        print(f"\n{name}: stopping once this step is done, after writing last.ckpt ({name} again to stop at once)",
               file=sys.stderr, flush=True)
 
+    @staticmethod
+    def _interruption(name: str, detail: str) -> KeyboardInterrupt:
+        # what run.json records as the reason
+        return Stopped(name, detail) if name == "SIGTERM" else KeyboardInterrupt(f"{name} {detail}")
+
     def _restore_handler(self) -> None:
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGINT, self._previous_handler)
-            self._previous_handler = None
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}
 
     def _asked(self, trainer: L.Trainer) -> bool:
         if trainer.world_size > 1:
@@ -87,20 +94,21 @@ class LastCheckpoint(L.Callback):
             # others and for its device), so it is asked every AGREE_EVERY steps, not every step.
             if trainer.global_step % AGREE_EVERY:
                 return False
-            return trainer.strategy.reduce_boolean_decision(self._interrupted, all=False)
-        return self._interrupted
+            return trainer.strategy.reduce_boolean_decision(bool(self._interrupted), all=False)
+        return bool(self._interrupted)
 
     def _stop(self, trainer: L.Trainer) -> None:
         print(f"\nInterrupted at step {trainer.global_step}; {self.path(trainer)} holds it. {self.resume_hint}",
               flush=True)
-        raise KeyboardInterrupt
+        raise self._interruption(self._interrupted or "Ctrl-C", f"at step {trainer.global_step}; last.ckpt holds it")
 
     # --- Lightning hooks ----------------------------------------------------------------------------
     def on_train_start(self, trainer, module) -> None:
         self._saved_step = trainer.global_step  # resumed or new: this state is on disk already (or is step 0)
-        self._interrupted = False
+        self._interrupted = None
         if threading.current_thread() is threading.main_thread():
-            self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+            self._previous_handlers = {signum: signal.signal(signum, self._on_signal)
+                                       for signum in (signal.SIGINT, signal.SIGTERM)}
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         left = trainer.num_training_batches - (batch_idx + 1)  # batches left in this epoch
@@ -313,12 +321,24 @@ class RunRecord(L.Callback):
         return {"evaluations": record["evaluations"], **({"test": record["test"]} if "test" in record else {}), **extra}
 
     def on_exception(self, trainer, module, exception: BaseException) -> None:
+        # (an Optuna trial stopped by its pruner is an outcome, not a crash: `imdb-lightning tune`)
+        status = ("interrupted" if isinstance(exception, KeyboardInterrupt) else
+                  "pruned" if type(exception).__name__ == "TrialPruned" else "crashed")
+        error = f"{type(exception).__name__}: {exception}"[:500]
         if self.record:
-            # (an Optuna trial stopped by its pruner is an outcome, not a crash: `imdb-lightning tune`)
-            status = ("interrupted" if isinstance(exception, KeyboardInterrupt) else
-                      "pruned" if type(exception).__name__ == "TrialPruned" else "crashed")
             self._end_segment(trainer, status)
-            self._write(trainer, status=status, error=f"{type(exception).__name__}: {exception}"[:500], **self._speed())
+            self._write(trainer, status=status, error=error, **self._speed())
+        elif self._file is not None and self._file.parent.is_dir():
+            # stopped after its folder was made, before the run began (in setup, or an optimizer torch refused):
+            # the folder says how it ended rather than look like a run that never wrote its record. A record
+            # of a run that did begin (a refused resume) is its history and is left as it is.
+            try:
+                previous = read_record(self._file.parent)
+            except UserError:  # an unreadable record is replaced, not a second error on top of this one
+                previous = {}
+            if previous.get("status", "claimed") == "claimed":  # none yet, or a sweep cell's claim
+                self.record = previous or {"kind": trainer.state.fn.value if trainer.state.fn else None}
+                self._write(trainer, status=status, error=error)
 
 
 def batch_size(batch, unit: str) -> int:

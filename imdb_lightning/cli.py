@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import signal
 import sys
+import threading
 from typing import Optional
 
-from .errors import UserError
+from .errors import Stopped, UserError
 
 # name: (module with main(argv), or module:function, one line for the overview)
 COMMANDS = {
@@ -63,6 +66,21 @@ def cli_main(args: Optional[list[str]] = None) -> None:
     command = argv[0]
     if command not in COMMANDS:
         sys.exit(f"imdb-lightning: error: unknown command {command!r}; the commands are {', '.join(COMMANDS)}")
+    with stop_on_sigterm():
+        try:
+            run(command, argv)
+        except KeyboardInterrupt as err:  # (a stop inside a fit is Lightning's, and its run record says so)
+            name = err.signal_name if isinstance(err, Stopped) else "Ctrl-C"
+            print(f"\nimdb-lightning: interrupted ({name}); {command} stopped before it finished"
+                  + ("; no output file was written" if command in ("predict", "export") else ""), file=sys.stderr, flush=True)
+            sys.exit(128 + (signal.SIGTERM if isinstance(err, Stopped) else signal.SIGINT))
+        except MemoryError as err:
+            sys.exit(f"imdb-lightning: error: out of memory during {command}{f' ({err})' if str(err) else ''}; "
+                     "use less data, a smaller model or a smaller --data.batch_size")
+
+
+def run(command: str, argv: list[str]) -> None:
+    """The command's main(argv), its errors as one line."""
     from jsonargparse import ArgumentError
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
@@ -74,6 +92,25 @@ def cli_main(args: Optional[list[str]] = None) -> None:
         sys.exit(f"imdb-lightning: error: {one_line(str(err))}")
     except ArgumentError as err:  # LightningCLI's parser, told to raise rather than print its usage
         sys.exit(f"imdb-lightning {command}: error: {one_line(str(err))} (imdb-lightning {command} --help lists the options)")
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """SIGTERM (`kill`, a scheduler's timeout) raises `Stopped`, a KeyboardInterrupt: whatever is running
+    stops as on Ctrl-C (output files discarded, a fit's last.ckpt written and its run recorded as interrupted)
+    rather than vanish mid-write."""
+    if threading.current_thread() is not threading.main_thread():  # (only the main thread may set handlers)
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_stopped(signum, frame) -> None:
+    raise Stopped("SIGTERM")
 
 
 def one_line(message: str) -> str:

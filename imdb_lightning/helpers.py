@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import re
+import tempfile
 from collections.abc import Callable
-from typing import NoReturn
+from pathlib import Path
+from typing import NoReturn, Optional
 
 from .errors import UserError
 
@@ -92,6 +95,44 @@ def clustered_standard_error(correct, groups) -> float:
         return float("nan")
     residuals = np.bincount(cluster, weights=correct - correct.mean())  # (clusters,)
     return float(np.sqrt(clusters / (clusters - 1) * np.sum(residuals**2)) / n)
+
+
+def check_writable(folder: str | Path, option: str) -> None:
+    """A folder a command will write to, tried before any work: one that cannot be made or written (under a
+    file, on a read-only disk) is one line naming the option. What the try makes, it removes."""
+    folder, made = Path(folder), []
+    try:
+        missing = folder
+        while not missing.exists() and missing != missing.parent:
+            made.append(missing)
+            missing = missing.parent
+        for path in reversed(made):
+            path.mkdir()
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as err:
+        raise UserError(f"{option} {folder}: cannot write there ({err.strerror or err})") from err
+    finally:
+        for path in made:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory this process may still take: the kernel's MemAvailable, or less under a cgroup limit."""
+    found = []
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError):
+        pass
+    try:  # a container's limit (cgroup v2), less what the group already uses
+        limit = open("/sys/fs/cgroup/memory.max").read().strip()
+        if limit.isdigit():
+            found.append(int(limit) - int(open("/sys/fs/cgroup/memory.current").read()))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
 
 
 def pyplot():

@@ -20,10 +20,12 @@ from .callbacks import RunRecord
 from .checkpoints import data_identity, data_settings, expect_kind, read_checkpoint
 from .data.corpus import CorpusDataModule
 from .data.datamodule import LOCATION, PREPROCESSING, SOURCE, SPLIT, IMDBDataModule, changed_meaning, refuse_change, same_setting
+from .data.tokenizer import check_words
 from .errors import UserError
-from .helpers import NO_BF16, check_seed, cpu_runs_bf16
+from .helpers import NO_BF16, available_memory, check_seed, check_writable, cpu_runs_bf16
 from .models.base import sized_by_steps
 from .models.classifier import SentimentClassifier
+from .models.encoders import count_parameters
 from .models.language_model import LanguageModel, check_unread, read_language_model
 from .runs import CONFIG, RECORD, experiment_root, newest_checkpoint, read_record, run_version
 from .summary import fit_summary, say, test_summary
@@ -189,6 +191,68 @@ def _differences(saved: dict, mine: dict, prefix: str = ""):
             yield f"{prefix}{key}", old, new
 
 
+def check_accelerator(trainer_config) -> None:
+    """An accelerator this machine lacks (a GPU, a TPU) or that does not exist: one line, as `bench
+    --accelerator gpu` gives, rather than Lightning's error from deep inside (a missing torch_xla, say)."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    accelerator = trainer_config.get("accelerator")
+    if not isinstance(accelerator, str) or accelerator.lower() == "auto":
+        return
+    name = accelerator.lower()
+    known = {*AcceleratorRegistry.available_accelerators(), "gpu"}
+    if name not in known:
+        raise UserError(f"--trainer.accelerator {accelerator}: no such accelerator; use one of auto, {', '.join(sorted(known))}")
+
+    def available(name: str) -> bool:
+        try:
+            return bool(AcceleratorRegistry[name]["accelerator"].is_available())
+        except Exception:  # noqa: BLE001  (its library is missing: torch_xla for a TPU)
+            return False
+
+    if not (available("cuda") or available("mps") if name == "gpu" else available(name)):
+        device = {"gpu": "GPU", "cuda": "CUDA GPU", "mps": "Apple GPU (MPS)"}.get(name, name.upper())
+        raise UserError(f"--trainer.accelerator {accelerator}: no {device} is available here; leave the option out "
+                        "(or --trainer.accelerator cpu) to run on the CPU")
+
+
+TRAINING_BYTES = 16  # per fp32 parameter while training on a CPU: the weight, its gradient and Adam's two moments
+
+
+def check_model_fits(model_config, on_cpu: bool) -> None:
+    """A model larger than the memory left (a vocabulary cap of 100 million words, say) is refused before it
+    is built: built, it would have the kernel kill the fit later, without a word."""
+    encoder = model_config.get("encoder") if hasattr(model_config, "get") else None
+    class_path, init = getattr(encoder, "class_path", None), getattr(encoder, "init_args", None)
+    if not isinstance(class_path, str):
+        return
+    kwargs = init.as_dict() if hasattr(init, "as_dict") else dict(init or {})
+    try:
+        parameters = count_parameters({"class_path": class_path, "init_args": kwargs})
+    except UserError:  # a setting the encoder refuses, in its own words
+        raise
+    except RuntimeError as err:  # sizes whose byte count overflows 64 bits; else an operation meta tensors lack
+        if "overflow" in str(err):
+            raise UserError(f"model.encoder: far too large to build ({str(err).splitlines()[0]}); lower its sizes") from err
+        return
+    except Exception:  # noqa: BLE001  (building it for real says what is wrong)
+        return
+    need, free = parameters * (TRAINING_BYTES if on_cpu else 4), available_memory()
+    if free is None or need <= free:
+        return
+    vocab, width = kwargs.get("vocab_size"), kwargs.get("embed_dim")
+    if isinstance(vocab, int) and isinstance(width, int) and vocab * width > parameters / 2 and vocab > width:
+        hint = (f"; most of it is the word embedding, data.vocab_size {vocab:,} x embed_dim {width}: the cap counts rows "
+                "for words, and rows beyond the words the training data hold are never used, so lower --data.vocab_size")
+    elif isinstance(width, int) and isinstance(vocab, int) and vocab * width > parameters / 2:
+        hint = f"; most of it is the word embedding, data.vocab_size {vocab:,} x embed_dim {width:,}: lower embed_dim"
+    else:
+        hint = "; lower its sizes"
+    purpose = "train here (weights, gradients and Adam's state)" if on_cpu else "build"
+    raise UserError(f"model.encoder: {parameters:,} parameters need about {need / 2**30:.1f} GiB to {purpose}, and this "
+                    f"machine has {free / 2**30:.1f} GiB free{hint}")
+
+
 def logged_runs_root(trainer_config) -> Optional[Path]:
     """The experiment's run folder root from a parsed trainer config (its logger and default_root_dir)."""
     init = getattr(trainer_config.logger, "init_args", None)
@@ -232,6 +296,8 @@ class ExperimentCLI(LightningCLI):
         root = logged_runs_root(config.trainer)
         if root is not None:  # the runs of --trainer.default_root_dir DIR land under DIR
             logger.init_args.save_dir = str(root.parent)
+            check_writable(root.parent, "--trainer.default_root_dir" if config.trainer.get("default_root_dir")
+                           else "--trainer.logger.init_args.save_dir")
         ckpt = config.get("ckpt_path")
         if subcommand in ("validate", "test") and not ckpt:
             raise UserError(f"{subcommand} needs --ckpt_path: best or last (of this experiment's newest run) or a checkpoint "
@@ -246,9 +312,24 @@ class ExperimentCLI(LightningCLI):
             if subcommand == "fit":
                 check_resumed_settings(config, ckpt)
                 check_resumed_length(config, ckpt)
+            else:  # evaluated with its own vocabulary (its tokenizer travels in it): the embedding takes its size
+                vocab = ckpt.get("hyper_parameters", {}).get("encoder", {}).get("init_args", {}).get("vocab_size")
+                if vocab and "vocab_size" in (config.get("data") or {}):
+                    config.data.vocab_size = vocab
         version = logger.init_args.get("version") if hasattr(logger, "init_args") else None
         if subcommand != "fit" and root is not None and version is not None and (root / f"version_{version}" / RECORD).is_file():
             logger.init_args.version = None  # (a run's own config.yaml names its folder) an evaluation gets a folder of its own
+
+    def instantiate_classes(self) -> None:
+        # Before anything is built: Lightning's own answer to a missing GPU says less, and a model too large
+        # for the memory is a kill, with no word, once training touches it.
+        import torch
+
+        _, config = self.command_config()
+        if config is not None:
+            check_accelerator(config.trainer)
+            check_model_fits(config.model, on_cpu=config.trainer.get("accelerator") == "cpu" or not torch.cuda.is_available())
+        super().instantiate_classes()
 
     def after_instantiate_classes(self) -> None:
         """The run's record gets the configuration this segment runs with (what config.yaml holds for a new run)."""
@@ -262,9 +343,58 @@ class ExperimentCLI(LightningCLI):
                 callback.settings_from = "command line" if config.get("data_settings") == "command_line" else "checkpoint"
 
     def before_fit(self) -> None:
+        self._check_something_to_do("fit")
         self._check_precision()
         self._check_monitors()
+        self._check_optimizer()
         self._check_data("fit")
+
+    def _check_something_to_do(self, stage: str) -> None:
+        """A fit told to train nothing, or a test told to test nothing, would end "finished" with no checkpoint
+        or figure and no word; a fit that never validates would crash at its first epoch's end, when what watches
+        the validation figures (best checkpoint, early stopping, schedule) finds none."""
+        trainer, counts = self.trainer, "1 or more"
+        batches = "a fraction above 0 or a count"
+        options = {"fit": [("max_epochs", trainer.max_epochs, counts), ("max_steps", trainer.max_steps, counts),
+                           ("limit_train_batches", trainer.limit_train_batches, batches)],
+                   "validate": [("limit_val_batches", trainer.limit_val_batches, batches)],
+                   "test": [("limit_test_batches", trainer.limit_test_batches, batches)]}[stage]
+        for option, value, wanted in options:
+            if value == 0:
+                what = {"fit": "trained and no checkpoint written", "validate": "validated", "test": "tested"}[stage]
+                hint = " (to score a checkpoint without training: imdb-lightning validate or test --ckpt_path CKPT)"
+                raise UserError(f"--trainer.{option} {value:g}: nothing would be {what}; give {wanted}"
+                                + (hint if stage == "fit" else ""))
+        watched = [monitor for _, monitor in self._watchers() if isinstance(monitor, str) and monitor.startswith("val/")]
+        if stage == "fit" and trainer.limit_val_batches == 0 and watched:
+            raise UserError(f"--trainer.limit_val_batches 0: nothing would be validated, and {watched[0]} is watched "
+                            f"(by the best checkpoint, early stopping or the schedule); give {batches}")
+        every = trainer.check_val_every_n_epoch
+        if stage == "fit" and every is not None and every < 1:
+            raise UserError(f"--trainer.check_val_every_n_epoch {every}: validate every 1 or more epochs (or null, with "
+                            "--trainer.val_check_interval counting steps)")
+        schedule = [m for owner, m in self._watchers() if owner.startswith("model.monitor") and m in watched]
+        if stage == "fit" and every and every > 1 and schedule:
+            raise UserError(f"--trainer.check_val_every_n_epoch {every}: the learning-rate schedule steps every epoch on "
+                            f"{schedule[0]}, which validation would compute every {every} epochs only; validate every epoch, or "
+                            "leave the schedule out (--model.scheduler null)")
+
+    def _check_optimizer(self) -> None:
+        """A setting torch refuses (a negative learning rate, betas outside [0, 1), a plateau factor of 2) is
+        named before the run starts: the optimizer and schedule are built once here, on the model's parameters."""
+        optimizer, scheduler = getattr(self.model, "optimizer", None), getattr(self.model, "scheduler", None)
+        if not callable(optimizer):
+            return
+        try:
+            built = optimizer(self.model.parameters())
+        except (ValueError, TypeError) as err:
+            raise UserError(f"model.optimizer: {err}") from err
+        if not callable(scheduler):
+            return
+        try:
+            scheduler(built, total_steps=100) if sized_by_steps(scheduler) else scheduler(built)
+        except (ValueError, TypeError, ZeroDivisionError) as err:
+            raise UserError(f"model.scheduler: {err}") from err
 
     def after_fit(self) -> None:
         say(fit_summary, self.trainer, self.task)
@@ -273,10 +403,12 @@ class ExperimentCLI(LightningCLI):
         say(test_summary, self.trainer)
 
     def before_validate(self) -> None:
+        self._check_something_to_do("validate")
         self._check_precision()
         self._check_data("validate")
 
     def before_test(self) -> None:
+        self._check_something_to_do("test")
         self._check_precision()
         self._check_data("test")
 
@@ -294,16 +426,20 @@ class ExperimentCLI(LightningCLI):
             for split in {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}[stage]:
                 reviews(split)
 
+    def _watchers(self) -> list[tuple[str, str]]:
+        """(who, metric) for every callback and schedule that watches a metric."""
+        watchers = [(f"trainer.callbacks {type(cb).__name__}", cb.monitor) for cb in self.trainer.callbacks
+                    if getattr(cb, "monitor", None)]
+        if getattr(self.model, "scheduler", None) is not None and not sized_by_steps(self.model.scheduler):
+            watchers.append(("model.monitor (the learning-rate schedule's metric)", self.model.hparams.monitor))
+        return watchers
+
     def _check_monitors(self) -> None:
         """Every metric a callback or the schedule watches must be one the model logs."""
         known = getattr(self.model, "metric_names", lambda: None)()
         if not known:
             return
-        watchers = [(f"trainer.callbacks {type(cb).__name__}", cb.monitor) for cb in self.trainer.callbacks
-                    if getattr(cb, "monitor", None)]
-        if self.model.scheduler is not None and not sized_by_steps(self.model.scheduler):
-            watchers.append(("model.monitor (the learning-rate schedule's metric)", self.model.hparams.monitor))
-        for owner, monitor in watchers:
+        for owner, monitor in self._watchers():
             if monitor not in known:
                 raise UserError(f"{owner}: monitor {monitor!r} is never logged; the model logs {', '.join(sorted(known))}")
 
@@ -350,6 +486,8 @@ class SentimentCLI(ExperimentCLI):
 
     def _check_data(self, stage: str) -> None:
         super()._check_data(stage)
+        if stage == "fit":  # (reviews with no words at all)
+            check_words(self.datamodule.reviews("train").texts)
         _, config = self.command_config()
         if stage == "fit" and self.checkpoint is not None:  # the reviews themselves, before Lightning makes any file
             self.datamodule.check_resume(data_identity(self.checkpoint), config.ckpt_path)

@@ -5,22 +5,33 @@ non-zero exit, exactly one line of error naming the file / column / row / value 
 fault, no traceback anywhere in the output, and no partial output file left behind.
 """
 
+import csv
 import json
 import os
 import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import imdb_lightning
 from conftest import EXPERIMENTS, QUICKSTART, TINY_TRAINING
+from conftest import write_reviews as write_reviews_file
 from imdb_lightning.cli import cli_main
 from imdb_lightning.data.synthetic import synthetic_reviews
+from imdb_lightning.errors import UserError
 from imdb_lightning.helpers import cpu_runs_bf16
 
 FIT = ["fit", "--config", str(QUICKSTART), *TINY_TRAINING, "--data.synthetic_size", "200"]
 PRETRAIN = ["pretrain", "--config", str(EXPERIMENTS / "pretrain" / "cpu_lstm.yaml"), "--trainer.enable_progress_bar", "false"]
+SYNTHETIC = ["--data.source", "synthetic", "--data.synthetic_size", "300"]  # for commands that would ask the hub
 # the same from an experiment that names no data source: files given on the command line choose it
 FILES = ["fit", "--config", str(EXPERIMENTS / "lstm.yaml"), *FIT[3:-2]]
 
@@ -58,6 +69,9 @@ def inputs(tmp_path_factory):
     for name, content in files.items():
         (root / name).write_text(content)
     (root / "bad.csv").write_bytes(b"text,label\n\xff\xfe broken,1\nok,0\n")
+    (root / "twolabels.csv").write_text("text,label,label\ngood,1,1\nbad,0,0\n")
+    (root / "brs.csv").write_text("text,label\n" + "".join(f"<br /><br />,{i % 2}\n" for i in range(40)))
+    (root / "binary.txt").write_bytes(bytes(range(256)) * 16)  # an image or a zip, named .txt
     (root / "corrupt.parquet").write_bytes(os.urandom(3000))
     (root / "junk.ckpt").write_bytes(os.urandom(3000))
     (root / "folder.csv").mkdir()
@@ -298,6 +312,45 @@ CASES = [
      r"missing\.ckpt: no such checkpoint file"),
     ("tune without a space", ["tune", "--config", str(QUICKSTART), "--trials", "1"],
      r"the following arguments are required: --space"),
+    # --- round 3 of a fresh probe ----------------------------------------------------------------------
+    ("two label columns", [*FILES, "--data.train_files", f"{D}/twolabels.csv"],
+     r"twolabels\.csv: 2 columns are named 'label'; keep one"),
+    ("negative learning rate", [*FIT, "--model.optimizer.init_args.lr", "-1"], r"model\.optimizer: Invalid learning rate: -1"),
+    ("negative weight decay", [*FIT, "--model.optimizer.init_args.weight_decay", "-0.5"],
+     r"model\.optimizer: Invalid weight_decay value: -0\.5"),
+    ("cache under /proc", [*FIT, "--data.cache_dir", "/proc/cache"],
+     r"data\.cache_dir /proc/cache: cannot make that folder \(No such file or directory\)"),
+    ("cache is a file", [*FIT, "--data.cache_dir", f"{D}/afile"], r"data\.cache_dir .*afile: cannot make that folder"),
+    ("zero epochs", [*FIT, "--trainer.max_epochs", "0"],
+     r"--trainer\.max_epochs 0: nothing would be trained and no checkpoint written; give 1 or more"),
+    ("zero training batches", [*FIT, "--trainer.limit_train_batches", "0"],
+     r"--trainer\.limit_train_batches 0: nothing would be trained.*a fraction above 0 or a count"),
+    ("zero steps", [*FIT, "--trainer.max_steps", "0"], r"--trainer\.max_steps 0: nothing would be trained"),
+    ("zero validation batches", [*FIT, "--trainer.limit_val_batches", "0"],
+     r"--trainer\.limit_val_batches 0: nothing would be validated, and val/\w+ is watched"),
+    ("validation every 3rd epoch under a plateau schedule", [*FIT, "--trainer.check_val_every_n_epoch", "3"],
+     r"--trainer\.check_val_every_n_epoch 3: the learning-rate schedule steps every epoch on val/loss"),
+    ("validation every 0 epochs", [*FIT, "--trainer.check_val_every_n_epoch", "0"],
+     r"--trainer\.check_val_every_n_epoch 0: validate every 1 or more epochs"),
+    ("zero test batches", ["test", *FIT[1:], "--ckpt_path", f"{D}/sentiment.ckpt", "--trainer.limit_test_batches", "0"],
+     r"--trainer\.limit_test_batches 0: nothing would be tested; give a fraction above 0 or a count"),
+    ("linear C infinite", ["linear", *SYNTHETIC, "--C", "inf"], r"--C must be positive \(or 0 for the default\), got inf"),
+    ("no such accelerator", [*FIT, "--trainer.accelerator", "tpu"],
+     r"--trainer\.accelerator tpu: no TPU is available here; leave the option out \(or --trainer\.accelerator cpu\)"),
+    ("unknown accelerator", [*FIT, "--trainer.accelerator", "abacus"], r"--trainer\.accelerator abacus: no such accelerator"),
+    ("negative min_frequency", [*FIT, "--data.min_frequency", "-1"], r"data\.min_frequency must be 0 or more, got -1"),
+    ("reviews empty once cleaned", [*FILES, "--data.train_files", f"{D}/brs.csv", "--data.val_split", "random"],
+     r"all 36 training reviews are empty once HTML line breaks \(<br />\) are dropped: there is nothing to learn from"),
+    ("linear on reviews empty once cleaned", ["linear", "--data.train_files", f"{D}/brs.csv", "--data.val_split", "random"],
+     r"all 36 training reviews are empty once HTML line breaks"),
+    ("runs under a file", [*FIT, "--trainer.default_root_dir", f"{D}/afile"],
+     r"--trainer\.default_root_dir .*afile/lightning_logs: cannot write there \(Not a directory\)"),
+    ("linear logdir under /proc", ["linear", *SYNTHETIC, "--logdir", "/proc/nowhere"],
+     r"--logdir /proc/nowhere: cannot write there"),
+    ("binary file as text", ["predict", "--ckpt_path", f"{D}/sentiment.ckpt", "--file", f"{D}/binary.txt"],
+     r"binary\.txt: not UTF-8 text \(50% of the characters in its first 4,096 bytes are NUL or not UTF-8: binary data"),
+    ("binary file as text, to a file", ["predict", "--ckpt_path", f"{D}/sentiment.ckpt", "--file", f"{D}/binary.txt",
+                                        "--output", f"{D}/out/binary.csv"], r"binary\.txt: not UTF-8 text"),
 ]
 
 
@@ -390,3 +443,289 @@ def test_predict_says_when_it_replaces_an_output_file(inputs, tmp_path, capsys):
     out.write_text("old\n")
     cli_main(["predict", "--ckpt_path", str(inputs / "sentiment.ckpt"), "a film", "--output", str(out)])
     assert "(replacing the file that was there)" in capsys.readouterr().err and out.read_text().startswith("id,")
+
+
+# --- round 3: what needs more than one line of the table -------------------------------------------------
+def run_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("version_*") if p.is_dir())
+
+
+def test_a_vocabulary_too_large_for_the_memory_is_refused_before_it_is_built(inputs, tmp_path, monkeypatch):
+    # 100 million words x 32 dimensions: 3.2e9 parameters, 48 GiB to train; a machine with 24 GiB free is told
+    # so at once, rather than killed for memory half a minute later with its run left "running"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("imdb_lightning.training.available_memory", lambda: 24 * 2**30)
+    with pytest.raises(SystemExit) as exit:
+        cli_main([*FIT, "--data.cache_dir", str(inputs / "cache"), "--data.vocab_size", "100000000"])
+    message = exit.value.code
+    assert re.fullmatch(r"imdb-lightning: error: model\.encoder: 3,200,\d{3},\d{3} parameters need about 47\.\d GiB to train "
+                        r"here .*, and this machine has 24\.0 GiB free; most of it is the word embedding, data\.vocab_size "
+                        r"100,000,000 x embed_dim 32: .*lower --data\.vocab_size", message), message
+    assert not run_folders(tmp_path)
+    # what fits is not refused: the same with room for it trains
+    monkeypatch.setattr("imdb_lightning.training.available_memory", lambda: 2**60)
+    with pytest.raises(SystemExit, match="a stand-in for the fit"):
+        monkeypatch.setattr("imdb_lightning.training.ExperimentCLI.before_fit",
+                            lambda self: sys.exit("a stand-in for the fit"))  # (built, not trained: 13 GB of weights)
+        cli_main([*FIT, "--data.cache_dir", str(inputs / "cache"), "--data.vocab_size", "1000000"])
+
+
+def test_the_size_check_draws_no_random_numbers():
+    # it builds the encoder (on the meta device) after LightningCLI set the seed: a run's weights must not change
+    import torch
+
+    from imdb_lightning.training import check_model_fits, read_config
+
+    model = read_config([str(QUICKSTART)]).model
+    torch.manual_seed(0)
+    check_model_fits(model, on_cpu=True)
+    after_check = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(after_check, torch.rand(3))
+
+
+def test_out_of_memory_in_a_fit_is_one_line_and_recorded(inputs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def exhausted(self, batch, batch_idx):
+        raise MemoryError
+
+    monkeypatch.setattr("imdb_lightning.models.classifier.SentimentClassifier.training_step", exhausted)
+    with pytest.raises(SystemExit) as exit:
+        cli_main([*FIT, "--data.cache_dir", str(inputs / "cache")])
+    assert re.fullmatch(r"imdb-lightning: error: out of memory during fit; use less data, .*", exit.value.code)
+    [run] = run_folders(tmp_path)
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "crashed" and record["error"].startswith("MemoryError")
+
+
+def test_a_run_stopped_before_it_began_still_says_how_it_ended(inputs, tmp_path, monkeypatch):
+    # an exception after Lightning made the run folder, before the record began (here: the optimizer's wiring)
+    monkeypatch.chdir(tmp_path)
+
+    def broken(self):
+        raise RuntimeError("wiring")
+
+    monkeypatch.setattr("imdb_lightning.models.classifier.SentimentClassifier.configure_optimizers", broken)
+    with pytest.raises(RuntimeError, match="wiring"):
+        cli_main([*FIT, "--data.cache_dir", str(inputs / "cache")])
+    [run] = run_folders(tmp_path)
+    record = json.loads((run / "run.json").read_text())
+    assert record == {"kind": "fit", "status": "crashed", "error": "RuntimeError: wiring"}
+
+
+def test_a_csv_and_a_jsonl_of_the_same_films_read_the_same(tmp_path):
+    # a jsonl whose film column holds numbers and strings (as exports of mixed ids do) reads as the csv does
+    from imdb_lightning.data.sources import FileSource
+
+    labels, spelled = ["neg", 1, True, 0.0], ["neg", "1", "true", "0"]  # as json holds them, as a csv writes them
+    rows = [{"text": f"review {i}", "label": labels[i % 4], "movie": i // 3 if i % 2 else f"tt{i // 3}"} for i in range(12)]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "m.json").write_text(json.dumps(rows))
+    (tmp_path / "m.csv").write_text("text,label,movie\n" + "".join(f"{r['text']},{spelled[i % 4]},{r['movie']}\n"
+                                                                   for i, r in enumerate(rows)))
+    read = {name: FileSource([str(tmp_path / name)], []).load("train") for name in ("m.jsonl", "m.json", "m.csv")}
+    expected_films = [str(r["movie"]) for r in rows]
+    for name, reviews in read.items():
+        assert reviews.texts == [r["text"] for r in rows], name
+        assert reviews.labels.tolist() == [0, 1, 1, 0] * 3, name
+        assert reviews.groups.tolist() == expected_films, name
+    # a number where the text belongs is still named by its row
+    (tmp_path / "t.jsonl").write_text('{"text": "fine", "label": 1}\n{"text": 7, "label": 0}\n')
+    with pytest.raises(UserError, match=r"t\.jsonl: text in row 1 is int 7, not a string"):
+        FileSource([str(tmp_path / "t.jsonl")], []).load("train")
+
+
+def test_a_mixed_jsonl_trains_by_film(inputs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    texts, labels = synthetic_reviews(200, seed=0)
+    (tmp_path / "mixed.jsonl").write_text("".join(
+        json.dumps({"text": t, "label": y, "movie": i // 4 if i % 3 else f"{i // 4}"}) + "\n"
+        for i, (t, y) in enumerate(zip(texts, labels))))
+    cli_main([*FILES, "--data.train_files", str(tmp_path / "mixed.jsonl"), "--data.cache_dir", str(inputs / "cache")])
+    [run] = run_folders(tmp_path)
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "finished" and record["validation"]["kind"] == "grouped" and record["validation"]["films"] == 5
+
+
+def test_compare_leaves_a_nan_accuracy_out_of_the_means(inputs, tmp_path, capsys):
+    run = inputs / "lightning_logs" / "quickstart" / "version_0"
+    for name, acc, seed in (("version_0", 0.75, 1), ("version_1", float("nan"), 2), ("version_2", 0.25, 3)):
+        folder = tmp_path / "logs" / "quickstart" / name
+        shutil.copytree(run, folder, ignore=shutil.ignore_patterns("checkpoints"))
+        record = json.loads((folder / "run.json").read_text())
+        (folder / "run.json").write_text(json.dumps({**record, "best_val_acc": acc, "seed": seed}))
+    cli_main(["compare", str(tmp_path / "logs")])
+    rows = list(csv.DictReader((tmp_path / "logs" / "leaderboard.csv").open()))
+    assert len(rows) == 1 and float(rows[0]["val acc mean"]) == pytest.approx(0.5)
+    assert float(rows[0]["val acc std"]) == pytest.approx(statistics.stdev([0.75, 0.25]))
+
+
+def test_some_wordless_training_reviews_are_a_warning(inputs, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    texts, labels = synthetic_reviews(200, seed=0)
+    texts = ["<br /><br />" if i % 4 == 0 else t for i, t in enumerate(texts)]
+    path = write_reviews_file(tmp_path / "some_empty.parquet", texts, labels)
+    cli_main([*FILES, "--data.train_files", path, "--data.cache_dir", str(inputs / "cache")])
+    err = capsys.readouterr().err
+    warning = [line for line in err.splitlines() if "warning" in line]
+    assert len(warning) == 1 and re.fullmatch(r"imdb-lightning: warning: \d+ of the 180 training reviews hold no words once "
+                                              r"HTML line breaks \(<br />\) are dropped \(2\d%\); each reads as one unknown "
+                                              r"word", warning[0]), warning
+    assert json.loads(next(tmp_path.rglob("run.json")).read_text())["status"] == "finished"
+
+
+def test_text_with_a_few_bytes_not_utf8_is_classified_with_a_warning(inputs, tmp_path, capsys):
+    (tmp_path / "latin1.txt").write_bytes("a fine caf\u00e9 film\nthe plot was not good .\n".encode("latin-1"))
+    cli_main(["predict", "--ckpt_path", str(inputs / "sentiment.ckpt"), "--file", str(tmp_path / "latin1.txt")])
+    out, err = capsys.readouterr()
+    assert len(out.strip().splitlines()) == 2
+    expected = r"imdb-lightning: warning: .*latin1\.txt: 1 byte sequence\(s\) in its first 41 bytes are not UTF-8"
+    assert re.search(expected, err), err
+
+
+def test_the_exported_runner_prints_its_usage(capsys):
+    # classify.py is serve/runtime.py, copied beside an exported model; --help must not be classified as a review
+    from imdb_lightning.serve import runtime
+
+    with pytest.raises(SystemExit) as exit:
+        runtime.main(["--help"])
+    out = capsys.readouterr().out
+    assert exit.value.code == 0 and out.startswith("usage: classify.py [-h] [REVIEW ...]") and "standard input" in out
+
+
+def test_forecast_help_lists_its_subcommands(capsys):
+    cli_main(["forecast", "--help"])
+    out = capsys.readouterr().out
+    assert all(re.search(rf"^  {name}\s+\S", out, re.M) for name in ("fit", "validate", "test", "report")), out
+
+
+def test_forecast_report_finds_its_recipe_from_any_folder(tmp_path, monkeypatch):
+    from imdb_lightning.forecast import report
+    from imdb_lightning.training import load_yaml
+
+    monkeypatch.chdir(tmp_path)  # outside the project: no experiments/ here
+    seen = {}
+    monkeypatch.setattr(report, "report", lambda config, seeds, out: seen.update(config=config) or
+                        {"seeds": [{"rmse": 1.0}], "lstm_rmse_mean": 1.0, "lstm_rmse_std": 0.0, "seasonal_naive_rmse": 2.0})
+    cli_main(["forecast", "report", "--seeds", "0"])
+    assert Path(seen["config"]).is_file()
+    assert load_yaml(seen["config"]) == load_yaml(str(EXPERIMENTS / "airline_lstm.yaml"))  # the same recipe
+
+
+def test_validate_uses_the_checkpoints_vocabulary(inputs, tmp_path, monkeypatch):
+    # a data.vocab_size other than the checkpoint's sized the embedding apart from its weights: a traceback
+    monkeypatch.chdir(tmp_path)
+    cli_main(["validate", *FIT[1:], "--data.cache_dir", str(inputs / "cache"), "--data.vocab_size", "77",
+              "--ckpt_path", str(inputs / "sentiment.ckpt")])
+    record = json.loads(next(tmp_path.rglob("run.json")).read_text())
+    assert record["status"] == "finished" and 0 <= record["val"]["val/acc"] <= 1
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_a_gpu_asked_for_without_one_is_one_line(inputs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit:
+        cli_main([*FIT, "--data.cache_dir", str(inputs / "cache"), "--trainer.accelerator", "gpu"])
+    assert exit.value.code == ("imdb-lightning: error: --trainer.accelerator gpu: no GPU is available here; leave the option "
+                               "out (or --trainer.accelerator cpu) to run on the CPU")
+    assert not run_folders(tmp_path)
+
+
+# --- Ctrl-C and SIGTERM outside a Lightning run: one line, exit 130 (143), nothing half-written ----------
+def interrupt(*_, **__):
+    raise KeyboardInterrupt
+
+
+def stopped(args: list[str]) -> SystemExit:
+    """cli_main's exit; a KeyboardInterrupt escaping it (a traceback for the user) fails the test, not the session."""
+    try:
+        cli_main(args)
+    except KeyboardInterrupt as escaped:
+        pytest.fail(f"{type(escaped).__name__} escaped cli_main: a traceback")
+    except SystemExit as exit:
+        return exit
+    pytest.fail("cli_main returned")
+
+
+def test_ctrl_c_while_fit_reads_its_data(inputs, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("imdb_lightning.data.datamodule.IMDBDataModule.reviews", interrupt)
+    exit = stopped([*FIT, "--data.cache_dir", str(inputs / "cache")])
+    out, err = capsys.readouterr()
+    assert exit.code == 130
+    assert err.strip().splitlines()[-1] == "imdb-lightning: interrupted (Ctrl-C); fit stopped before it finished"
+    assert "Traceback" not in out + err and not run_folders(tmp_path)
+
+
+def test_ctrl_c_in_linear_leaves_no_run_folder(inputs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("imdb_lightning.models.linear.LinearReference.save", interrupt)  # while writing its run folder
+    exit = stopped(["linear", "--data.source", "synthetic", "--data.synthetic_size", "300", "--models", "nbsvm",
+                    "--logdir", str(tmp_path / "logs"), "--data.cache_dir", str(inputs / "cache")])
+    out, err = capsys.readouterr()
+    assert exit.code == 130
+    assert err.strip().splitlines()[-1] == "imdb-lightning: interrupted (Ctrl-C); linear stopped before it finished"
+    assert "Traceback" not in out + err and not run_folders(tmp_path)
+
+
+def test_sigterm_in_predict_leaves_no_output(inputs, tmp_path, monkeypatch, capsys):
+    from imdb_lightning.errors import Stopped
+
+    calls = []
+
+    def stopped_on_the_second_chunk(self, texts, batch_size=64):
+        calls.append(len(texts))
+        if len(calls) == 2:
+            raise Stopped("SIGTERM")
+        return [0.5] * len(texts)
+
+    monkeypatch.setattr("imdb_lightning.serve.predict.CHUNK", 2)
+    monkeypatch.setattr("imdb_lightning.serve.predictor.Predictor.predict", stopped_on_the_second_chunk)
+    (tmp_path / "r.txt").write_text("one\ntwo\nthree\nfour\nfive\n")
+    exit = stopped(["predict", "--ckpt_path", str(inputs / "sentiment.ckpt"), "--file", str(tmp_path / "r.txt"),
+                    "--output", str(tmp_path / "p.csv")])
+    err = capsys.readouterr().err
+    assert exit.code == 143 and err.strip().splitlines()[-1] == ("imdb-lightning: interrupted (SIGTERM); predict stopped "
+                                                                      "before it finished; no output file was written")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.txt"]  # no output, no temporary file
+
+
+# --- real signals to real processes --------------------------------------------------------------------
+PACKAGE_ROOT = str(Path(imdb_lightning.__file__).parents[1])  # the package under test, in the child too
+def wait_for(condition, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_ctrl_c_during_predict_of_a_large_file(inputs, tmp_path):
+    (tmp_path / "big.txt").write_text("a fine film that i liked a lot\n" * 400_000)
+    env = {**os.environ, "PYTHONPATH": PACKAGE_ROOT}
+    cmd = [sys.executable, "-m", "imdb_lightning", "predict", "--ckpt_path", str(inputs / "sentiment.ckpt"),
+           "--file", str(tmp_path / "big.txt"), "--output", str(tmp_path / "p.parquet")]
+    run = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # once the first predictions are written (the file has 400,000 reviews: 49 chunks)
+    wait_for(lambda: any(p.stat().st_size for p in tmp_path.glob(".p.parquet.*.tmp")) or run.poll() is not None)
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 130 and "Traceback" not in out + err, err[-3000:]
+    assert err.strip().splitlines()[-1].endswith("imdb-lightning: interrupted (Ctrl-C); predict stopped before it finished; "
+                                                 "no output file was written")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.txt"]
+
+
+def test_sigterm_during_a_fit_stops_it_cleanly_and_records_why(inputs, tmp_path):
+    env = {**os.environ, "PYTHONPATH": PACKAGE_ROOT}
+    cmd = [sys.executable, "-m", "imdb_lightning", "fit", "--config", str(QUICKSTART), "--data.synthetic_size", "2000",
+           "--trainer.max_epochs", "50", "--trainer.enable_progress_bar", "false", "--data.cache_dir", str(inputs / "cache")]
+    run = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    record = tmp_path / "lightning_logs" / "quickstart" / "version_0" / "run.json"
+    wait_for(lambda: (record.is_file() and json.loads(record.read_text()).get("epochs")) or run.poll() is not None)
+    run.send_signal(signal.SIGTERM)
+    out = run.communicate(timeout=120)[0]
+    assert run.returncode != 0 and "Traceback" not in out, out[-3000:]
+    assert re.search(r"Interrupted at step \d+; .*last\.ckpt holds it", out)
+    ended = json.loads(record.read_text())
+    assert ended["status"] == "interrupted" and re.fullmatch(r"Stopped: SIGTERM at step \d+; last\.ckpt holds it", ended["error"])
+    assert (record.parent / "checkpoints" / "last.ckpt").is_file()

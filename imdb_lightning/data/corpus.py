@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Literal, Optional, Union
 
 import lightning as L
@@ -28,7 +27,7 @@ from ..callbacks import train_position
 from ..errors import ConfigError, DataError
 from ..helpers import digest
 from ..runs import atomic_write
-from .datamodule import IMDBDataModule, default_cache_dir
+from .datamodule import IMDBDataModule, writable_cache_dir
 from .sources import PRETRAIN_HUB_HELP, FileSource, open_source
 from .tokenizer import build_tokenizer, encode
 
@@ -124,6 +123,8 @@ class CorpusDataModule(L.LightningDataModule):
         for name, value in dict(vocab_size=vocab_size, batch_size=batch_size, bptt=bptt).items():
             if value < 1:
                 raise ConfigError(f"data.{name} must be at least 1, got {value}")
+        if min_frequency < 0:
+            raise ConfigError(f"data.min_frequency must be 0 or more, got {min_frequency}")
         if not 0 < heldout_fraction < 1:
             raise ConfigError(f"data.heldout_fraction must be between 0 and 1, got {heldout_fraction}")
         unlabelled_files = [unlabelled_files] if isinstance(unlabelled_files, str) else unlabelled_files or []
@@ -142,7 +143,7 @@ class CorpusDataModule(L.LightningDataModule):
         if use_train_texts and (source != "files" or train_files):
             self.labelled = IMDBDataModule(**labelled, group_column=group_column, val_split=val_split,
                                            val_fraction=val_fraction, split_seed=split_seed, cache_dir=cache_dir)
-        self.cache_dir = Path(cache_dir or default_cache_dir())
+        self.cache_dir = writable_cache_dir(cache_dir)
         self.tokenizer: Optional[Tokenizer] = None
         self._streams: dict[str, np.ndarray] = {}
         self._read: Optional[np.ndarray] = None  # text_digests of every review in the corpus

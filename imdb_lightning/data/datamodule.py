@@ -84,6 +84,19 @@ def default_cache_dir() -> str:
     return os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "imdb-lightning")
 
 
+def writable_cache_dir(cache_dir: Optional[str]) -> Path:
+    """The cache folder, made now: one that cannot be made fails here, in one line, before any run starts."""
+    path = Path(cache_dir or default_cache_dir())
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"data.cache_dir {path}: cannot make that folder ({err.strerror or err}); "
+                          "name a writable one") from err
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"data.cache_dir {path}: not writable; name a writable folder")
+    return path
+
+
 class IMDBDataModule(L.LightningDataModule):
     """IMDB reviews as padded batches of `input_ids`, `lengths`, `labels` and `groups`.
 
@@ -152,6 +165,8 @@ class IMDBDataModule(L.LightningDataModule):
             raise ConfigError(f"data.eval_batch_size must be at least 1, got {eval_batch_size}")
         if num_workers < 0:
             raise ConfigError(f"data.num_workers must be 0 or more, got {num_workers}")
+        if min_frequency < 0:
+            raise ConfigError(f"data.min_frequency must be 0 or more, got {min_frequency}")
         if vocab_size < 3:
             raise ConfigError(f"data.vocab_size must leave room for a word beside <pad> and <unk>, got {vocab_size}")
         if not 0 < val_fraction < 1:
@@ -171,7 +186,7 @@ class IMDBDataModule(L.LightningDataModule):
             raise ConfigError(f"data.group_column names a column of data files; data.source is {source!r}")
         self.save_hyperparameters()
         self.source_name = source
-        self.cache_dir = Path(cache_dir or default_cache_dir())
+        self.cache_dir = writable_cache_dir(cache_dir)
         self.tokenizer: Optional[Tokenizer] = None
         self.validation: dict = {}  # how validation was carved: kind, fraction, reviews, films
         self._reviews: dict[str, Reviews] = {}

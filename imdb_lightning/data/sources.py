@@ -102,7 +102,13 @@ def read_table(path: str, columns: dict[str, bool]):
             strings = {name: pa.string() for name in columns if name != "label"}
             table = pacsv.read_csv(file, convert_options=pacsv.ConvertOptions(column_types=strings))
         elif file.read_bytes()[:64].removeprefix(codecs.BOM_UTF8).lstrip().startswith(b"["):  # a JSON array of records
-            table = pa.Table.from_pylist(json.loads(file.read_text(encoding="utf-8-sig")))
+            records = json.loads(file.read_text(encoding="utf-8-sig"))
+            try:
+                table = pa.Table.from_pylist(records)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                table = _mixed_types(path, records, columns)
+                if table is None:
+                    raise
         else:
             import pyarrow.json as pajson
 
@@ -110,13 +116,19 @@ def read_table(path: str, columns: dict[str, bool]):
                 table = pajson.read_json(file)
             except Exception:
                 _first_bad_json_line(file)  # names the line, if one is at fault
-                raise
+                table = _mixed_types(path, _json_lines(file), columns)
+                if table is None:
+                    raise
         table.validate(full=True)  # text that is not UTF-8 fails here, not later when a column is read
     except DataError:
         raise
     except Exception as err:  # the readers raise many kinds; the message is what matters
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataError(f"{path}: cannot read it as {suffix.lstrip('.')}: {reason}") from err
+    twice = next((name for name in columns if table.column_names.count(name) > 1), None)
+    if twice:
+        raise DataError(f"{path}: {table.column_names.count(twice)} columns are named {twice!r}; keep one (or rename the "
+                        "others)")
     missing = [name for name, required in columns.items() if required and name not in table.column_names]
     if missing:
         found = ", ".join(table.column_names)
@@ -126,6 +138,38 @@ def read_table(path: str, columns: dict[str, bool]):
         raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))}; columns found: {found!r}{hint}"
                         if delimiter else f"{path}: missing column(s) {', '.join(sorted(missing))}; columns found: {found}")
     return table
+
+
+def _json_lines(file: Path) -> list:
+    with file.open(encoding="utf-8-sig") as lines:
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+def _mixed_types(path: str, records: list, columns: dict[str, bool]):
+    """JSON records whose column mixes types (a film id now a number, now a string), which pyarrow's readers
+    refuse, as a table of the columns read: the film and label as text (as a csv reads them), a text that is
+    not a string named by its row. None when the records are not all objects."""
+    import pyarrow as pa
+
+    if not records or not all(isinstance(r, dict) for r in records):
+        return None
+    out = {}
+    for name in (name for name in columns if any(name in r for r in records)):
+        values = [r.get(name) for r in records]
+        if name == "text":
+            check_texts(values, path)
+        else:
+            values = [None if v is None else _as_text(v) for v in values]
+        out[name] = pa.array(values, type=pa.string())
+    return pa.table(out)
+
+
+def _as_text(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _first_bad_json_line(file: Path) -> None:

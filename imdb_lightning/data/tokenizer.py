@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import itertools
 import re
+import sys
 from collections.abc import Callable
 
 import numpy as np
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+from ..errors import DataError
 
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1  # serve/runtime.py, copied beside exported models, repeats them (a test checks)
@@ -42,6 +45,19 @@ def python_normalizer(tokenizer: Tokenizer) -> Callable[[str], str] | None:
         if state == normalizer(lowercase).__getstate__():
             return python_normalize(lowercase)
     return None
+
+
+def check_words(texts: list[str]) -> None:
+    """Training reviews that hold no token once the HTML line breaks are dropped (`<br /><br />`) teach
+    nothing: all of them is an error, one in ten or more a warning (each reads as one unknown word)."""
+    wordless = sum(1 for text in texts if not _BREAKS.sub(" ", text).strip())
+    if wordless == len(texts):
+        raise DataError(f"all {len(texts)} training reviews are empty once HTML line breaks (<br />) are dropped: there "
+                        "is nothing to learn from; check the text column")
+    if wordless * 10 >= len(texts):
+        print(f"imdb-lightning: warning: {wordless} of the {len(texts)} training reviews hold no words once HTML line "
+              f"breaks (<br />) are dropped ({100 * wordless / len(texts):.0f}%); each reads as one unknown word",
+              file=sys.stderr)
 
 
 def build_tokenizer(texts: list[str], vocab_size: int, min_frequency: int = 1, lowercase: bool = True) -> Tokenizer:

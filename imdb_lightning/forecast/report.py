@@ -12,6 +12,8 @@ from ..helpers import ArgumentParser, comma_list, pyplot
 from .data import SeriesDataModule
 from .training import forecast_cli
 
+RECIPE = Path(__file__).with_name("resources") / "airline_lstm.yaml"
+
 
 def report(config: str, seeds: list[int], out: Path) -> dict:
     """Fit and test once per seed; compare the test RMSE with the seasonal-naive forecast; plot."""
@@ -58,7 +60,9 @@ def plot(dm: SeriesDataModule, curves: list[dict], path: Path) -> None:
 
 def report_main(argv: list[str]) -> dict:
     parser = ArgumentParser(prog="imdb-lightning forecast report", description="Test RMSE over seeds vs seasonal naive.")
-    parser.add_argument("--config", default="experiments/airline_lstm.yaml")
+    parser.add_argument("--config", default=str(RECIPE),
+                        help="the forecaster's YAML (default: the airline recipe shipped with the package, the same "
+                        "settings as experiments/airline_lstm.yaml)")
     parser.add_argument("--seeds", type=comma_list(int), default=[0, 1, 2], help="comma-separated seeds")
     parser.add_argument("--out", default="airline")
     opts = parser.parse_args(argv)

@@ -327,6 +327,13 @@ def build_encoder(spec: dict) -> nn.Module:
     return cls(**init_args)
 
 
+def count_parameters(spec: dict) -> int:
+    """An encoder's size without building it: on PyTorch's meta device nothing is allocated, and no random
+    number is drawn from the generators a run's seed has set."""
+    with torch.device("meta"), torch.random.fork_rng(devices=[]):
+        return sum(p.numel() for p in build_encoder(spec).parameters())
+
+
 class TextEncoder(nn.Module):
     """A text encoder is `encode(embed(ids), lengths, ids)`; subclasses define the two halves."""
 

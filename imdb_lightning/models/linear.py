@@ -64,7 +64,10 @@ class LinearReference:
 
         labels = np.asarray(labels)
         self.vectorizer = self._vectorizer()
-        features = self.vectorizer.fit_transform(self._texts(texts))  # (reviews, n-grams), sparse
+        try:
+            features = self.vectorizer.fit_transform(self._texts(texts))  # (reviews, n-grams), sparse
+        except ValueError as err:  # scikit-learn's "no terms remain": too few reviews, or reviews of one word each
+            raise UserError(f"linear {self.kind}: the {len(texts)} training reviews give it no features ({err})") from err
         scale = 1.0
         if self.kind == "nbsvm":  # features are 0/1 counts; the classifier sees them scaled by
             # the log-count ratio r = log((p / |p|_1) / (q / |q|_1)), with add-one smoothing

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import csv
 import json
 import os
@@ -32,12 +34,37 @@ def checked(texts: Iterator, path: str) -> Iterator[str]:
             raise UserError(f"{path}: text in row {row} is {type(text).__name__} {text!r}, not a string")
 
 
+SNIFF = 65536  # bytes read to tell text from binary
+
+
+def check_text_file(file: Path, path: str) -> None:
+    """A text format must hold text: a binary file (an image, a zip) would otherwise be classified line by
+    line as reviews of U+FFFD. Some bytes that are not UTF-8 in real text (a latin-1 é) get a warning."""
+    with file.open("rb") as handle:
+        head = handle.read(SNIFF)
+    # an incremental decoder: a character cut at the end of the sample is not counted as bad
+    text = codecs.getincrementaldecoder("utf-8")(errors="replace").decode(head, final=len(head) < SNIFF)
+    if not text:
+        return
+    bad = text.count("\ufffd")
+    odd = bad + text.count("\x00")  # bytes that are not UTF-8, and NUL bytes (UTF-16 text is half NULs)
+    if odd >= 16 and odd > len(text) / 10:
+        raise UserError(f"{path}: not UTF-8 text ({100 * odd / len(text):.0f}% of the characters in its first "
+                        f"{len(head):,} bytes are NUL or not UTF-8: binary data, or text in another encoding such as "
+                        "UTF-16); --file reads UTF-8 text, or parquet")
+    if bad:
+        print(f"imdb-lightning: warning: {path}: {bad} byte sequence(s) in its first {len(head):,} bytes are not UTF-8 "
+              "and read as U+FFFD; save the file as UTF-8 to classify those characters", file=sys.stderr)
+
+
 def read_texts(path: str) -> tuple[Iterator[str], Optional[int]]:
     """Stream the reviews of a file, with their count when the format tells it cheaply."""
     file = Path(path)
     if not file.is_file():
         raise UserError(f"{path}: no such file" if not file.exists() else f"{path}: not a file")
     suffix = file.suffix.lower()
+    if suffix in (".txt", ".csv", ".jsonl"):
+        check_text_file(file, path)
     if suffix == ".txt":
         return (line.rstrip("\n") for line in file.open(encoding="utf-8-sig", errors="replace")), None
     if suffix == ".parquet":
@@ -89,25 +116,26 @@ class Writer:
         if self.path.is_dir():
             raise UserError(f"{path}: is a folder; --output names a file")
         self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
+        self._handle = self._parquet = None
+        try:  # (a Ctrl-C here, as anywhere until close(), leaves no temporary file behind)
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = self.tmp.open("wb") if self.suffix == ".parquet" else self.tmp.open("w", newline="", encoding="utf-8")
             if self.suffix == ".parquet":
-                self._handle = self.tmp.open("wb")
-            else:
-                self._handle = self.tmp.open("w", newline="", encoding="utf-8")
-        except OSError as err:
-            raise UserError(f"{path}: cannot write there ({err.strerror or err})") from err
-        self._parquet = None
-        if self.suffix == ".parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
+                import pyarrow as pa
+                import pyarrow.parquet as pq
 
-            fields = [("id", pa.int64()), ("probability", pa.float64()), ("label", pa.string())]
-            self.schema = pa.schema(fields + ([("text", pa.string())] if with_text else []))
-            self._parquet = pq.ParquetWriter(self._handle, self.schema)
-        elif self.suffix == ".csv":
-            self._csv = csv.writer(self._handle)
-            self._csv.writerow(["id", "probability", "label"] + (["text"] if with_text else []))
+                fields = [("id", pa.int64()), ("probability", pa.float64()), ("label", pa.string())]
+                self.schema = pa.schema(fields + ([("text", pa.string())] if with_text else []))
+                self._parquet = pq.ParquetWriter(self._handle, self.schema)
+            elif self.suffix == ".csv":
+                self._csv = csv.writer(self._handle)
+                self._csv.writerow(["id", "probability", "label"] + (["text"] if with_text else []))
+        except OSError as err:
+            self.discard()
+            raise UserError(f"{path}: cannot write there ({err.strerror or err})") from err
+        except BaseException:
+            self.discard()
+            raise
 
     def write(self, texts: list[str], probs: list[float], threshold: float) -> None:
         ids = range(self.rows, self.rows + len(texts))
@@ -133,8 +161,10 @@ class Writer:
     def discard(self) -> None:
         if self._parquet is not None:  # closed first: left open, it would write its footer to a closed file when collected
             self._parquet.close()
-        self._handle.close()
-        self.tmp.unlink(missing_ok=True)
+        if self._handle is not None:
+            self._handle.close()
+        with contextlib.suppress(OSError):  # (never made: its folder could not be)
+            self.tmp.unlink()
 
 
 def latest_checkpoint(configs: list[str], which: str = "best_or_last") -> Path:
@@ -196,8 +226,9 @@ def main(argv: list[str]) -> None:
         ckpt = opts.ckpt_path or latest_checkpoint(opts.config)
     predictor = load(ckpt, device=opts.device)  # before the output file exists: a bad checkpoint leaves nothing
     print(f"# checkpoint: {ckpt}", file=sys.stderr)
-    writer = Writer(opts.output, opts.with_text) if opts.output else None
+    writer = None
     try:
+        writer = Writer(opts.output, opts.with_text) if opts.output else None
         with tqdm(total=total, unit="review", disable=writer is None, file=sys.stderr) as bar:
             # Reviews stream through in chunks: a large file never sits in memory whole.
             while chunk := list(islice(texts, CHUNK)):
@@ -210,12 +241,13 @@ def main(argv: list[str]) -> None:
                         preview = " ".join(text.split())
                         print(f"{label}\t{prob:.4f}\t{preview[:80] + ('...' if len(preview) > 80 else '')}")
                 bar.update(len(probs))
+        if writer:
+            replaced = Path(opts.output).exists()
+            writer.close()
     except BaseException:
         if writer:
             writer.discard()
         raise
     if writer:
-        replaced = Path(opts.output).exists()
-        writer.close()
         print(f"wrote {writer.rows} predictions to {opts.output}" + (" (replacing the file that was there)" if replaced else ""),
               file=sys.stderr)

@@ -78,7 +78,19 @@ class ExportedClassifier:
         return probs.tolist()
 
 
-if __name__ == "__main__":
-    reviews = sys.argv[1:] or [line.rstrip("\n") for line in sys.stdin]
+def main(argv: list[str]) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="classify.py", description="Classify reviews with the exported model beside this file: label, "
+        "P(positive) and the review, one per line.",
+        epilog="With no REVIEW, reads one review per line from standard input. A review that starts with '-' goes "
+        "after '--': classify.py -- \"-10/10, awful\"")
+    parser.add_argument("reviews", nargs="*", metavar="REVIEW", help="a review to classify")
+    reviews = parser.parse_args(argv).reviews or [line.rstrip("\n") for line in sys.stdin]
     for text, p in zip(reviews, ExportedClassifier(Path(__file__).parent).predict(reviews)):
         print(f"{'positive' if p >= 0.5 else 'negative'}\t{p:.4f}\t{text[:80]}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import statistics
 from dataclasses import dataclass, field
@@ -193,8 +194,13 @@ def find_runs(logdir: Path) -> list[Run]:
     return runs
 
 
+def measured(value) -> bool:
+    """A figure to average: a finite number (a run.json may hold NaN, from a diverged run or a hand edit)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def mean_std(values: list) -> tuple[float, float]:
-    values = [v for v in values if v is not None]
+    values = [v for v in values if measured(v)]
     if not values:
         return float("nan"), float("nan")
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else float("nan")  # one value: no spread
@@ -229,7 +235,7 @@ def per_split(members: list[Run]) -> dict:
     """Best val acc per split seed, the mean over that split's model seeds: a split is one sample."""
     accs: dict = {}
     for run in members:
-        if run.record.get("best_val_acc") is not None:
+        if measured(run.record.get("best_val_acc")):
             accs.setdefault(run.split_seed, []).append(run.record["best_val_acc"])
     return {split: statistics.fmean(values) for split, values in accs.items()}
 

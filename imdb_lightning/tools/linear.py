@@ -17,6 +17,7 @@ needs them where they were.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -29,8 +30,9 @@ import yaml
 
 from ..checkpoints import data_identity, data_settings, expect_kind, read_checkpoint
 from ..data.datamodule import IMDBDataModule
+from ..data.tokenizer import check_words
 from ..errors import DataError, UserError
-from ..helpers import ArgumentParser, clustered_standard_error, comma_list, digest
+from ..helpers import ArgumentParser, check_writable, clustered_standard_error, comma_list, digest
 from ..models.hparams import linear_session
 from ..models.linear import DEFAULT_C, LINEAR_FILE, LinearReference, Stack
 from ..runs import (
@@ -89,6 +91,7 @@ def run(kind: str, C: float, data: dict, logdir: str, name: str, partners: Optio
     start = time.monotonic()
     dm = IMDBDataModule(**data)
     train, val = dm.reviews("train"), dm.reviews("val")
+    check_words(train.texts)
     model = LinearReference(kind, C, ngrams).fit(train.texts, train.labels)
     fit_s = time.monotonic() - start
     record = {"format": FORMAT, "kind": "linear", "status": "finished", "model": model_label(kind, ngrams), "C": model.C,
@@ -124,27 +127,32 @@ def run(kind: str, C: float, data: dict, logdir: str, name: str, partners: Optio
     # the stacker's weights are fitted, not set: they stay in run.json, so `compare` groups seeds
     config = {"data": data, "model": {"kind": kind, "C": linear.C, "ngrams": linear.ngrams,
                                       **({"combined_with": "+".join(p["name"] for p in partners)} if partners else {})}}
-    linear.save(folder / LINEAR_FILE)  # `predict --ckpt_path FOLDER` applies it (a stack with its runs' checkpoints)
-    # what the figures came from: this model (with, for a stack, its runs' checkpoints, by path and digest) and the data
-    record["best_checkpoint"] = checkpoint_entry(folder, folder / LINEAR_FILE, monitor="val/acc", score=record["best_val_acc"])
-    if partners:
-        record["partners"] = [{"run": relative_to_run(folder, p["run"]), "checkpoint": checkpoint_entry(folder, p["checkpoint"])}
-                              for p in partners]
-        record["checkpoints"] = [p["checkpoint"]["path"] for p in record["partners"]]
-    if tested is not None:
-        add_evaluation(record, {"stage": "test", "time": now(), "checkpoint": record["best_checkpoint"],
-                                "data": dm.identity("test"), "reviews_seen": len(test), "settings_from": "checkpoint",
-                                "figures": tested})
-    atomic_write(folder / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(config, sort_keys=False)))
-    write_record(folder, record)
-    write_val_reviews(folder, np.arange(len(val)), film_numbers(val), val.labels, 1 / (1 + np.exp(-val_logits)),
-                      digest(dm.split_key()), epoch=0)
-    with SummaryWriter(log_dir=str(folder)) as writer:
-        for stage in ("val", "test"):
-            for key, value in record.get(stage, {}).items():
-                writer.add_scalar(key, value, 0)
-        writer.add_scalar("hp/val_acc", record["best_val_acc"], 0)
-    linear_session(folder, record, data)  # its row in TensorBoard's HParams tab, as in compare's table
+    try:
+        linear.save(folder / LINEAR_FILE)  # `predict --ckpt_path FOLDER` applies it (a stack with its runs' checkpoints)
+        # what the figures came from: this model (with, for a stack, its runs' checkpoints, by path and digest) and the data
+        record["best_checkpoint"] = checkpoint_entry(folder, folder / LINEAR_FILE, monitor="val/acc",
+                                                     score=record["best_val_acc"])
+        if partners:
+            record["partners"] = [{"run": relative_to_run(folder, p["run"]),
+                                   "checkpoint": checkpoint_entry(folder, p["checkpoint"])} for p in partners]
+            record["checkpoints"] = [p["checkpoint"]["path"] for p in record["partners"]]
+        if tested is not None:
+            add_evaluation(record, {"stage": "test", "time": now(), "checkpoint": record["best_checkpoint"],
+                                    "data": dm.identity("test"), "reviews_seen": len(test), "settings_from": "checkpoint",
+                                    "figures": tested})
+        atomic_write(folder / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(config, sort_keys=False)))
+        write_record(folder, record)
+        write_val_reviews(folder, np.arange(len(val)), film_numbers(val), val.labels, 1 / (1 + np.exp(-val_logits)),
+                          digest(dm.split_key()), epoch=0)
+        with SummaryWriter(log_dir=str(folder)) as writer:
+            for stage in ("val", "test"):
+                for key, value in record.get(stage, {}).items():
+                    writer.add_scalar(key, value, 0)
+            writer.add_scalar("hp/val_acc", record["best_val_acc"], 0)
+        linear_session(folder, record, data)  # its row in TensorBoard's HParams tab, as in compare's table
+    except BaseException:  # (Ctrl-C included) a run folder is whole or not there
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     record["folder"] = str(folder)
     return record
 
@@ -224,11 +232,12 @@ def main(argv: list[str]) -> list[dict]:
     unknown = [a for a in rest if a.startswith("--") and not a.startswith("--data.")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    check_writable(opts.logdir, "--logdir")
     models = opts.models or (["nbsvm"] if opts.combine else ["nbsvm", "tfidf"])
     bad = set(models) - set(DEFAULT_C)
     if bad:
         parser.error(f"--models: unknown {', '.join(sorted(bad))}; choose from {', '.join(DEFAULT_C)}")
-    if opts.C < 0:
+    if not 0 <= opts.C < float("inf"):  # (NaN too)
         parser.error(f"--C must be positive (or 0 for the default), got {opts.C}")
     if not 1 <= opts.ngrams <= 5:
         parser.error(f"--ngrams must be 1 to 5, got {opts.ngrams}")
