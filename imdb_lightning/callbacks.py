@@ -201,7 +201,11 @@ class RunRecord(L.Callback):
         fields = dict(format=FORMAT, kind=self.record.get("kind", kind), status="running",
                       parameters=sum(p.numel() for p in module.parameters()), seed=int(seed) if seed is not None else None)
         if kind == "fit" and trainer.is_global_zero and path:
-            fields["segments"] = [*self.record.get("segments", []), self._segment(trainer, path.parent, previous, resumed)]
+            segment = self._segment(trainer, path.parent, previous, resumed)
+            fields["segments"] = [*map(dict, self.record.get("segments", [])), segment]
+            for earlier in fields["segments"][:-1]:  # one still "running" was killed: what it kept ends where this starts
+                if earlier.get("status") == "running":
+                    earlier.update(status="killed", end_step=(segment["from_checkpoint"] or {}).get("step"))
         self._write(trainer, **fields)
 
     def _segment(self, trainer: L.Trainer, folder: Path, previous: dict, resumed: bool) -> dict:

@@ -27,7 +27,10 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # truncated zip, foreign pickle, random bytes: all mean the same to a user
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        if len(reason) > 200:  # torch's long hints: the first sentence says what is wrong
+            first = reason.split(". ")[0]
+            reason = first if len(first) <= 200 else first[:200].rsplit(" ", 1)[0] + " …"
         raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__}{': ' + reason if reason else ''})") from err
     if not isinstance(ckpt, dict) or "encoder" not in ckpt.get("hyper_parameters", {}) or "state_dict" not in ckpt:
         raise UserError(f"{path}: not an imdb-lightning checkpoint (no encoder hyperparameters or weights)")

@@ -74,6 +74,11 @@ def cli_main(args: Optional[list[str]] = None) -> None:
             print(f"\nimdb-lightning: interrupted ({name}); {command} stopped before it finished"
                   + ("; no output file was written" if command in ("predict", "export") else ""), file=sys.stderr, flush=True)
             sys.exit(128 + (signal.SIGTERM if isinstance(err, Stopped) else signal.SIGINT))
+        except SystemExit as done:
+            stop = done.__context__  # Lightning ends a fit stopped by Ctrl-C with exit(1), raised while handling it
+            if done.code == 1 and isinstance(stop, KeyboardInterrupt):  # (its run.json says "interrupted", and why)
+                sys.exit(128 + (signal.SIGTERM if isinstance(stop, Stopped) else signal.SIGINT))
+            raise
         except MemoryError as err:
             sys.exit(f"imdb-lightning: error: out of memory during {command}{f' ({err})' if str(err) else ''}; "
                      "use less data, a smaller model or a smaller --data.batch_size")

@@ -6,7 +6,8 @@ through the functions here. Its fields (format 2; records from before lack the n
 - `kind` (fit, validate, test, linear), `status` (running, finished, interrupted, crashed, pruned), `error`,
   `seed`, `parameters`, and the training totals `epochs`, `global_step`, `wall_s`, `train_s`,
   `train_samples` (or `train_tokens`) and their rate per second.
-- `segments`: one per stretch of training, the first fit and each resume: `started`, `ended`, `status`,
+- `segments`: one per stretch of training, the first fit and each resume: `started`, `ended`, `status` (a
+  segment a kill ended is `killed` once a resume follows: its `end_step` is the step that resume starts from),
   `from_checkpoint` (a checkpoint entry, below, or null), `start_step`, `end_step`, `config` (the resolved
   configuration it ran with) and `changes` ({dotted key: [before, now]} against the segment before).
 - `data`: what its figures mean: `settings` (source, split and preprocessing), `train` (the training

@@ -70,7 +70,7 @@ def fit_summary(trainer, task: str = "sentiment") -> str:
     else:
         config = f" --config {run / 'config.yaml'}" if run is not None else ""
         lines.append(f"  imdb-lightning test{config} --ckpt_path {best}   (its data settings come from the checkpoint; "
-                     "--data.test_files FILE: your own test reviews)")
+                     "--data.source files --data.test_files FILE: your own test reviews)")
         lines.append(f"  imdb-lightning predict --ckpt_path {best} \"a wonderful film\"")
     lines += dashboard(trainer.logger, run)
     return "\n".join(lines)
@@ -97,7 +97,10 @@ def test_summary(trainer) -> str:
     se = _figure(metrics, "test/acc_se")
     run = run_folder(trainer)
     where = f"; recorded in {run / 'run.json'}" if run is not None else ""
-    return f"Done: test/acc {acc:.4f}{_interval(se)} (95% interval, films as clusters){where}"
+    reviews = getattr(trainer.datamodule, "reviews", None)
+    films = callable(reviews) and reviews("test").groups is not None  # (read already: the test just ran on them)
+    clusters = "films as clusters" if films else "the test reviews name no films"
+    return f"Done: test/acc {acc:.4f}{_interval(se)} (95% interval, {clusters}){where}"
 
 
 def say(summary, trainer, *args) -> None:

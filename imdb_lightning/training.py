@@ -150,6 +150,19 @@ def check_resumed_length(config, ckpt: dict) -> None:
                         "out --ckpt_path). Nothing was changed")
 
 
+def check_resumed_batches(config, ckpt: dict) -> None:
+    """A checkpoint saved mid-epoch resumes after the batches that epoch had trained, counted in batches: at
+    another batch size that count would skip other reviews (some trained twice in the epoch, some never)."""
+    position = next((state["train_position"] for state in ckpt.values()
+                     if isinstance(state, dict) and isinstance(state.get("train_position"), dict)), {})
+    done, saved = position.get("batches_done", 0), data_settings(ckpt).get("batch_size")
+    wanted = (config.get("data") or {}).get("batch_size")
+    if done and saved is not None and wanted is not None and wanted != saved:
+        raise UserError(f"--data.batch_size {wanted}: {config.ckpt_path} was saved {done} batches of {saved} into epoch "
+                        f"{position.get('epoch')}; resume with --data.batch_size {saved} (a new batch size can start from a "
+                        "checkpoint saved at an epoch's end). Nothing was changed")
+
+
 def namespace_dict(section) -> dict:
     if hasattr(section, "as_dict"):
         return section.as_dict()
@@ -312,6 +325,7 @@ class ExperimentCLI(LightningCLI):
             if subcommand == "fit":
                 check_resumed_settings(config, ckpt)
                 check_resumed_length(config, ckpt)
+                check_resumed_batches(config, ckpt)
             else:  # evaluated with its own vocabulary (its tokenizer travels in it): the embedding takes its size
                 vocab = ckpt.get("hyper_parameters", {}).get("encoder", {}).get("init_args", {}).get("vocab_size")
                 if vocab and "vocab_size" in (config.get("data") or {}):

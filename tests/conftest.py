@@ -99,6 +99,17 @@ class Stop(L.Callback):
         self._maybe(trainer, "epoch_start")
 
 
+class CtrlCAt(L.Callback):
+    """A real Ctrl-C (SIGINT to this process) as training step `step` starts; a callback the command line can add."""
+
+    def __init__(self, step: int = 2):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
 class Killed(BaseException):
     """Like a SIGKILL, as far as the run is concerned: no handler writes anything."""
 

@@ -299,7 +299,8 @@ def test_a_ctrl_c_mid_fit_says_to_start_the_sweep_again_which_resumes_the_cell_f
 
 
 @pytest.mark.parametrize("setting, message", [
-    ("data.bogus=1", r"imdb-lightning sweep: error: .*bogus"),
+    ("data.bogus=1", r"imdb-lightning: error: --set data\.bogus=1: data\.bogus is not a setting of the recipe"),
+    ("model.dropout=abc", r"--set model\.dropout=abc: the recipe refuses it \(.*float"),
     ("model.dropout=1.5", r"dropout"),
 ])
 def test_a_bad_setting_is_one_line_before_any_database_or_folder_is_made(tmp_path, capfd, setting, message):

@@ -125,3 +125,14 @@ def test_a_fit_and_a_linear_run_save_their_outcomes_and_pair_on_the_same_reviews
     assert outcomes["review"].tolist() == list(range(len(outcomes["review"])))
     (pair,) = compare(logs)["pairs"]
     assert pair["difference"].samples == len(saved["review"])  # the reviews both validated (SMALL validates 2 batches)
+
+
+def test_reviews_with_no_film_ids_are_not_called_films():
+    from imdb_lightning.tools.paired import NO_FILMS, clustered_difference, format_rows
+
+    a, b = [1, 0, 1, 1], [0, 0, 1, 0]
+    assert clustered_difference(a, b, ["f1", "f1", "f2", "f2"]).method == "films as clusters"
+    alone = clustered_difference(a, b, ["0", "1", "2", "3"])  # each review its own cluster
+    assert alone.method == NO_FILMS
+    row = format_rows([{"a": "x", "b": "y", "difference": alone, "test": None}])[-1]
+    assert "4 reviews (no film ids)" in row and "films |" not in row

@@ -149,6 +149,35 @@ def test_resume_reproduces_the_uninterrupted_run(references, tmp_path, recipe, h
     # each trained batch counted once, however far the run got past its last.ckpt before it stopped
     records = [json.loads((r / "run.json").read_text()) for r in (references[recipe], run)]
     assert records[1]["train_samples"] == records[0]["train_samples"] == 3 * 450
+    # the first stretch of training says how it ended and what of it the resume kept
+    first, second = records[1]["segments"]
+    # (Killed passes through Lightning's handler, so the run sees it: a real kill -9 leaves "killed", tested below)
+    assert first["status"] == ("interrupted" if error is KeyboardInterrupt else "crashed") and first["end_step"] >= saved
+    assert second["status"] == "finished" and second["from_checkpoint"]["step"] == saved
+
+
+def test_a_mid_epoch_resume_at_another_batch_size_is_refused_before_anything_is_written(tmp_path):
+    # its position in the epoch is counted in batches: at another size it would train some reviews twice
+    fit(tmp_path, "plain", stop=Stop("batch_start", 22, KeyboardInterrupt))
+    run = tmp_path / "logs/resume/version_0"
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with pytest.raises(SystemExit) as exit:
+        cli_main(["fit", *configs(tmp_path, "plain"), "--ckpt_path", "last", "--data.batch_size", "7"])
+    assert re.search(r"^imdb-lightning: error: --data\.batch_size 7: \S+last\.ckpt was saved \d+ batches of \d+ into epoch "
+                     r"\d+; resume with --data\.batch_size \d+", str(exit.value.code)), exit.value.code
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_a_fit_stopped_by_ctrl_c_exits_130_as_every_command_does(tmp_path):
+    args = ["fit", *configs(tmp_path, "plain"), "--trainer.callbacks+=conftest.CtrlCAt", "--trainer.callbacks.step", "3"]
+    try:
+        with pytest.raises(SystemExit) as exit:
+            cli_main(args)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores further Ctrl-C
+    assert exit.value.code == 130  # as a script can tell from a crash (1)
+    record = json.loads((tmp_path / "logs/resume/version_0/run.json").read_text())
+    assert record["status"] == "interrupted" and record["segments"][0]["end_step"] == 4  # (step 3 finished first)
 
 
 def test_last_checkpoint_is_the_final_model(references):
@@ -207,12 +236,15 @@ def test_the_command_survives_a_real_signal(references, tmp_path, sig):
     run.send_signal(sig)
     output = run.communicate(timeout=120)[0]
     if sig == signal.SIGINT:
-        assert "Interrupted at step" in output and "--ckpt_path last" in output
+        assert "Interrupted at step" in output and "--ckpt_path last" in output and run.returncode == 130
     torch.load(last, weights_only=True)  # never a broken file
     resumed = subprocess.run([*cmd, "--ckpt_path", "last"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert "version_0/checkpoints/last.ckpt" in resumed.stderr
     assert_same_run(references["plain"], tmp_path / "logs/resume/version_0")
+    first, second = json.loads((tmp_path / "logs/resume/version_0/run.json").read_text())["segments"]
+    assert first["status"] == ("killed" if sig == signal.SIGKILL else "interrupted")  # never "running" for good
+    assert first["end_step"] == second["from_checkpoint"]["step"] if sig == signal.SIGKILL else first["end_step"] >= 20
 
 
 def test_a_resumed_fit_applies_a_new_learning_rate_and_refuses_a_new_model_shape(tmp_path, cache_dir, monkeypatch, capsys):

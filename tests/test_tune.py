@@ -133,7 +133,8 @@ def test_equal_budgets_one_study_per_encoder_and_a_leaderboard(tmp_path, monkeyp
 
 
 @pytest.mark.parametrize("space, message", [
-    ("model.no_such_option: {uniform: [0, 1]}\n", r"no_such_option"),
+    ("model.no_such_option: {uniform: [0, 1]}\n", r"bad\.yaml: model\.no_such_option is not a setting of the recipe"),
+    ("model.dropout: {choice: [a, b]}\n", r"bad\.yaml: the recipe refuses it \(.*model\.dropout"),
     ("model.dropout: {normal: [0, 1]}\n", r"model.dropout: unknown distribution 'normal'; the distributions are uniform"),
     ("model.dropout: {uniform: [0.5, 0.1]}\n", r"model.dropout: uniform needs \[low, high\] with low < high"),
     ("model.dropout: {log_uniform: [0, 0.5]}\n", r"log_uniform needs low > 0"),

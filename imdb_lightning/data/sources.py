@@ -54,6 +54,8 @@ def normalise_labels(values: list, where: str) -> np.ndarray:
     for row, value in enumerate(values):
         key = str(int(value)) if isinstance(value, bool) or (isinstance(value, float) and value.is_integer()) else str(value)
         key = key.strip().lower()
+        if value is None or (isinstance(value, float) and value != value):
+            raise DataError(f"{where}: row {row} has no label (empty, null or NaN); every review needs one (0/1, neg/pos)")
         if key not in LABEL_WORDS:
             raise DataError(
                 f"{where}: label {value!r} in row {row} is not a sentiment label; use 0/1, neg/pos or negative/positive"

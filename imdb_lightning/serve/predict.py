@@ -132,7 +132,9 @@ class Writer:
                 self._csv.writerow(["id", "probability", "label"] + (["text"] if with_text else []))
         except OSError as err:
             self.discard()
-            raise UserError(f"{path}: cannot write there ({err.strerror or err})") from err
+            blocking = next((p for p in Path(path).parents if p.exists() and not p.is_dir()), None)
+            reason = f"{blocking} is a file, not a folder" if blocking else err.strerror or err
+            raise UserError(f"{path}: cannot write there ({reason})") from err
         except BaseException:
             self.discard()
             raise

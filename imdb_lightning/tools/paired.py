@@ -48,6 +48,9 @@ def t_quantile(df: int, level: float = 0.95) -> float:
     return float(t.ppf(0.5 + level / 2, df))
 
 
+NO_FILMS = "reviews, no film ids"
+
+
 def clustered_difference(a, b, films) -> Difference:
     """a, b: each review's outcome under two recipes (1 right, 0 wrong, or a mean over a recipe's seeds),
     the same reviews in the same order; films: each review's film. The interval uses Student's t with
@@ -58,7 +61,9 @@ def clustered_difference(a, b, films) -> Difference:
     se = clustered_standard_error(diffs, films)
     mean = float(diffs.mean())
     half = t_quantile(clusters - 1) * se if clusters > 1 else float("nan")
-    return Difference(mean, se, mean - half, mean + half, len(diffs), clusters, "films as clusters")
+    # (reviews with no film ids are their own clusters: then it is the plain paired error, and said so)
+    method = "films as clusters" if clusters < len(diffs) else NO_FILMS
+    return Difference(mean, se, mean - half, mean + half, len(diffs), clusters, method)
 
 
 def corrected_resampled(split_diffs, test_fraction: float) -> Difference:
@@ -141,7 +146,8 @@ def format_rows(rows: list[dict]) -> list[str]:
     for row in rows:
         d = row["difference"]
         interval = "" if d.low != d.low else f"{100 * d.low:+.2f} to {100 * d.high:+.2f}"
-        over = f"{d.samples} reviews, {d.clusters} films" if d.method == "films as clusters" else d.method
+        over = {"films as clusters": f"{d.samples} reviews, {d.clusters} films",
+                NO_FILMS: f"{d.samples} reviews (no film ids)"}.get(d.method, d.method)
         test = "" if row["test"] is None else f"{100 * row['test']:+.2f}"
         lines.append(f"| {row['a']} | {row['b']} | {100 * d.mean:+.2f} | {interval} | {d.verdict} | {over} | {test} |")
     return lines

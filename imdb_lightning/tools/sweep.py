@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -133,6 +134,26 @@ def override_flags(overrides: list[str]) -> list[str]:
     return flags
 
 
+def refused_setting(err: Exception, where: dict[str, str]) -> UserError:
+    """The recipe's parser refusing a setting a sweep or study was given, as one line naming where the setting
+    came from (`where`: {dotted key: "--set key=value" or the search-space file})."""
+    text = " ".join(str(err).split())
+    unknown = re.findall(r"--([\w.]+)", text.partition("unrecognized arguments:")[2])
+    named = re.search(r'key "([\w.]+)"', text)
+    for key in [*unknown, *([named.group(1)] if named else [])]:
+        if key in where:
+            if key in unknown:
+                return UserError(f"{where[key]}: {key} is not a setting of the recipe (`imdb-lightning fit --config "
+                                 "RECIPE --print_config` lists them)")
+            return UserError(f"{where[key]}: the recipe refuses it ({text})")
+    return UserError(f"the recipe refuses a setting: {text}")
+
+
+def set_sources(overrides: list[str]) -> dict[str, str]:
+    """{dotted key: "--set key=value"} of a command's --set overrides, for refused_setting."""
+    return {item.partition("=")[0]: f"--set {item}" for item in overrides}
+
+
 def encoder_configs(encoders: list[str | None], configs: list[str]) -> dict:
     """{encoder: (its config files, the flags that make it that encoder)}, every file checked. "{encoder}" in a
     path names each encoder's own recipe (--config 'experiments/tuned/{encoder}.yaml'), whose encoder settings
@@ -186,9 +207,14 @@ class Grid:
     def check(self) -> None:
         """Every encoder's run can be built (an unknown --set key, a value out of its range) before any database
         or folder is made: the model, data and trainer are made, nothing is run or written."""
+        from jsonargparse import ArgumentError
+
         for encoder in self.per_encoder:
             _, split_seed, seed = next(c for c in self.cells.values() if c[0] == encoder)
-            make_cli(self.args(encoder, split_seed, seed), run=False)
+            try:
+                make_cli(self.args(encoder, split_seed, seed), run=False)
+            except ArgumentError as err:
+                raise refused_setting(err, set_sources(self.overrides)) from err
 
     def study_name(self) -> str:
         files = sorted({c for f, _ in self.per_encoder.values() for c in f})

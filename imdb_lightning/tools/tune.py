@@ -25,7 +25,7 @@ from ..models.encoders import ENCODERS
 from ..runs import atomic_write, best_checkpoint, last_checkpoint, read_record, write_record
 from ..training import load_yaml, make_cli, read_config
 from .studies import StudyLock, identity_of, load_study, open_storage
-from .sweep import encoder_configs, override_flags, run_one, run_test_only
+from .sweep import encoder_configs, override_flags, refused_setting, run_one, run_test_only, set_sources
 
 DISTRIBUTIONS = {"uniform": "a float in [low, high] (step: optional)", "log_uniform": "a float in [low, high], log scale",
                  "int": "an integer in [low, high] (step: optional)", "choice": "one of a list"}
@@ -128,14 +128,19 @@ class Tuner:
     def check(self, space_path: str) -> None:
         """Every key of the space is an option of the recipe (each choice parsed), and the recipe can be built with
         every range at its low end and at its high end (model, data and trainer made; nothing trained or written)."""
+        from jsonargparse import ArgumentError
+
         choices = max([1, *(len(v.choices) for v in self.space.values() if hasattr(v, "choices"))])
-        for index in range(1, choices - 1):  # (the first and last choices are built below)
-            read_config([], self.args({k: corner(v, index) for k, v in self.space.items()}, self.study_name))
-        for end in (0, -1):  # (an unknown key, a value of the wrong type: the parser's own words)
-            try:
+        where = {**set_sources(self.overrides), **{key: space_path for key in self.space}}
+        try:
+            for index in range(1, choices - 1):  # (the first and last choices are built below)
+                read_config([], self.args({k: corner(v, index) for k, v in self.space.items()}, self.study_name))
+            for end in (0, -1):  # (an unknown key, a value of the wrong type: the parser's own words)
                 make_cli(self.args({k: corner(v, end) for k, v in self.space.items()}, self.study_name), run=False)
-            except UserError as err:
-                raise UserError(f"{space_path}: the space reaches a setting the recipe refuses: {err}") from err
+        except ArgumentError as err:
+            raise refused_setting(err, where) from err
+        except UserError as err:
+            raise UserError(f"{space_path}: the space reaches a setting the recipe refuses: {err}") from err
 
     def identity(self) -> dict:
         """What the study's trials are trials of: the recipe, the encoder's flags, the --set overrides (a test
