@@ -383,6 +383,10 @@ class ExperimentCLI(LightningCLI):
         if stage == "fit" and trainer.limit_val_batches == 0 and watched:
             raise UserError(f"--trainer.limit_val_batches 0: nothing would be validated, and {watched[0]} is watched "
                             f"(by the best checkpoint, early stopping or the schedule); give {batches}")
+        interval = trainer.val_check_interval  # (Lightning divides by it: 0 is a ZeroDivisionError mid-epoch)
+        if stage == "fit" and isinstance(interval, (int, float)) and interval <= 0:
+            raise UserError(f"--trainer.val_check_interval {interval}: validate every 1 or more training batches (a "
+                            "count) or a fraction of an epoch above 0 (e.g. 0.5)")
         every = trainer.check_val_every_n_epoch
         if stage == "fit" and every is not None and every < 1:
             raise UserError(f"--trainer.check_val_every_n_epoch {every}: validate every 1 or more epochs (or null, with "

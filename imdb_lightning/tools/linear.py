@@ -32,7 +32,7 @@ from ..checkpoints import data_identity, data_settings, expect_kind, read_checkp
 from ..data.datamodule import IMDBDataModule
 from ..data.tokenizer import check_words
 from ..errors import DataError, UserError
-from ..helpers import ArgumentParser, check_writable, clustered_standard_error, comma_list, digest
+from ..helpers import ArgumentParser, check_seed, check_writable, clustered_standard_error, comma_list, digest
 from ..models.hparams import linear_session
 from ..models.linear import DEFAULT_C, LINEAR_FILE, LinearReference, Stack
 from ..runs import (
@@ -249,6 +249,8 @@ def main(argv: list[str]) -> list[dict]:
     if opts.combine and changed:  # another split would validate on reviews the checkpoint was trained on
         parser.error(f"--combine keeps the run's own data settings; {changed[0]} would change them "
                      f"(allowed: {', '.join(SAFE_WITH_COMBINE)})")
+    for seed in opts.split_seeds or []:
+        check_seed("--split_seeds", seed)
     if opts.split_seeds and (opts.combine or any(a.split("=")[0] == "--data.split_seed" for a in rest)):
         parser.error("--split_seeds names the splits itself; leave out " +
                      ("--combine (its runs name theirs)" if opts.combine else "--data.split_seed"))
