@@ -26,7 +26,8 @@ from .helpers import NO_BF16, available_memory, check_seed, check_writable, cpu_
 from .models.base import sized_by_steps
 from .models.classifier import SentimentClassifier
 from .models.encoders import count_parameters
-from .models.language_model import LanguageModel, check_unread, read_language_model
+from .models.language_model import LanguageModel
+from .pretrained import check_unread, resolve
 from .runs import CONFIG, RECORD, experiment_root, newest_checkpoint, read_record, run_version
 from .summary import fit_summary, say, test_summary
 
@@ -485,8 +486,7 @@ class SentimentCLI(ExperimentCLI):
         subcommand, config = self.command_config()  # a sweep's runs too, which parse no subcommand
         pretrained = config.model.get("pretrained") if config is not None else None
         if pretrained:  # the language model's vocabulary, and an embedding of its size
-            lm = read_language_model(pretrained)
-            vocab = lm["hyper_parameters"]["encoder"]["init_args"]["vocab_size"]
+            vocab = resolve(pretrained).vocab_size
             config.data.tokenizer_from, config.data.vocab_size = pretrained, vocab
             config.model.encoder.init_args.vocab_size = vocab
         if subcommand == "fit" and config.get("data_settings") == "command_line":
@@ -518,7 +518,7 @@ class SentimentCLI(ExperimentCLI):
                             "then says so)")
         if self.model.hparams.get("pretrained"):  # the language model must not have read what is scored
             split = "test" if stage == "test" else "val"
-            check_unread(self.model.hparams.pretrained, self.datamodule.reviews(split).texts, split,
+            check_unread(resolve(self.model.hparams.pretrained), self.datamodule.reviews(split).texts, split,
                          dict(self.datamodule.hparams))
 
 

@@ -1,6 +1,6 @@
 """The package's imports run one way, with no cycle, function-level imports included.
 
-errors, runs, helpers, checkpoints <- callbacks <- data <- models <- training, serve, summary <- forecast <- tools <- cli
+errors, runs, helpers, checkpoints, pretrained <- callbacks <- data <- models <- training, serve, summary <- forecast <- tools <- cli
 """
 
 import ast
@@ -10,7 +10,7 @@ import pytest
 
 PACKAGE = Path(__file__).parents[1] / "imdb_lightning"
 LAYERS = [
-    {"errors", "runs", "helpers", "checkpoints"},
+    {"errors", "runs", "helpers", "checkpoints", "pretrained"},
     {"callbacks"},
     {"data"},
     {"models"},

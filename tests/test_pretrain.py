@@ -184,10 +184,17 @@ def test_an_encoder_of_another_kind_takes_the_language_models_embedding_alone(te
     with pytest.raises(ConfigError, match=r"pretrained_layers must be all, forward or embedding, got 'encoder'"):
         SentimentClassifier(nbow, pretrained=lm_path, pretrained_layers="encoder")
 
-    # from the command line: the tuned SimpleRNN recipe fine-tunes on the LM's vocabulary and word vectors
+    # from the command line: the tuned SimpleRNN recipe fine-tunes on the LM's vocabulary and word vectors,
+    # having read the language model's checkpoint once (vocabulary, tokenizer, weights and digests from one read)
+    import imdb_lightning.pretrained as pretrained
+
+    reads, load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda path, *a, **k: reads.append(str(path)) or load(path, *a, **k))
+    pretrained._read.cache_clear()
     cli_main(["fit", "--config", str(EXPERIMENTS / "tuned" / "rnn.yaml"), "--data.train_files", texts["train"],
               "--data.cache_dir", cache_dir, *SIZES, "--model.pretrained", lm_path, "--model.pretrained_layers",
               "embedding", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"])
+    assert reads.count(str(lm_path)) == 1
     fitted = read_checkpoint(last_checkpoint(run_folders(tmp_path / "lightning_logs" / "tuned_rnn")[-1]))
     assert data_state(fitted)["tokenizer"] == data_state(read_checkpoint(lm_path))["tokenizer"]
     assert fitted["hyper_parameters"]["pretrained_layers"] == "embedding"
@@ -295,20 +302,20 @@ def test_a_resumed_pretraining_is_the_run_never_stopped(texts, tmp_path):
 
 def test_a_fine_tuning_run_is_checked_against_the_reviews_its_language_model_read(texts, lm_path, tmp_path, capsys):
     from imdb_lightning.data.sources import FileSource
-    from imdb_lightning.models.language_model import check_unread
+    from imdb_lightning.pretrained import check_unread, resolve
 
     unlabelled = FileSource([], [], None, [texts["unlabelled"]]).load("unlabelled").texts
     labelled = IMDBDataModule(train_files=[texts["train"]]).reviews("val").texts
-    check_unread(lm_path, labelled, "val")  # the LM read the unlabelled reviews only
+    check_unread(resolve(lm_path), labelled, "val")  # the LM read the unlabelled reviews only
     assert capsys.readouterr().err == ""
     # copies of some of them among its unlabelled reviews (IMDB's unsup set has a few): named, not refused
-    check_unread(lm_path, unlabelled[:3] + labelled[:2], "test")
+    check_unread(resolve(lm_path), unlabelled[:3] + labelled[:2], "test")
     assert "read the text (not the label) of 3 of this run's 5 test reviews" in capsys.readouterr().err
 
     old = torch.load(lm_path, weights_only=True)  # a language model from before the record
     del data_state(old)["read"]
     torch.save(old, tmp_path / "old.ckpt")
-    check_unread(str(tmp_path / "old.ckpt"), unlabelled, "val")
+    check_unread(resolve(str(tmp_path / "old.ckpt")), unlabelled, "val")
     assert "predates the record of the reviews it read" in capsys.readouterr().err
 
 
@@ -321,7 +328,7 @@ def test_a_fine_tuning_run_is_checked_against_the_reviews_its_language_model_rea
 ])
 def test_a_language_model_from_before_the_record_says_from_its_settings_whether_it_read_labelled_reviews(settings,
                                                                                                        labelled):
-    from imdb_lightning.models.language_model import read_labelled
+    from imdb_lightning.pretrained import read_labelled
 
     assert read_labelled(settings) is labelled
 
@@ -368,7 +375,7 @@ def split_lm(tmp_path_factory, cache_dir):
                                     {"train_files": "fewer"}, {"group_column": "director"}],
                          ids=["split_seed", "val_fraction", "val_split", "train_files", "group_column"])
 def test_a_fine_tuning_split_that_differs_in_any_split_setting_is_refused(split_lm, cache_dir, change):
-    from imdb_lightning.models.language_model import check_unread
+    from imdb_lightning.pretrained import check_unread, resolve
 
     change = {k: split_lm[v] if v == "fewer" else v for k, v in change.items()}
     dm = IMDBDataModule(**{"train_files": split_lm["train"], "cache_dir": cache_dir, **change})
@@ -380,12 +387,12 @@ def test_a_fine_tuning_split_that_differs_in_any_split_setting_is_refused(split_
     assert seen > 0  # this split validates on reviews the language model trained on
     with pytest.raises(UserError, match=rf"its language model read {seen} of this run's {len(val)} val reviews \(it was "
                                         r"pretrained beside the split split_seed 0, val_split auto, val_fraction 0.1\)"):
-        check_unread(split_lm["lm"], val, "val", dict(dm.hparams))
+        check_unread(resolve(split_lm["lm"]), val, "val", dict(dm.hparams))
 
 
 def test_the_language_models_own_split_is_accepted_in_silence(split_lm, cache_dir, capsys):
-    from imdb_lightning.models.language_model import check_unread
+    from imdb_lightning.pretrained import check_unread, resolve
 
     dm = IMDBDataModule(train_files=[split_lm["train"]], cache_dir=cache_dir)  # one file or a list of it: the same
-    check_unread(split_lm["lm"], dm.reviews("val").texts, "val", dict(dm.hparams))
+    check_unread(resolve(split_lm["lm"]), dm.reviews("val").texts, "val", dict(dm.hparams))
     assert capsys.readouterr().err == ""

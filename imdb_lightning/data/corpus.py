@@ -8,12 +8,11 @@ can carry its state from one window to the next (truncated backpropagation throu
 Never in the corpus: test reviews, and the classifier's validation reviews (the same split
 `fit` carves with the same data settings), or the validation figure of the fine-tuned model
 would stop being honest. The checkpoint records a digest of every review the corpus holds, so a
-fine-tuning run on another split is refused (models/language_model.check_unread).
+fine-tuning run on another split is refused (pretrained.check_unread).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Literal, Optional, Union
 
@@ -26,17 +25,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..callbacks import train_position
 from ..errors import ConfigError, DataError
 from ..helpers import digest
+from ..pretrained import text_digests
 from ..runs import atomic_write
 from .datamodule import IMDBDataModule, writable_cache_dir
 from .sources import PRETRAIN_HUB_HELP, FileSource, open_source
 from .tokenizer import build_tokenizer, encode
-
-
-def text_digests(texts: list[str]) -> np.ndarray:
-    """An 8-byte digest of each review, sorted: what a language model's checkpoint keeps of the reviews it read,
-    so a fine-tuning run can check that it validates and tests on none of them."""
-    digests = [int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little", signed=True) for t in texts]
-    return np.unique(np.array(digests, dtype=np.int64))
 
 
 class Windows(Dataset):

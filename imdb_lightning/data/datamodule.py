@@ -15,9 +15,9 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..callbacks import train_position, training_progress
-from ..checkpoints import data_state, read_checkpoint
 from ..errors import ConfigError
 from ..helpers import digest
+from ..pretrained import resolve
 from ..runs import atomic_write
 from .batching import BucketBatchSampler, ResumableLoader, TokenizedReviews, collate
 from .sources import Reviews, open_source
@@ -281,7 +281,7 @@ class IMDBDataModule(L.LightningDataModule):
 
     def get_tokenizer(self) -> Tokenizer:
         if self.tokenizer is None and self.hparams.tokenizer_from:
-            self.tokenizer = Tokenizer.from_str(data_state(read_checkpoint(self.hparams.tokenizer_from))["tokenizer"])
+            self.tokenizer = Tokenizer.from_str(resolve(self.hparams.tokenizer_from).tokenizer)
         if self.tokenizer is None:
             path = self.cache_dir / f"tokenizer-{self._tokenizer_key()}.json"
             if path.is_file():

@@ -17,13 +17,13 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryConfu
 
 from ..errors import ConfigError
 from ..helpers import clustered_standard_error, digest
+from ..pretrained import load_pretrained, resolve
 from ..runs import write_val_reviews
 from . import hparams as tab
 from .adversarial import adversarial_loss
 from .base import EncoderModule, NonFiniteLossError, WeightedMean, compute_and_reset, plateau  # noqa: F401  (NonFiniteLossError: part of this API)
 from .encoders import layer_groups
 from .finetuning import FineTuningCollapsed, check_collapse, check_lr_decay, discriminative_groups, unfreeze  # noqa: F401
-from .language_model import load_pretrained
 
 
 class SentimentClassifier(EncoderModule):
@@ -69,7 +69,7 @@ class SentimentClassifier(EncoderModule):
         if pretrained_layers not in ("all", "forward", "embedding"):
             raise ConfigError(f"model.pretrained_layers must be all, forward or embedding, got {pretrained_layers!r}")
         if pretrained:  # the weights of `imdb-lightning pretrain`; a resumed fit's checkpoint replaces them after
-            load_pretrained(encoder, pretrained, pretrained_layers)
+            load_pretrained(encoder, resolve(pretrained), pretrained_layers)
         if adversarial < 0:
             raise ConfigError(f"model.adversarial must be 0 (off) or positive, got {adversarial}")
         if adversarial and not (hasattr(encoder, "embed") and hasattr(encoder, "encode")):

@@ -10,21 +10,16 @@ cost; `adaptive_cutoffs` splits it (Grave et al. 2017) so rare words cost only w
 from __future__ import annotations
 
 import math
-import re
-import sys
 from typing import Optional
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from ..callbacks import training_progress
-from ..checkpoints import data_state, expect_kind, read_checkpoint
-from ..data.corpus import text_digests
-from ..errors import ConfigError, UserError
+from ..errors import ConfigError
 from .base import DeferredFigures, RandomStateResume, ResumedLearningRate, WeightedMean, compute_and_reset, sized_by_steps
 from .encoders import RecurrentEncoder, encoder_spec
 
@@ -204,105 +199,3 @@ def _first(state: list) -> torch.Tensor:
 
 def _batch_of(state: list) -> int:
     return _first(state).shape[1]  # (layers, batch, hidden)
-
-
-def pretrained_weights(ckpt: dict) -> dict[str, torch.Tensor]:
-    """A language model checkpoint's encoder weights, named as in the encoder (`embedding.weight`, `layers.0.0...`)."""
-    return {k.removeprefix("encoder."): v for k, v in ckpt["state_dict"].items() if k.startswith("encoder.")}
-
-
-def read_language_model(path: str) -> dict:
-    ckpt = read_checkpoint(path)
-    expect_kind(path, ckpt, "language_model", "fit --model.pretrained")
-    return ckpt
-
-
-SPLIT_SETTINGS = ("train_files", "group_column", "val_split", "val_fraction", "split_seed")
-
-
-def read_labelled(settings: dict) -> bool:
-    """Whether a language model with these data settings read labelled training reviews beside its
-    unlabelled ones (what CorpusDataModule does: use_train_texts with a source of labelled reviews), for
-    checkpoints from before their data state said so (`read_labelled`)."""
-    labelled_source = settings.get("source") in ("hub", "aclimdb", "synthetic") or settings.get("aclimdb_dir") or (
-        settings.get("source") is None and not settings.get("unlabelled_files"))
-    return bool(settings.get("use_train_texts", True) and (settings.get("train_files") or labelled_source))
-
-
-def _files(value):
-    """A setting as compared between runs: one file or a list of them read alike, nothing as None."""
-    return [value] if isinstance(value, str) else value or None
-
-
-def check_unread(path: str, texts: list[str], split: str, data: Optional[dict] = None) -> None:
-    """Refuse a fine-tuning run whose validation (or test) reviews its language model read as labelled training
-    reviews: it was pretrained beside another split (another data.split_seed, val_split, val_fraction or
-    train_files), so the figure would not be a held-out one. Reviews it read as copies among its unlabelled
-    reviews (IMDB's unlabelled set repeats a few labelled reviews word for word), or as copies within its own
-    split, are named in one line: the text without its label."""
-    ckpt = read_language_model(path)
-    read = data_state(ckpt).get("read")
-    if read is None:
-        print(f"imdb-lightning: model.pretrained {path} predates the record of the reviews it read: nothing checks that "
-              f"this run's {split} reviews are not among them (pretrain again to have it checked)", file=sys.stderr)
-        return
-    seen = int(np.isin(text_digests(texts), read.numpy()).sum())
-    if not seen:
-        return
-    settings = ckpt.get("datamodule_hyper_parameters", {})
-    same_split = data is not None and all(_files(settings.get(k)) == _files(data.get(k)) for k in SPLIT_SETTINGS)
-    labelled = data_state(ckpt).get("read_labelled")
-    if (read_labelled(settings) if labelled is None else labelled) and not same_split:
-        split_of = ", ".join(f"{k} {settings[k]}" for k in ("split_seed", "val_split", "val_fraction") if k in settings)
-        raise UserError(f"model.pretrained {path}: its language model read {seen} of this run's {len(texts)} {split} reviews "
-                        f"(it was pretrained beside the split {split_of or 'of other data'}), so its {split} figures would "
-                        "not be held out; pretrain with this run's data settings (--data.split_seed, --data.val_split, "
-                        "--data.val_fraction, --data.train_files) or use that split")
-    print(f"imdb-lightning: model.pretrained {path}: its language model read the text (not the label) of {seen} of this "
-          f"run's {len(texts)} {split} reviews, as copies of them among the reviews it pretrained on "
-          f"({100 * seen / len(texts):.2f}%)", file=sys.stderr)
-
-
-def load_pretrained(encoder: nn.Module, path: str, layers: str = "all") -> None:
-    """Copy a language model's weights into `encoder`: all its embedding and recurrent weights (`layers="all"`),
-    which needs the same cell and sizes; the same into the forward direction of a bidirectional encoder
-    (`"forward"`: its backward direction, which reads the review right to left, starts fresh); or only its word
-    embedding (`"embedding"`), which any encoder with an `embedding` of the same width can take (a bidirectional
-    or SimpleRNN encoder, a bag of words)."""
-    ckpt = read_language_model(path)
-    weights = pretrained_weights(ckpt)
-    own = encoder.state_dict()
-    backward = bool(ckpt.get("hyper_parameters", {}).get("encoder", {}).get("init_args", {}).get("reverse", False))
-    if layers != "embedding" and backward != bool(getattr(encoder, "reverse", False)):
-        # the recurrent weights predict the next word in one reading direction: the classifier must read the same way
-        way = ("backwards (its encoder has reverse: true); give the classifier's encoder reverse: true",
-               "forwards; give the classifier's encoder reverse: false")[not backward]
-        raise UserError(f"model.pretrained {path}: its language model reads reviews {way} "
-                        "(or take its embedding alone: model.pretrained_layers: embedding)")
-    if layers == "embedding":
-        table, here = weights["embedding.weight"], own.get("embedding.weight")
-        if here is None or here.shape != table.shape:
-            raise UserError(f"model.pretrained {path}: its word embedding is {tuple(table.shape)}, the encoder's is "
-                            f"{tuple(here.shape) if here is not None else 'absent'}; give the encoder the language "
-                            f"model's embed_dim ({table.shape[1]}) and vocabulary ({table.shape[0]} words)")
-        encoder.load_state_dict({"embedding.weight": table}, strict=False)
-        return
-    if layers == "forward" and not getattr(encoder, "bidirectional", False):
-        raise UserError(f"model.pretrained {path}: pretrained_layers forward fills a bidirectional encoder's forward "
-                        "direction; this encoder reads one way, so take all the language model's layers (pretrained_layers: all)")
-    for name, tensor in weights.items():
-        if name not in own or own[name].shape != tensor.shape:
-            here = tuple(own[name].shape) if name in own else "absent"
-            raise UserError(f"model.pretrained {path}: encoder weight {name} is {tuple(tensor.shape)} there, {here} here; "
-                            "give the classifier's encoder the language model's cell, embed_dim, hidden_size and "
-                            "num_layers (bidirectional: false, or true with pretrained_layers: forward for one layer), "
-                            "or take its embedding alone (model.pretrained_layers: embedding)")
-    # layers.<layer>.<direction>: direction 1 reads backwards, which a left-to-right language model never learnt
-    fresh = re.compile(r"bigrams|layers\.\d+\.1\." if layers == "forward" else r"bigrams")
-    missing = [name for name in own if name not in weights and not fresh.match(name)]
-    if missing:
-        raise UserError(f"model.pretrained {path}: the language model has no {missing[0]}; the classifier's encoder "
-                        "must be the same kind (cell, num_layers, bidirectional: false; a one-layer bidirectional one takes it "
-                        "with pretrained_layers: forward), or take its embedding alone "
-                        "(model.pretrained_layers: embedding)")
-    encoder.load_state_dict(weights, strict=False)
