@@ -19,7 +19,8 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from .callbacks import RunRecord
 from .checkpoints import data_identity, data_settings, expect_kind, read_checkpoint
 from .data.corpus import CorpusDataModule
-from .data.datamodule import LOCATION, PREPROCESSING, SOURCE, SPLIT, IMDBDataModule, changed_meaning, refuse_change, same_setting
+from .data.datamodule import IMDBDataModule
+from .data.identity import LOCATION, PREPROCESSING, SOURCE, SPLIT, changed_meaning, refuse_change, same_setting
 from .data.tokenizer import check_words
 from .errors import UserError
 from .helpers import NO_BF16, available_memory, check_seed, check_writable, cpu_runs_bf16

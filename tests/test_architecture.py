@@ -1,6 +1,7 @@
 """The package's imports run one way, with no cycle, function-level imports included.
 
-errors, runs, helpers, checkpoints, pretrained <- callbacks <- data <- models <- training, serve, summary <- forecast <- tools <- cli
+errors, runs, helpers, checkpoints, pretrained <- callbacks <- data <- models <- training, serve, summary
+    <- forecast <- tools <- cli
 """
 
 import ast

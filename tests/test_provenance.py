@@ -37,7 +37,7 @@ def file_digest(path) -> str:
 
 
 def reviews_digest(reviews: Reviews) -> str:
-    from imdb_lightning.data.datamodule import reviews_digest  # (what a record's data digests are)
+    from imdb_lightning.data.identity import reviews_digest  # (what a record's data digests are)
 
     return reviews_digest(reviews)
 
