@@ -80,8 +80,6 @@ def read_table(path: str, columns: dict[str, bool]):
     pyarrow reads the file directly: no Arrow copy of it is kept anywhere (the `datasets`
     readers cache one under ~/.cache/huggingface for every file they read).
     """
-    import pyarrow as pa
-
     file = Path(path)
     suffix = file.suffix.lower()
     if file.is_dir():
@@ -94,52 +92,61 @@ def read_table(path: str, columns: dict[str, bool]):
     if file.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty")
     try:
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(file)
-        elif suffix == ".csv":
-            import pyarrow.csv as pacsv
-
-            strings = {name: pa.string() for name in columns if name != "label"}
-            table = pacsv.read_csv(file, convert_options=pacsv.ConvertOptions(column_types=strings))
-        elif file.read_bytes()[:64].removeprefix(codecs.BOM_UTF8).lstrip().startswith(b"["):  # a JSON array of records
-            records = json.loads(file.read_text(encoding="utf-8-sig"))
-            try:
-                table = pa.Table.from_pylist(records)
-            except (pa.ArrowInvalid, pa.ArrowTypeError):
-                table = _mixed_types(path, records, columns)
-                if table is None:
-                    raise
-        else:
-            import pyarrow.json as pajson
-
-            try:
-                table = pajson.read_json(file)
-            except Exception:
-                _first_bad_json_line(file)  # names the line, if one is at fault
-                table = _mixed_types(path, _json_lines(file), columns)
-                if table is None:
-                    raise
+        table = _read_arrow(path, file, suffix, columns)
         table.validate(full=True)  # text that is not UTF-8 fails here, not later when a column is read
     except DataError:
         raise
     except Exception as err:  # the readers raise many kinds; the message is what matters
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataError(f"{path}: cannot read it as {suffix.lstrip('.')}: {reason}") from err
-    twice = next((name for name in columns if table.column_names.count(name) > 1), None)
-    if twice:
-        raise DataError(f"{path}: {table.column_names.count(twice)} columns are named {twice!r}; keep one (or rename the "
-                        "others)")
-    missing = [name for name, required in columns.items() if required and name not in table.column_names]
-    if missing:
-        found = ", ".join(table.column_names)
-        delimiter = next((name for char, name in (("\t", "tabs"), (";", "semicolons"), ("|", "bars"))
-                          if suffix == ".csv" and any(char in c for c in table.column_names)), None)
-        hint = f" (the columns look separated by {delimiter}: a .csv here is comma-separated)" if delimiter else ""
-        raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))}; columns found: {found!r}{hint}"
-                        if delimiter else f"{path}: missing column(s) {', '.join(sorted(missing))}; columns found: {found}")
+    _check_columns(path, suffix, table.column_names, columns)
     return table
+
+
+def _read_arrow(path: str, file: Path, suffix: str, columns: dict[str, bool]):
+    import pyarrow as pa
+
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(file)
+    if suffix == ".csv":
+        import pyarrow.csv as pacsv
+
+        strings = {name: pa.string() for name in columns if name != "label"}
+        return pacsv.read_csv(file, convert_options=pacsv.ConvertOptions(column_types=strings))
+    if file.read_bytes()[:64].removeprefix(codecs.BOM_UTF8).lstrip().startswith(b"["):  # a JSON array of records
+        records = json.loads(file.read_text(encoding="utf-8-sig"))
+        try:
+            return pa.Table.from_pylist(records)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            table = _mixed_types(path, records, columns)
+            if table is None:
+                raise
+            return table
+    import pyarrow.json as pajson
+
+    try:
+        return pajson.read_json(file)
+    except Exception:
+        _first_bad_json_line(file)  # names the line, if one is at fault
+        table = _mixed_types(path, _json_lines(file), columns)
+        if table is None:
+            raise
+        return table
+
+
+def _check_columns(path: str, suffix: str, found: list[str], columns: dict[str, bool]) -> None:
+    twice = next((name for name in columns if found.count(name) > 1), None)
+    if twice:
+        raise DataError(f"{path}: {found.count(twice)} columns are named {twice!r}; keep one (or rename the others)")
+    missing = [name for name, required in columns.items() if required and name not in found]
+    if missing:
+        delimiter = next((name for char, name in (("\t", "tabs"), (";", "semicolons"), ("|", "bars"))
+                          if suffix == ".csv" and any(char in c for c in found)), None)
+        hint = f" (the columns look separated by {delimiter}: a .csv here is comma-separated)" if delimiter else ""
+        listed = repr(", ".join(found)) if delimiter else ", ".join(found)
+        raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))}; columns found: {listed}{hint}")
 
 
 def _json_lines(file: Path) -> list:
