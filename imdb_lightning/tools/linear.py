@@ -205,7 +205,8 @@ def partner_runs(folders: list[str], scratch: Path, overrides: list[str], device
     return list(groups.values())
 
 
-def main(argv: list[str]) -> list[dict]:
+def parse(argv: list[str]):
+    """The options, and the --data.KEY VALUE arguments left for the data module, each checked."""
     parser = ArgumentParser(
         prog="imdb-lightning linear", description=__doc__.splitlines()[0],
         epilog="Any --data.KEY VALUE of `fit` is accepted too (e.g. --data.train_files reviews.parquet).",
@@ -254,6 +255,11 @@ def main(argv: list[str]) -> list[dict]:
     if opts.split_seeds and (opts.combine or any(a.split("=")[0] == "--data.split_seed" for a in rest)):
         parser.error("--split_seeds names the splits itself; leave out " +
                      ("--combine (its runs name theirs)" if opts.combine else "--data.split_seed"))
+    return opts, rest, models
+
+
+def main(argv: list[str]) -> list[dict]:
+    opts, rest, models = parse(argv)
     if opts.combine:
         with tempfile.TemporaryDirectory() as scratch:
             groups = partner_runs(opts.combine, Path(scratch), rest, resolve_device(opts.device))
