@@ -78,6 +78,16 @@ def cpu_runs_bf16() -> bool:
         return False
 
 
+def cpu_flags() -> list[str]:
+    """The vector-arithmetic flags that decide CPU speed here (AVX2, AVX-512, its BF16 and VNNI, AMX)."""
+    try:
+        line = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_tile")
+    return [f for f in line.split(":", 1)[1].split() if f in wanted]
+
+
 def clustered_standard_error(correct, groups) -> float:
     """Standard error of an accuracy whose reviews come in correlated clusters (films).
 

@@ -609,8 +609,8 @@ def test_forecast_help_lists_its_subcommands(capsys):
 
 
 def test_forecast_report_finds_its_recipe_from_any_folder(tmp_path, monkeypatch):
-    from imdb_lightning.forecast import report
     from imdb_lightning.training import load_yaml
+    from imdb_lightning_lab.forecast import report
 
     monkeypatch.chdir(tmp_path)  # outside the project: no experiments/ here
     seen = {}

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..helpers import ArgumentParser, comma_list, pyplot
-from .data import SeriesDataModule
-from .training import forecast_cli
+from imdb_lightning.helpers import ArgumentParser, comma_list, pyplot
+from imdb_lightning_lab.forecast.data import SeriesDataModule
+from imdb_lightning_lab.forecast.training import forecast_cli
 
 RECIPE = Path(__file__).with_name("resources") / "airline_lstm.yaml"
 
