@@ -27,10 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from imdb_lightning.arguments import ArgumentParser, comma_list
 from imdb_lightning.data.datamodule import IMDBDataModule
 from imdb_lightning.data.sources import FileSource, write_reviews
 from imdb_lightning.data.synthetic import synthetic_reviews
-from imdb_lightning.helpers import NO_BF16, ArgumentParser, comma_list, cpu_flags, cpu_runs_bf16
+from imdb_lightning.machine import NO_BF16, cpu_flags, cpu_runs_bf16
 from imdb_lightning.models.classifier import SentimentClassifier
 from imdb_lightning.models.encoders import RECURRENT, class_path, encoder_spec, named_encoder
 from imdb_lightning.serve.export import export_predictor

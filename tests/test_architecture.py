@@ -1,8 +1,8 @@
 """The package's imports run one way, with no cycle, function-level imports included.
 
-errors, runs, helpers, checkpoints <- callbacks <- data <- models <- training, serve, summary <- tools <- cli
-with the lab (imdb_lightning_lab: bench, memory, forecast) between tools and cli: it imports the package, never
-the reverse (the CLI's table names its commands as strings, imported when used).
+errors, runs, arguments, machine, standard_error, checkpoints <- callbacks <- data <- models
+<- training, serve, summary <- tools <- the lab (imdb_lightning_lab: bench, memory, forecast) <- cli.
+The lab imports the package, never the reverse (the CLI's table names its commands as strings, imported when used).
 """
 
 import ast
@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).parents[1]
 PACKAGE, LAB = ROOT / "imdb_lightning", ROOT / "imdb_lightning_lab"
 LAYERS = [
-    {"errors", "runs", "helpers", "checkpoints"},
+    {"errors", "runs", "arguments", "machine", "standard_error", "checkpoints"},
     {"callbacks"},
     {"data"},
     {"models"},

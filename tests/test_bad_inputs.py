@@ -27,7 +27,7 @@ from conftest import write_reviews as write_reviews_file
 from imdb_lightning.cli import cli_main
 from imdb_lightning.data.synthetic import synthetic_reviews
 from imdb_lightning.errors import UserError
-from imdb_lightning.helpers import cpu_runs_bf16
+from imdb_lightning.machine import cpu_runs_bf16
 
 FIT = ["fit", "--config", str(QUICKSTART), *TINY_TRAINING, "--data.synthetic_size", "200"]
 PRETRAIN = ["pretrain", "--config", str(EXPERIMENTS / "pretrain" / "cpu_lstm.yaml"), "--trainer.enable_progress_bar", "false"]

@@ -4,7 +4,7 @@ import math
 import pytest
 
 from imdb_lightning.cli import cli_main
-from imdb_lightning.helpers import cpu_runs_bf16
+from imdb_lightning.machine import cpu_runs_bf16
 
 KEYS = {
     "train_samples_per_s", "loop_samples_per_s", "ratio_vs_loop", "bucketed_vs_packed", "bucketed_vs_fixed",

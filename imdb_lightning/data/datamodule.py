@@ -17,8 +17,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..callbacks import train_position, training_progress
 from ..checkpoints import data_state, read_checkpoint
 from ..errors import ConfigError
-from ..helpers import digest
-from ..runs import atomic_write
+from ..runs import atomic_write, digest
 from .batching import BucketBatchSampler, ResumableLoader, TokenizedReviews, collate
 from .sources import Reviews, open_source
 from .split import carve_validation

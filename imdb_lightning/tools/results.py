@@ -21,8 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Optional
 
+from ..arguments import ArgumentParser
 from ..errors import UserError
-from ..helpers import ArgumentParser, cpu_flags
+from ..machine import cpu_flags
 from ..runs import VAL_REVIEWS, read_record
 from ..runs import atomic_write as write_atomically
 

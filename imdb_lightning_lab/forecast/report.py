@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from imdb_lightning.helpers import ArgumentParser, comma_list, pyplot
+from imdb_lightning.arguments import ArgumentParser, comma_list
+from imdb_lightning.tools.compare import pyplot
 from imdb_lightning_lab.forecast.data import SeriesDataModule
 from imdb_lightning_lab.forecast.training import forecast_cli
 
