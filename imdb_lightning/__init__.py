@@ -1,7 +1,8 @@
 """imdb-lightning: train and compare recurrent sentiment encoders on IMDB with PyTorch Lightning.
 
 Folders show the design, and imports run one way (a test walks them):
-errors, runs, callbacks <- data <- models <- training, serve <- forecast <- tools <- cli.
+errors, runs, callbacks <- data <- models <- training, serve <- tools <- cli. The lab beside it
+(imdb_lightning_lab: bench, memory, forecast) builds on it and is never imported by it.
 """
 
 import os

@@ -25,9 +25,9 @@ COMMANDS = {
     "tune": ("imdb_lightning.tools.tune", "an Optuna study of a recipe's settings, on any number of workers"),
     "compare": ("imdb_lightning.tools.compare", "a leaderboard and plots from the runs of a log folder"),
     "results": ("imdb_lightning.tools.results", "the published figures: runs into docs/results.json, the docs' tables from it"),
-    "bench": ("imdb_lightning.tools.bench", "speed and memory against a hand-written PyTorch loop"),
-    "memory": ("imdb_lightning.tools.memory", "can an encoder carry a cue to the end of a review?"),
-    "forecast": ("imdb_lightning.forecast.cli", "the airline-passengers LSTM: forecast fit | validate | test | report"),
+    "bench": ("imdb_lightning_lab.bench", "speed and memory against a hand-written PyTorch loop"),
+    "memory": ("imdb_lightning_lab.memory", "can an encoder carry a cue to the end of a review?"),
+    "forecast": ("imdb_lightning_lab.forecast.cli", "the airline-passengers LSTM: forecast fit | validate | test | report"),
 }
 LIGHTNING = ("fit", "validate", "test")  # their argv keeps the subcommand name, as LightningCLI expects
 

@@ -147,6 +147,11 @@ def file_digest(path: Path | str) -> str:
     return f"sha256:{sha.hexdigest()}"
 
 
+def digest(*parts) -> str:
+    """A short stable name for JSON-able parts (cache file names, the split a val_reviews.npz comes from)."""
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def relative_to_run(folder: Path | str, path: Path | str) -> str:
     """`path` as a record stores it: relative to the run folder (so the folder can be read from anywhere)."""
     return Path(os.path.relpath(Path(path).absolute(), Path(folder).absolute())).as_posix()

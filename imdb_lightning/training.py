@@ -16,6 +16,7 @@ from typing import Optional
 import yaml
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
+from .arguments import check_seed
 from .callbacks import RunRecord
 from .checkpoints import data_identity, data_settings, expect_kind, read_checkpoint
 from .data.corpus import CorpusDataModule
@@ -23,7 +24,7 @@ from .data.datamodule import IMDBDataModule
 from .data.identity import LOCATION, PREPROCESSING, SOURCE, SPLIT, changed_meaning, refuse_change, same_setting
 from .data.tokenizer import check_words
 from .errors import UserError
-from .helpers import NO_BF16, available_memory, check_seed, check_writable, cpu_runs_bf16
+from .machine import NO_BF16, available_memory, check_writable, cpu_runs_bf16
 from .models.base import sized_by_steps
 from .models.classifier import SentimentClassifier
 from .models.encoders import count_parameters

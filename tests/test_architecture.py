@@ -1,7 +1,8 @@
 """The package's imports run one way, with no cycle, function-level imports included.
 
-errors, runs, helpers, checkpoints, pretrained <- callbacks <- data <- models <- training, serve, summary
-    <- forecast <- tools <- cli
+errors, runs, arguments, machine, standard_error, checkpoints, pretrained <- callbacks <- data <- models
+<- training, serve, summary <- tools <- the lab (imdb_lightning_lab: bench, memory, forecast) <- cli.
+The lab imports the package, never the reverse (the CLI's table names its commands as strings, imported when used).
 """
 
 import ast
@@ -9,25 +10,26 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).parents[1] / "imdb_lightning"
+ROOT = Path(__file__).parents[1]
+PACKAGE, LAB = ROOT / "imdb_lightning", ROOT / "imdb_lightning_lab"
 LAYERS = [
-    {"errors", "runs", "helpers", "checkpoints", "pretrained"},
+    {"errors", "runs", "arguments", "machine", "standard_error", "checkpoints", "pretrained"},
     {"callbacks"},
     {"data"},
     {"models"},
     {"training", "serve", "summary"},
-    {"forecast"},
     {"tools"},
+    {"imdb_lightning_lab"},  # the lab: on the package, below the CLI that names its commands
     {"cli", "__main__", "__init__"},
 ]
 
 
 def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    parts = path.relative_to(ROOT).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" and len(parts) > 1 else parts)
 
 
-MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+MODULES = {module_name(p): p for folder in (PACKAGE, LAB) for p in sorted(folder.rglob("*.py"))}
 
 
 def imports(name: str) -> set[str]:
@@ -49,7 +51,7 @@ def imports(name: str) -> set[str]:
         for target in targets:
             while target and target not in MODULES:  # `from .x import Name`: the module is .x
                 target = target.rpartition(".")[0]
-            if target and target != name and target != "imdb_lightning":
+            if target and target != name and target not in ("imdb_lightning", "imdb_lightning_lab"):
                 found.add(target)
     return found
 
@@ -58,7 +60,8 @@ GRAPH = {name: imports(name) for name in MODULES}
 
 
 def layer(name: str) -> int:
-    top = name.split(".")[1] if "." in name else "__init__"
+    package, _, rest = name.partition(".")
+    top = package if package == LAB.name else rest.split(".")[0] or "__init__"
     return next(i for i, members in enumerate(LAYERS) if top in members)
 
 
@@ -71,6 +74,13 @@ def test_every_module_has_a_layer():
 def test_imports_run_one_way(name):
     upward = [target for target in GRAPH[name] if layer(target) > layer(name)]
     assert not upward, f"{name} (layer {layer(name)}) imports {upward}, a later layer"
+
+
+def test_the_package_never_imports_the_lab():
+    package = [name for name in MODULES if name.split(".")[0] == PACKAGE.name]
+    into_lab = {name: sorted(t for t in GRAPH[name] if t.split(".")[0] == LAB.name) for name in package}
+    assert not any(into_lab.values()), {name: found for name, found in into_lab.items() if found}
+    assert "imdb_lightning.models.base" in GRAPH["imdb_lightning_lab.forecast.regressor"]  # the walk sees the lab's imports
 
 
 def test_no_import_cycle():

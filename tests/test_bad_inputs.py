@@ -27,7 +27,7 @@ from conftest import write_reviews as write_reviews_file
 from imdb_lightning.cli import cli_main
 from imdb_lightning.data.synthetic import synthetic_reviews
 from imdb_lightning.errors import UserError
-from imdb_lightning.helpers import cpu_runs_bf16
+from imdb_lightning.machine import cpu_runs_bf16
 
 FIT = ["fit", "--config", str(QUICKSTART), *TINY_TRAINING, "--data.synthetic_size", "200"]
 PRETRAIN = ["pretrain", "--config", str(EXPERIMENTS / "pretrain" / "cpu_lstm.yaml"), "--trainer.enable_progress_bar", "false"]
@@ -609,8 +609,8 @@ def test_forecast_help_lists_its_subcommands(capsys):
 
 
 def test_forecast_report_finds_its_recipe_from_any_folder(tmp_path, monkeypatch):
-    from imdb_lightning.forecast import report
     from imdb_lightning.training import load_yaml
+    from imdb_lightning_lab.forecast import report
 
     monkeypatch.chdir(tmp_path)  # outside the project: no experiments/ here
     seen = {}

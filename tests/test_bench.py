@@ -4,7 +4,7 @@ import math
 import pytest
 
 from imdb_lightning.cli import cli_main
-from imdb_lightning.helpers import cpu_runs_bf16
+from imdb_lightning.machine import cpu_runs_bf16
 
 KEYS = {
     "train_samples_per_s", "loop_samples_per_s", "ratio_vs_loop", "bucketed_vs_packed", "bucketed_vs_fixed",
@@ -49,7 +49,7 @@ def test_quick_bench_levers(tmp_path):
 
 def test_flop_count_of_a_bidirectional_lstm():
     from imdb_lightning.models.encoders import RecurrentEncoder
-    from imdb_lightning.tools.bench import recurrent_flops_per_token
+    from imdb_lightning_lab.bench import recurrent_flops_per_token
 
     encoder = RecurrentEncoder(vocab_size=10, cell="lstm", bidirectional=True, embed_dim=128, hidden_size=128, num_layers=2)
     # per direction: 4 gates x 128 outputs x (inputs + 128) multiply-adds; layer 2 reads both directions (256)
@@ -57,7 +57,7 @@ def test_flop_count_of_a_bidirectional_lstm():
 
 
 def test_ratio_spread_over_rounds():
-    from imdb_lightning.tools.bench import ratio_figures
+    from imdb_lightning_lab.bench import ratio_figures
 
     figures = ratio_figures([0.9, 1.0, 1.1, 1.0, 0.95])
     assert figures["ratio_vs_loop"] == 1.0
@@ -76,7 +76,7 @@ def test_quick_bench_in_bf16(tmp_path):
 
 
 def test_bench_in_bf16_on_a_cpu_without_it_says_so(monkeypatch, tmp_path):
-    monkeypatch.setattr("imdb_lightning.tools.bench.cpu_runs_bf16", lambda: False)
+    monkeypatch.setattr("imdb_lightning_lab.bench.cpu_runs_bf16", lambda: False)
     with pytest.raises(SystemExit, match=r"--precision bf16-mixed: this CPU has no bf16 arithmetic"):
         cli_main(["bench", "--quick", "--precision", "bf16-mixed", "--out", str(tmp_path / "b.json")])
     assert not (tmp_path / "b.json").exists()

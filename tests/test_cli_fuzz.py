@@ -35,7 +35,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from conftest import EXPERIMENTS, QUICKSTART, SMALL, SMALL_SETS
-from imdb_lightning import helpers
+from imdb_lightning import arguments
 from imdb_lightning.cli import cli_main
 from imdb_lightning.data.datamodule import IMDBDataModule
 from imdb_lightning.data.synthetic import synthetic_reviews
@@ -136,8 +136,8 @@ def parser_of(command: str) -> argparse.ArgumentParser:
         raise Caught(self)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(helpers.ArgumentParser, "parse_args", catch)
-        patch.setattr(helpers.ArgumentParser, "parse_known_args", catch)
+        patch.setattr(arguments.ArgumentParser, "parse_args", catch)
+        patch.setattr(arguments.ArgumentParser, "parse_known_args", catch)
         try:
             cli_main([command])
         except Caught as caught:

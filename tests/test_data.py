@@ -10,7 +10,7 @@ from imdb_lightning.data.split import grouped_split, stratified_split
 from imdb_lightning.data.synthetic import synthetic_reviews
 from imdb_lightning.data.tokenizer import PAD_ID
 from imdb_lightning.errors import ConfigError, DataError
-from imdb_lightning.helpers import clustered_standard_error
+from imdb_lightning.standard_error import clustered_standard_error
 
 
 def test_synthetic_corpus_is_deterministic_balanced_and_order_dependent():

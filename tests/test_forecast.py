@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from imdb_lightning.cli import cli_main
-from imdb_lightning.forecast.data import SeriesDataModule
+from imdb_lightning_lab.forecast.data import SeriesDataModule
 
 AIRLINE = Path(__file__).parents[1] / "experiments" / "airline_lstm.yaml"
 
@@ -41,8 +41,8 @@ def test_seasonal_naive_is_last_years_month():
 def rmse_by_hand(ckpt) -> float:
     """The checkpoint's forecast of each of the 24 test months from the 12 before it (seasonal base: the change from
     the same month a year earlier), in passengers, against the series: the root mean squared error."""
-    from imdb_lightning.forecast.regressor import SequenceRegressor
     from imdb_lightning.models.encoders import build_encoder
+    from imdb_lightning_lab.forecast.regressor import SequenceRegressor
 
     saved = torch.load(ckpt, weights_only=True)
     model = SequenceRegressor(build_encoder(saved["hyper_parameters"]["encoder"])).eval()
@@ -99,7 +99,7 @@ def test_seasonal_base_is_the_same_month_last_year():
 
 def test_months_are_read_sorted_and_checked(tmp_path):
     from imdb_lightning.errors import DataError
-    from imdb_lightning.forecast.data import AIRLINE, SeriesDataModule, read_series
+    from imdb_lightning_lab.forecast.data import AIRLINE, SeriesDataModule, read_series
 
     lines = AIRLINE.read_text().splitlines()
     header, rows = lines[0], lines[1:]

@@ -2,7 +2,7 @@ import json
 
 from imdb_lightning.cli import cli_main
 from imdb_lightning.data.synthetic import NEGATIVE, POSITIVE
-from imdb_lightning.tools.memory import memory_reviews
+from imdb_lightning_lab.memory import memory_reviews
 
 
 def test_cue_sits_exactly_d_tokens_before_the_end():

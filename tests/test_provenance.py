@@ -23,9 +23,9 @@ from imdb_lightning.cli import cli_main
 from imdb_lightning.data.sources import Reviews
 from imdb_lightning.data.split import carve_validation
 from imdb_lightning.data.synthetic import synthetic_reviews
-from imdb_lightning.helpers import clustered_standard_error
 from imdb_lightning.runs import best_checkpoint, read_record
 from imdb_lightning.serve.predictor import load
+from imdb_lightning.standard_error import clustered_standard_error
 from imdb_lightning.tools.compare import compare, find_runs, leaderboard
 
 FLAGS = ["--config", str(QUICKSTART), "--data.source", "files", "--data.vocab_size", "300",

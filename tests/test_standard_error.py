@@ -9,10 +9,10 @@ import torch
 from conftest import quick_trainer, write_reviews
 from imdb_lightning.data.datamodule import IMDBDataModule
 from imdb_lightning.data.synthetic import synthetic_reviews
-from imdb_lightning.helpers import clustered_standard_error
 from imdb_lightning.models.classifier import SentimentClassifier
 from imdb_lightning.models.encoders import RecurrentEncoder
 from imdb_lightning.serve.predictor import Predictor
+from imdb_lightning.standard_error import clustered_standard_error
 
 
 def by_hand(correct, films) -> float:

@@ -24,9 +24,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..callbacks import train_position
 from ..errors import ConfigError, DataError
-from ..helpers import digest
 from ..pretrained import text_digests
-from ..runs import atomic_write
+from ..runs import atomic_write, digest
 from .datamodule import IMDBDataModule, writable_cache_dir
 from .sources import PRETRAIN_HUB_HELP, FileSource, open_source
 from .tokenizer import build_tokenizer, encode

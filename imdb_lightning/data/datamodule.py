@@ -15,9 +15,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..callbacks import train_position, training_progress
 from ..errors import ConfigError
-from ..helpers import digest
 from ..pretrained import resolve
-from ..runs import atomic_write
+from ..runs import atomic_write, digest
 from .batching import BucketBatchSampler, ResumableLoader, TokenizedReviews, collate
 from .identity import check_resume, check_settings, identity, reviews_digest
 from .sources import Reviews, open_source

@@ -16,9 +16,9 @@ from torchmetrics import CatMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryConfusionMatrix, BinaryF1Score, BinaryROC
 
 from ..errors import ConfigError
-from ..helpers import clustered_standard_error, digest
 from ..pretrained import load_pretrained, resolve
-from ..runs import write_val_reviews
+from ..runs import digest, write_val_reviews
+from ..standard_error import clustered_standard_error
 from . import hparams as tab
 from .adversarial import adversarial_loss
 from .base import EncoderModule, NonFiniteLossError, WeightedMean, compute_and_reset, plateau  # noqa: F401  (NonFiniteLossError: part of this API)

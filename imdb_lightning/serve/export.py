@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..arguments import ArgumentParser
 from ..errors import UserError
-from ..helpers import ArgumentParser
 from . import runtime
 from .predictor import LinearPredictor, Predictor, load
 

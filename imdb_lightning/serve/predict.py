@@ -13,8 +13,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Optional
 
+from ..arguments import ArgumentParser
 from ..errors import UserError
-from ..helpers import ArgumentParser
 from ..runs import newest_checkpoint
 from .runtime import BATCH_SIZE
 

@@ -1,7 +1,8 @@
 """Classify raw text from a checkpoint alone: `imdb_lightning.load(path).predict(texts)`.
 
-`path` may also be a run folder of `imdb-lightning linear`: its linear reference, or its stack
-of one with recurrent checkpoints (`linear --combine`).
+One loader per model family, `load` choosing by the path: a sentiment classifier's checkpoint
+(`load_checkpoint`), or a run folder of `imdb-lightning linear` (`load_linear_run`): its linear
+reference, or its stack of one with recurrent checkpoints (`linear --combine`).
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def load_linear_run(folder: Path, device: torch.device) -> LinearPredictor:
     if not record.get("checkpoints"):
         return LinearPredictor(linear)
     # (named relative to the stack's folder, with their digests: runs.py finds and checks them)
-    return LinearPredictor(Stack(linear, [load(c, device) for c in stack_checkpoints(folder, record)], record["weights"]))
+    partners = [load_checkpoint(c, device) for c in stack_checkpoints(folder, record)]
+    return LinearPredictor(Stack(linear, partners, record["weights"]))
 
 
 def load(path: str | Path, device: str = "cpu") -> Predictor | LinearPredictor:
@@ -76,6 +78,10 @@ def load(path: str | Path, device: str = "cpu") -> Predictor | LinearPredictor:
             return load_linear_run(Path(path), device)
         raise UserError(f"{path}: is a folder: give a checkpoint file, or a run folder of `imdb-lightning linear` "
                         f"(one with {LINEAR_FILE})")
+    return load_checkpoint(path, device)
+
+
+def load_checkpoint(path: str | Path, device: torch.device) -> Predictor:
     ckpt = read_checkpoint(path)
     expect_kind(path, ckpt, "sentiment", "imdb_lightning.load")
     hp = ckpt["hyper_parameters"]

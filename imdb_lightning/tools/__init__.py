@@ -1,1 +1,1 @@
-"""Experiment tools: sweeps, the leaderboard, linear references, benchmarks, diagnostics. The core never imports them."""
+"""Experiment tools: sweeps, studies, the leaderboard, published figures, linear references. The core never imports them."""

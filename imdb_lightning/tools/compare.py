@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Optional
 
+from ..arguments import ArgumentParser
 from ..errors import UserError
-from ..helpers import ArgumentParser, pyplot
 from ..models.hparams import encoder_name
 from ..runs import RECORD, best_checkpoint, evaluations, read_record, run_settings, run_version
 from .paired import format_rows, pair_rows
@@ -335,6 +335,16 @@ def fmt(value, column: str = "") -> str:
     if isinstance(value, float):
         return "" if value != value else f"{value:.1f}"
     return "" if value is None else str(value)
+
+
+def pyplot():
+    """matplotlib.pyplot drawing to files only (no display needed): these plots and the lab's (memory, forecast)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def plot(runs: list[Run], out: Path, over_splits: bool = False) -> list[Path]:

@@ -28,11 +28,12 @@ from typing import Optional
 import numpy as np
 import yaml
 
+from ..arguments import ArgumentParser, check_seed, comma_list
 from ..checkpoints import data_identity, data_settings, expect_kind, read_checkpoint
 from ..data.datamodule import IMDBDataModule
 from ..data.tokenizer import check_words
 from ..errors import DataError, UserError
-from ..helpers import ArgumentParser, check_seed, check_writable, clustered_standard_error, comma_list, digest
+from ..machine import check_writable
 from ..models.hparams import linear_session
 from ..models.linear import DEFAULT_C, LINEAR_FILE, LinearReference, Stack
 from ..runs import (
@@ -41,6 +42,7 @@ from ..runs import (
     atomic_write,
     best_checkpoint,
     checkpoint_entry,
+    digest,
     last_checkpoint,
     now,
     read_record,
@@ -51,6 +53,7 @@ from ..runs import (
     write_record,
     write_val_reviews,
 )
+from ..standard_error import clustered_standard_error
 from ..training import read_config
 from .compare import Z95
 

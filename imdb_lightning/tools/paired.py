@@ -19,8 +19,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..helpers import clustered_standard_error
 from ..runs import read_val_reviews
+from ..standard_error import clustered_standard_error
 
 
 @dataclass

@@ -21,8 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Optional
 
+from ..arguments import ArgumentParser
 from ..errors import UserError
-from ..helpers import ArgumentParser
+from ..machine import cpu_flags
 from ..runs import VAL_REVIEWS, read_record
 from ..runs import atomic_write as write_atomically
 
@@ -75,8 +76,6 @@ def save(data: dict, path: Path | str = FILE) -> None:
 # --- entering runs from their records ---------------------------------------------------------------
 
 def this_machine() -> dict:
-    from .bench import cpu_flags
-
     model = "unknown CPU"
     try:
         model = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from optuna.distributions import CategoricalDistribution
 
+from ..arguments import ArgumentParser, check_seed, comma_list
 from ..callbacks import LastCheckpoint, RunRecord
 from ..errors import DataError, UserError
-from ..helpers import ArgumentParser, check_seed, comma_list
 from ..models.encoders import ENCODERS, class_path
 from ..runs import RECORD, best_checkpoint, last_checkpoint, read_record, run_folders, run_version, write_record
 from ..training import compose, make_cli

@@ -19,8 +19,8 @@ from typing import Optional
 
 import yaml
 
+from ..arguments import ArgumentParser, check_seed, comma_list
 from ..errors import UserError
-from ..helpers import ArgumentParser, check_seed, comma_list
 from ..models.encoders import ENCODERS
 from ..runs import atomic_write, best_checkpoint, last_checkpoint, read_record, write_record
 from ..training import load_yaml, make_cli, read_config

@@ -27,15 +27,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.datamodule import IMDBDataModule
-from ..data.sources import FileSource, write_reviews
-from ..data.synthetic import synthetic_reviews
-from ..helpers import NO_BF16, ArgumentParser, comma_list, cpu_runs_bf16
-from ..models.classifier import SentimentClassifier
-from ..models.encoders import RECURRENT, class_path, encoder_spec, named_encoder
-from ..serve.export import export_predictor
-from ..serve.predictor import Predictor
-from ..serve.runtime import ExportedClassifier
+from imdb_lightning.arguments import ArgumentParser, comma_list
+from imdb_lightning.data.datamodule import IMDBDataModule
+from imdb_lightning.data.sources import FileSource, write_reviews
+from imdb_lightning.data.synthetic import synthetic_reviews
+from imdb_lightning.machine import NO_BF16, cpu_flags, cpu_runs_bf16
+from imdb_lightning.models.classifier import SentimentClassifier
+from imdb_lightning.models.encoders import RECURRENT, class_path, encoder_spec, named_encoder
+from imdb_lightning.serve.export import export_predictor
+from imdb_lightning.serve.predictor import Predictor
+from imdb_lightning.serve.runtime import ExportedClassifier
 
 SETTINGS = ("embed_dim", "hidden_size", "max_length", "batch_size", "steps", "warmup", "rounds", "precision")
 LOG_EVERY_N_STEPS = 20  # as config/defaults.yaml: the steps whose figures the host reads
@@ -274,16 +275,6 @@ def _vm_hwm_kb(pid: int) -> int:
     except OSError:  # exited between poll() and the read
         pass
     return 0
-
-
-def cpu_flags() -> list[str]:
-    """The vector-arithmetic flags that decide CPU speed here (AVX2, AVX-512, its BF16 and VNNI, AMX)."""
-    try:
-        line = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags"))
-    except (OSError, StopIteration):
-        return []
-    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_tile")
-    return [f for f in line.split(":", 1)[1].split() if f in wanted]
 
 
 def machine(device: str) -> dict:

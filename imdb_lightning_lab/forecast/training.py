@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
-from ..training import CONFIG_DIR, ExperimentCLI, make_cli
-from .data import SeriesDataModule
-from .regressor import SequenceRegressor
+from imdb_lightning.training import ExperimentCLI, make_cli
+from imdb_lightning_lab.forecast.data import SeriesDataModule
+from imdb_lightning_lab.forecast.regressor import SequenceRegressor
 
-FORECAST_DEFAULTS = str(CONFIG_DIR / "forecast_defaults.yaml")
+FORECAST_DEFAULTS = str(Path(__file__).with_name("defaults.yaml"))  # read after config/common.yaml
 
 
 class ForecastCLI(ExperimentCLI):

@@ -10,7 +10,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 
-from ..models.base import EncoderModule, WeightedMean, compute_and_reset
+from imdb_lightning.models.base import EncoderModule, WeightedMean, compute_and_reset
 
 
 class SequenceRegressor(EncoderModule):

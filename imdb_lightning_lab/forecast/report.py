@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..helpers import ArgumentParser, comma_list, pyplot
-from .data import SeriesDataModule
-from .training import forecast_cli
+from imdb_lightning.arguments import ArgumentParser, comma_list
+from imdb_lightning.tools.compare import pyplot
+from imdb_lightning_lab.forecast.data import SeriesDataModule
+from imdb_lightning_lab.forecast.training import forecast_cli
 
 RECIPE = Path(__file__).with_name("resources") / "airline_lstm.yaml"
 

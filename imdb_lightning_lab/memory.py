@@ -17,13 +17,14 @@ import lightning as L
 import numpy as np
 import torch
 
-from ..data.datamodule import IMDBDataModule
-from ..data.sources import write_reviews
-from ..data.synthetic import NEGATIVE, POSITIVE, SLOTS
-from ..errors import UserError
-from ..helpers import ArgumentParser, comma_list, pyplot
-from ..models.classifier import SentimentClassifier
-from ..models.encoders import RECURRENT, named_encoder
+from imdb_lightning.arguments import ArgumentParser, comma_list
+from imdb_lightning.data.datamodule import IMDBDataModule
+from imdb_lightning.data.sources import write_reviews
+from imdb_lightning.data.synthetic import NEGATIVE, POSITIVE, SLOTS
+from imdb_lightning.errors import UserError
+from imdb_lightning.models.classifier import SentimentClassifier
+from imdb_lightning.models.encoders import RECURRENT, named_encoder
+from imdb_lightning.tools.compare import pyplot
 
 FILLER = sorted({w for words in SLOTS.values() for phrase in words for w in phrase.split()}
                 | {"the", "film", "scene", "and", "then", "a"})

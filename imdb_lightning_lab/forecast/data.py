@@ -14,7 +14,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
+from imdb_lightning.errors import ConfigError, DataError
 
 AIRLINE = Path(__file__).with_name("resources") / "airline_passengers.csv"
 

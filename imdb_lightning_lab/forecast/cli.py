@@ -5,9 +5,9 @@ Same encoders, configs and conventions as the sentiment models (experiments/airl
 
 from __future__ import annotations
 
-from ..errors import UserError
-from .report import report_main
-from .training import forecast_cli
+from imdb_lightning.errors import UserError
+from imdb_lightning_lab.forecast.report import report_main
+from imdb_lightning_lab.forecast.training import forecast_cli
 
 SUBCOMMANDS = {
     "fit": "train the forecaster (LightningCLI: --config experiments/airline_lstm.yaml)",
