@@ -1,7 +1,7 @@
 """imdb-lightning: train and compare recurrent sentiment encoders on IMDB with PyTorch Lightning.
 
 Folders show the design, and imports run one way (a test walks them):
-errors, runs, callbacks <- data <- models <- training, serve <- forecast <- tools <- cli.
+errors, runs, callbacks <- data <- models <- checks, experiment, training, serve <- forecast <- tools <- cli.
 """
 
 import os

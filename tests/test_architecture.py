@@ -1,6 +1,7 @@
 """The package's imports run one way, with no cycle, function-level imports included.
 
-errors, runs, helpers, checkpoints <- callbacks <- data <- models <- training, serve, summary <- forecast <- tools <- cli
+errors, runs, helpers, checkpoints <- callbacks <- data <- models <- checks, experiment, training, serve, summary
+<- forecast <- tools <- cli
 """
 
 import ast
@@ -14,7 +15,7 @@ LAYERS = [
     {"callbacks"},
     {"data"},
     {"models"},
-    {"training", "serve", "summary"},
+    {"training", "experiment", "checks", "serve", "summary"},
     {"forecast"},
     {"tools"},
     {"cli", "__main__", "__init__"},
