@@ -129,11 +129,78 @@ def expand_configs(argv: list[str], datamodule_class: type, other_command: str) 
     return out
 
 
+# --- what a command line names, settled before anything is built ---------------------------------------------
+
+
+def check_seeds(config) -> None:
+    check_seed("--seed_everything", config.get("seed_everything"))
+    data = config.get("data")
+    check_seed("--data.split_seed", data.get("split_seed") if hasattr(data, "get") else None)
+
 
 def logged_runs_root(trainer_config) -> Optional[Path]:
     """The experiment's run folder root from a parsed trainer config (its logger and default_root_dir)."""
     init = getattr(trainer_config.logger, "init_args", None)
     return experiment_root(getattr(init, "save_dir", None), getattr(init, "name", None), trainer_config.get("default_root_dir"))
+
+
+def settle_checkpoint(config, subcommand: str, task: str) -> Optional[dict]:
+    """The run folder and the checkpoint a fit / validate / test names, settled in `config`; the checkpoint, read
+    and checked (of `task`'s kind; a resume: against this command line), or None."""
+    logger = config.trainer.logger
+    root = logged_runs_root(config.trainer)
+    if root is not None:  # the runs of --trainer.default_root_dir DIR land under DIR
+        logger.init_args.save_dir = str(root.parent)
+        check_writable(root.parent, "--trainer.default_root_dir" if config.trainer.get("default_root_dir")
+                       else "--trainer.logger.init_args.save_dir")
+    version = logger.init_args.get("version") if hasattr(logger, "init_args") else None
+    if subcommand != "fit" and root is not None and version is not None and (root / f"version_{version}" / RECORD).is_file():
+        logger.init_args.version = None  # (a run's own config.yaml names its folder) an evaluation gets a folder of its own
+    ckpt = config.get("ckpt_path")
+    if subcommand in ("validate", "test") and not ckpt:
+        raise UserError(f"{subcommand} needs --ckpt_path: best or last (of this experiment's newest run) or a checkpoint "
+                        "file; without one it would score untrained weights")
+    if ckpt in ("last", "best") and root is None:
+        raise UserError(f"--ckpt_path {ckpt} needs a TensorBoard/CSV logger config to find the run; pass a checkpoint path")
+    if ckpt in ("last", "best"):
+        config.ckpt_path = newest(root, ckpt, logger, subcommand)
+    if not config.get("ckpt_path"):
+        return None
+    ckpt = read_checkpoint(config.ckpt_path)
+    expect_kind(config.ckpt_path, ckpt, task, f"imdb-lightning {subcommand}")
+    if subcommand == "fit":
+        check_resumed_settings(config, ckpt)
+        check_resumed_length(config, ckpt)
+        check_resumed_batches(config, ckpt)
+    else:  # evaluated with its own vocabulary (its tokenizer travels in it): the embedding takes its size
+        vocab = ckpt.get("hyper_parameters", {}).get("encoder", {}).get("init_args", {}).get("vocab_size")
+        if vocab and "vocab_size" in (config.get("data") or {}):
+            config.data.vocab_size = vocab
+    return ckpt
+
+
+def newest(root: Path, which: str, logger, subcommand: str) -> str:
+    """`--ckpt_path last` or `best`: that checkpoint of the experiment's newest run."""
+    found = newest_checkpoint(root, which)
+    if not found:
+        raise UserError(f"--ckpt_path {which}: no {which} checkpoint under {root}; train first (imdb-lightning fit)")
+    run, ckpt = found
+    if subcommand == "fit":  # carry on in the same folder, with the same logs
+        logger.init_args.version = run_version(run)
+        print(f"Resuming {ckpt}", file=sys.stderr)
+    return str(ckpt)
+
+
+def take_pretrained_vocabulary(config) -> None:
+    """A fine-tune reads with its language model's vocabulary, and sizes its embedding to it."""
+    pretrained = config.model.get("pretrained")
+    if pretrained:
+        vocab = read_language_model(pretrained)["hyper_parameters"]["encoder"]["init_args"]["vocab_size"]
+        config.data.tokenizer_from, config.data.vocab_size = pretrained, vocab
+        config.model.encoder.init_args.vocab_size = vocab
+
+
+# --- the command lines ----------------------------------------------------------------------------------------
 
 
 class ExperimentCLI(LightningCLI):
@@ -165,36 +232,8 @@ class ExperimentCLI(LightningCLI):
         # Here, before LightningCLI reads a checkpoint's hyperparameters into the config and seeds everything.
         subcommand, config = self.command_config()
         check_seeds(config)
-        if subcommand is None:
-            return
-        logger = config.trainer.logger
-        root = logged_runs_root(config.trainer)
-        if root is not None:  # the runs of --trainer.default_root_dir DIR land under DIR
-            logger.init_args.save_dir = str(root.parent)
-            check_writable(root.parent, "--trainer.default_root_dir" if config.trainer.get("default_root_dir")
-                           else "--trainer.logger.init_args.save_dir")
-        ckpt = config.get("ckpt_path")
-        if subcommand in ("validate", "test") and not ckpt:
-            raise UserError(f"{subcommand} needs --ckpt_path: best or last (of this experiment's newest run) or a checkpoint "
-                            "file; without one it would score untrained weights")
-        if ckpt in ("last", "best") and root is not None:
-            config.ckpt_path = newest(root, ckpt, logger, subcommand)
-        elif ckpt in ("last", "best"):
-            raise UserError(f"--ckpt_path {ckpt} needs a TensorBoard/CSV logger config to find the run; pass a checkpoint path")
-        if config.get("ckpt_path"):
-            self.checkpoint = ckpt = read_checkpoint(config.ckpt_path)
-            expect_kind(config.ckpt_path, ckpt, self.task, f"imdb-lightning {subcommand}")
-            if subcommand == "fit":
-                check_resumed_settings(config, ckpt)
-                check_resumed_length(config, ckpt)
-                check_resumed_batches(config, ckpt)
-            else:  # evaluated with its own vocabulary (its tokenizer travels in it): the embedding takes its size
-                vocab = ckpt.get("hyper_parameters", {}).get("encoder", {}).get("init_args", {}).get("vocab_size")
-                if vocab and "vocab_size" in (config.get("data") or {}):
-                    config.data.vocab_size = vocab
-        version = logger.init_args.get("version") if hasattr(logger, "init_args") else None
-        if subcommand != "fit" and root is not None and version is not None and (root / f"version_{version}" / RECORD).is_file():
-            logger.init_args.version = None  # (a run's own config.yaml names its folder) an evaluation gets a folder of its own
+        if subcommand is not None:
+            self.checkpoint = settle_checkpoint(config, subcommand, self.task)
 
     def before_instantiate_classes(self) -> None:
         check_buildable(self.command_config()[1])
@@ -218,33 +257,6 @@ class ExperimentCLI(LightningCLI):
 
     def test(self, model, datamodule, **options) -> None:
         run_experiment(self, "test", **options)
-
-
-def newest(root: Path, which: str, logger, subcommand: str) -> str:
-    """`--ckpt_path last` or `best`: that checkpoint of the experiment's newest run."""
-    found = newest_checkpoint(root, which)
-    if not found:
-        raise UserError(f"--ckpt_path {which}: no {which} checkpoint under {root}; train first (imdb-lightning fit)")
-    run, ckpt = found
-    if subcommand == "fit":  # carry on in the same folder, with the same logs
-        logger.init_args.version = run_version(run)
-        print(f"Resuming {ckpt}", file=sys.stderr)
-    return str(ckpt)
-
-
-def check_seeds(config) -> None:
-    check_seed("--seed_everything", config.get("seed_everything"))
-    data = config.get("data")
-    check_seed("--data.split_seed", data.get("split_seed") if hasattr(data, "get") else None)
-
-
-def take_pretrained_vocabulary(config) -> None:
-    """A fine-tune reads with its language model's vocabulary, and sizes its embedding to it."""
-    pretrained = config.model.get("pretrained")
-    if pretrained:
-        vocab = read_language_model(pretrained)["hyper_parameters"]["encoder"]["init_args"]["vocab_size"]
-        config.data.tokenizer_from, config.data.vocab_size = pretrained, vocab
-        config.model.encoder.init_args.vocab_size = vocab
 
 
 class SentimentCLI(ExperimentCLI):
