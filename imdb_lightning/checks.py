@@ -142,12 +142,9 @@ def check_resumed_batches(config, ckpt: dict) -> None:
 def check_resumed_data(config, ckpt: dict) -> None:
     """A resumed fit's split and preprocessing are its checkpoint's (the reviews themselves are checked by
     digest as the checkpoint loads)."""
-    data = config.data.as_dict() if hasattr(config.data, "as_dict") else {k: v for k, v in vars(config.data).items()
-                                                                          if not k.startswith("__")}
-    change = changed_meaning(data_settings(ckpt), data, (*SOURCE, *SPLIT, *PREPROCESSING))
+    change = changed_meaning(data_settings(ckpt), config.data.as_dict(), (*SOURCE, *SPLIT, *PREPROCESSING))
     if change:
         raise refuse_change(config.ckpt_path, *change)
-
 
 
 def checkpoint_data(config, ckpt: dict, subcommand: str) -> None:

@@ -20,16 +20,9 @@ import yaml
 from jsonargparse import ActionConfigFile
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from . import checks
 from .callbacks import RunRecord
 from .checkpoints import expect_kind, read_checkpoint
-from .checks import (
-    check_buildable,
-    check_resumed_batches,
-    check_resumed_data,
-    check_resumed_length,
-    check_resumed_settings,
-    checkpoint_data,
-)
 from .data.corpus import CorpusDataModule
 from .data.datamodule import IMDBDataModule
 from .errors import UserError
@@ -169,9 +162,9 @@ def settle_checkpoint(config, subcommand: str, task: str) -> Optional[dict]:
     ckpt = read_checkpoint(config.ckpt_path)
     expect_kind(config.ckpt_path, ckpt, task, f"imdb-lightning {subcommand}")
     if subcommand == "fit":
-        check_resumed_settings(config, ckpt)
-        check_resumed_length(config, ckpt)
-        check_resumed_batches(config, ckpt)
+        checks.check_resumed_settings(config, ckpt)
+        checks.check_resumed_length(config, ckpt)
+        checks.check_resumed_batches(config, ckpt)
     else:  # evaluated with its own vocabulary (its tokenizer travels in it): the embedding takes its size
         vocab = ckpt.get("hyper_parameters", {}).get("encoder", {}).get("init_args", {}).get("vocab_size")
         if vocab and "vocab_size" in (config.get("data") or {}):
@@ -236,7 +229,7 @@ class ExperimentCLI(LightningCLI):
             self.checkpoint = settle_checkpoint(config, subcommand, self.task)
 
     def before_instantiate_classes(self) -> None:
-        check_buildable(self.command_config()[1])
+        checks.check_buildable(self.command_config()[1])
 
     def after_instantiate_classes(self) -> None:
         """The run's record gets the configuration this segment runs with (what config.yaml holds for a new run)."""
@@ -276,9 +269,9 @@ class SentimentCLI(ExperimentCLI):
             raise UserError("--data_settings command_line is for validate and test; a resumed fit always goes on with its "
                             "checkpoint's data")
         if self.checkpoint is not None and subcommand == "fit":
-            check_resumed_data(config, self.checkpoint)
+            checks.check_resumed_data(config, self.checkpoint)
         elif self.checkpoint is not None:
-            checkpoint_data(config, self.checkpoint, subcommand)
+            checks.checkpoint_data(config, self.checkpoint, subcommand)
 
 
 class PretrainCLI(ExperimentCLI):
