@@ -1,7 +1,7 @@
 """imdb-lightning: train and compare recurrent sentiment encoders on IMDB with PyTorch Lightning.
 
 Folders show the design, and imports run one way (a test walks them):
-errors, runs, callbacks <- data <- models <- training, serve <- tools <- cli. The lab beside it
+errors, runs, callbacks <- data <- models <- checks, experiment, training, serve <- tools <- cli. The lab beside it
 (imdb_lightning_lab: bench, memory, forecast) builds on it and is never imported by it.
 """
 

@@ -1,7 +1,7 @@
 """The package's imports run one way, with no cycle, function-level imports included.
 
 errors, runs, arguments, machine, standard_error, checkpoints, pretrained <- callbacks <- data <- models
-<- training, serve, summary <- tools <- the lab (imdb_lightning_lab: bench, memory, forecast) <- cli.
+<- checks, experiment, training, serve, summary <- tools <- the lab (imdb_lightning_lab: bench, memory, forecast) <- cli.
 The lab imports the package, never the reverse (the CLI's table names its commands as strings, imported when used).
 """
 
@@ -17,7 +17,7 @@ LAYERS = [
     {"callbacks"},
     {"data"},
     {"models"},
-    {"training", "serve", "summary"},
+    {"training", "experiment", "checks", "serve", "summary"},
     {"tools"},
     {"imdb_lightning_lab"},  # the lab: on the package, below the CLI that names its commands
     {"cli", "__main__", "__init__"},

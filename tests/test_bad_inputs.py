@@ -413,7 +413,7 @@ BF16 = ["--trainer.precision", "bf16-mixed"]
 def test_bf16_on_a_cpu_without_it_is_one_line_before_any_run_folder(inputs, tmp_path, monkeypatch, command):
     # oneDNN's bf16 needs AVX-512: on an AVX2-only CPU an LSTM fails deep inside torch; here the check says so first
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("imdb_lightning.training.cpu_runs_bf16", lambda: False)
+    monkeypatch.setattr("imdb_lightning.checks.cpu_runs_bf16", lambda: False)
     cache = str(inputs / "cache")
     args = {"fit": [*FIT, "--data.cache_dir", cache, *BF16],
             "pretrain": [*PRETRAIN, "--data.unlabelled_files", str(inputs / "good.parquet"), "--data.cache_dir", cache, *BF16],
@@ -462,7 +462,7 @@ def test_a_vocabulary_too_large_for_the_memory_is_refused_before_it_is_built(inp
     # 100 million words x 32 dimensions: 3.2e9 parameters, 48 GiB to train; a machine with 24 GiB free is told
     # so at once, rather than killed for memory half a minute later with its run left "running"
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("imdb_lightning.training.available_memory", lambda: 24 * 2**30)
+    monkeypatch.setattr("imdb_lightning.checks.available_memory", lambda: 24 * 2**30)
     with pytest.raises(SystemExit) as exit:
         cli_main([*FIT, "--data.cache_dir", str(inputs / "cache"), "--data.vocab_size", "100000000"])
     message = exit.value.code
@@ -471,10 +471,10 @@ def test_a_vocabulary_too_large_for_the_memory_is_refused_before_it_is_built(inp
                         r"100,000,000 x embed_dim 32: .*lower --data\.vocab_size", message), message
     assert not run_folders(tmp_path)
     # what fits is not refused: the same with room for it trains
-    monkeypatch.setattr("imdb_lightning.training.available_memory", lambda: 2**60)
+    monkeypatch.setattr("imdb_lightning.checks.available_memory", lambda: 2**60)
     with pytest.raises(SystemExit, match="a stand-in for the fit"):
-        monkeypatch.setattr("imdb_lightning.training.ExperimentCLI.before_fit",
-                            lambda self: sys.exit("a stand-in for the fit"))  # (built, not trained: 13 GB of weights)
+        monkeypatch.setattr("imdb_lightning.training.ExperimentCLI.fit",
+                            lambda self, *_, **__: sys.exit("a stand-in for the fit"))  # (built, not trained: 13 GB of weights)
         cli_main([*FIT, "--data.cache_dir", str(inputs / "cache"), "--data.vocab_size", "1000000"])
 
 
@@ -482,7 +482,8 @@ def test_the_size_check_draws_no_random_numbers():
     # it builds the encoder (on the meta device) after LightningCLI set the seed: a run's weights must not change
     import torch
 
-    from imdb_lightning.training import check_model_fits, read_config
+    from imdb_lightning.checks import check_model_fits
+    from imdb_lightning.training import read_config
 
     model = read_config([str(QUICKSTART)]).model
     torch.manual_seed(0)

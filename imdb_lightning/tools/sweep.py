@@ -23,6 +23,7 @@ from optuna.distributions import CategoricalDistribution
 from ..arguments import ArgumentParser, check_seed, comma_list
 from ..callbacks import LastCheckpoint, RunRecord
 from ..errors import DataError, UserError
+from ..experiment import run_experiment
 from ..models.encoders import ENCODERS, class_path
 from ..runs import RECORD, best_checkpoint, last_checkpoint, read_record, run_folders, run_version, write_record
 from ..training import compose, make_cli
@@ -74,10 +75,9 @@ def run_one(args: list[str], extra: dict, version: int | None, ckpt: Path | None
             test: bool = True, command: str = "sweep") -> None:
     """Fit (from `ckpt` if given), then test the best checkpoint when there are test data."""
     cli = make_run(args, extra, version, callbacks, command)
-    cli.before_fit()  # fit's own checks (precision, monitors, data), which a run=False CLI skips
-    cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=str(ckpt) if ckpt else None)
+    run_experiment(cli, "fit", summary=False, ckpt_path=str(ckpt) if ckpt else None)
     if test and has_test_data(cli):
-        cli.trainer.test(cli.model, cli.datamodule, ckpt_path="best")
+        run_experiment(cli, "test", summary=False, ckpt_path="best")
 
 
 def run_test_only(args: list[str], extra: dict, version: int | None, ckpt: Path | None, run: Path,
@@ -91,8 +91,7 @@ def run_test_only(args: list[str], extra: dict, version: int | None, ckpt: Path 
         next(cb for cb in cli.trainer.callbacks if isinstance(cb, RunRecord)).record = dict(record)
     if not has_test_data(cli):
         return False
-    cli.before_test()
-    cli.trainer.test(cli.model, cli.datamodule, ckpt_path=str(ckpt))
+    run_experiment(cli, "test", summary=False, ckpt_path=str(ckpt))
     return True
 
 
