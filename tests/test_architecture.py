@@ -1,6 +1,6 @@
 """The package's imports run one way, with no cycle, function-level imports included.
 
-errors, runs, helpers, checkpoints <- callbacks <- data <- models <- training, serve, summary <- forecast <- tools <- cli
+errors, runs, helpers, checkpoints, resume <- data <- models <- training, callbacks, serve, summary <- forecast <- tools <- cli
 """
 
 import ast
@@ -10,11 +10,10 @@ import pytest
 
 PACKAGE = Path(__file__).parents[1] / "imdb_lightning"
 LAYERS = [
-    {"errors", "runs", "helpers", "checkpoints"},
-    {"callbacks"},
+    {"errors", "runs", "helpers", "checkpoints", "resume"},
     {"data"},
     {"models"},
-    {"training", "serve", "summary"},
+    {"training", "callbacks", "serve", "summary"},
     {"forecast"},
     {"tools"},
     {"cli", "__main__", "__init__"},

@@ -14,10 +14,10 @@ import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..callbacks import train_position, training_progress
 from ..checkpoints import data_state, read_checkpoint
 from ..errors import ConfigError
 from ..helpers import digest
+from ..resume import train_position, training_progress
 from ..runs import atomic_write
 from .batching import BucketBatchSampler, ResumableLoader, TokenizedReviews, collate
 from .sources import Reviews, open_source
