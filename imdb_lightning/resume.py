@@ -1,13 +1,8 @@
-"""Exact resume: what a fit resumed from a checkpoint needs beyond Lightning's own restore, so that it trains
-on as the uninterrupted run would have.
-
-Lightning restores the weights, the optimizer and its schedule, the loops' counters and the data module's
-and callbacks' state_dicts. The rest is here:
-- where in its epoch the fit is (`training_progress`): the data modules save it (`train_position`) and their
-  loaders resume after the batches already trained (data/batching.py's ResumableLoader);
-- the model's part (`ModelResume`, called from models/base.py's TrainingModule): the random state after the
-  last finished step, a resumed fit's changed learning rate, and the plateau step of the epoch it resumed in.
-What a resumed fit may change (its settings, its batch size mid-epoch) is checked in training.py.
+"""Exact resume: what a fit resumed from a checkpoint needs beyond Lightning's own restore (weights, optimizer,
+schedule, loop counters, data module and callback states) to train on as the uninterrupted run would have:
+where in its epoch the fit is (saved by the data modules, whose loaders resume after the batches trained:
+data/batching.py), and the model's part, `ModelResume`, which models/base.py's hooks call. What a resumed fit
+may change is checked in training.py.
 """
 
 from __future__ import annotations
@@ -39,19 +34,17 @@ def train_position(datamodule: L.LightningDataModule) -> dict:
 
 
 class ModelResume:
-    """A model's part of an exact resume, kept beside Lightning's checkpoint (`rng_state`, `configured_lrs`).
+    """A model's part of an exact resume, in the checkpoint as `rng_state` and `configured_lrs`.
 
     Random state: Lightning's checkpoints hold none. The CPU generator's state once a step has drawn all it
-    draws (forward and backward done, before the optimizer's update) goes into the checkpoint and comes back
-    before the first step of a resumed run, so dropout draws what it would have; a Ctrl-C in the middle of a
-    step thus resumes from the step before. (On a GPU the CUDA generator's state is taken when the checkpoint
-    is written.)
+    draws (before the optimizer's update) comes back before a resumed run's first step, so dropout draws what
+    it would have; a Ctrl-C in the middle of a step resumes from the step before. (The CUDA generator's state
+    is taken when the checkpoint is written.)
 
-    Learning rate: Lightning restores the optimizer's state, learning rates included, so a rate changed on the
-    command line of a resumed fit would be recorded in config.yaml and ignored. The configured rates go into
-    each checkpoint; when a resumed fit's differ, they replace the restored ones (a plateau schedule goes on
-    from them). A schedule sized in steps (OneCycleLR) sets the rate itself at every step: there a changed
-    rate is refused.
+    Learning rate: Lightning restores the optimizer's, so a rate changed on a resumed fit's command line would
+    be recorded in config.yaml and ignored. The configured rates go into each checkpoint; when a resumed fit's
+    differ, they replace the restored ones (a plateau schedule goes on from them); under a schedule sized in
+    steps (OneCycleLR), which sets the rate itself, they are refused.
     """
 
     def __init__(self):

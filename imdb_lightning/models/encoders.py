@@ -185,14 +185,10 @@ class Recurrence(nn.Module):
         return pool(states, lengths, self.pooling, self.hidden_size if self.bidirectional else 0)  # (batch, pooled)
 
     def run(self, x: torch.Tensor, lengths: Optional[torch.Tensor], state: Optional[list] = None) -> tuple[torch.Tensor, list]:
-        """Time-major x (time, batch, input_size) through the stacked layers, dropout between them ->
-        the top layer's states at every step (time, batch, directions * hidden), and each layer's final state.
-
-        lengths (batch,): each sequence's real steps, or None when every sequence fills x (a language model's
-        windows). state: each layer's initial state (an LSTM's (h, c), a GRU's / RNN's h, each (1, batch,
-        hidden)) from a previous window's final one; None starts from zeros. A bidirectional layer takes and
-        gives its forward direction's state: its backward direction starts from each sequence's end afresh.
-        """
+        """Time-major x (time, batch, input_size) through the layers -> the top layer's states (time, batch,
+        directions * hidden) and each layer's final state (an LSTM's (h, c), else h: (1, batch, hidden)), which
+        `state` takes back to go on from (None: zeros). lengths (batch,), or None when every sequence fills x.
+        A bidirectional layer's state is its forward direction's: the backward one starts afresh at each end."""
         # Time-major inside: PyTorch's CPU RNN kernels ran faster than with batch_first here.
         state = state or [None] * self.num_layers
         final = []
@@ -207,27 +203,22 @@ class Recurrence(nn.Module):
             x = forward  # (time, batch, directions * hidden)
         return x, final
 
-    def call(self, rnn: nn.RNNBase, *args):
-        """rnn(*args), with its recurrent weights dropped while training when weight_drop > 0."""
-        if not (self.training and self.weight_drop):
-            return rnn(*args)
-        # DropConnect on the recurrent weights (AWD-LSTM's weight drop): one mask per batch, the
-        # same at every time step, so it regularises the recurrence itself, not single states.
-        weights = {
-            name: F.dropout(param, self.weight_drop) if name.startswith("weight_hh") else param
-            for name, param in rnn.named_parameters()
-        }
-        return torch.func.functional_call(rnn, weights, args)
-
     def _run(self, rnn: nn.RNNBase, x: torch.Tensor, lengths: Optional[torch.Tensor], state=None) -> tuple:
         """One direction of one layer: its states (time, batch, hidden) and its final state."""
-        if not self.packed or lengths is None:
-            return self.call(rnn, x, state)
-        # Packed sequences skip the padding, which pays with cuDNN on a GPU; on CPU they ran ~10x
-        # slower than padded length buckets here. Lengths must be a CPU tensor (a device sync on GPU).
-        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
-        states, last = self.call(rnn, packed, state)
-        return nn.utils.rnn.pad_packed_sequence(states, total_length=x.shape[0])[0], last
+        time, packed = x.shape[0], self.packed and lengths is not None
+        if packed:
+            # Packed sequences skip the padding, which pays with cuDNN on a GPU; on CPU they ran ~10x
+            # slower than padded length buckets here. Lengths must be a CPU tensor (a device sync on GPU).
+            x = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
+        if self.training and self.weight_drop:
+            # DropConnect on the recurrent weights (AWD-LSTM's weight drop): one mask per batch, the
+            # same at every time step, so it regularises the recurrence itself, not single states.
+            weights = {name: F.dropout(param, self.weight_drop) if name.startswith("weight_hh") else param
+                       for name, param in rnn.named_parameters()}
+            states, last = torch.func.functional_call(rnn, weights, (x, state))
+        else:
+            states, last = rnn(x, state)
+        return nn.utils.rnn.pad_packed_sequence(states, total_length=time)[0] if packed else states, last
 
 
 class RecurrentEncoder(Recurrence):
@@ -270,9 +261,8 @@ class RecurrentEncoder(Recurrence):
         self.vocab_size, self.embed_dim, self.embed_dropout = vocab_size, embed_dim, embed_dropout
         self.bigram_buckets, self.word_dropout, self.word_bag = bigram_buckets, word_dropout, word_bag
         self.reverse = reverse
-        super().__init__(input_size=embed_dim, cell=cell, hidden_size=hidden_size, num_layers=num_layers,
-                         bidirectional=bidirectional, pooling=pooling, dropout=dropout, init=init, packed=packed,
-                         weight_drop=weight_drop, variational=variational)
+        super().__init__(embed_dim, cell, hidden_size, num_layers, bidirectional, pooling, dropout, init, packed,
+                         weight_drop, variational)  # (input_size: embed_dim)
         # bigram_buckets > 0: a bag of hashed word pairs (NBoWEncoder's bigrams) beside the pooled states
         self.output_dim += embed_dim if bigram_buckets else 0
         # word_bag: the mean word embedding beside them, so the classifier sees what the NBoW sees
