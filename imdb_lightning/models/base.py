@@ -105,10 +105,11 @@ def _read_deferred_before_saving(module, prefix, keep_vars) -> None:
 class TrainingModule(L.LightningModule):
     """An injected encoder trained by a subclass's `_step(batch, stage) -> loss`.
 
-    In training, `_step` hands its figures to `defer`; in evaluation it updates `{stage}_metrics` (from
-    `track_metrics`) and `{stage}_loss` (a WeightedMean). Each epoch's figures are computed, logged and reset
-    here (`log_epoch_metrics`). Hyperparameters are plain data (`save_encoder_hyperparameters`: the encoder
-    as class path + arguments, no pickled objects); the optimizer and its schedule come from YAML.
+    In training, `_step` hands its figures to `defer` (its losses go into `train_loss`, a WeightedMean the
+    subclass makes); in evaluation it updates `{stage}_metrics` (from `track_metrics`) and `{stage}_loss`.
+    Each epoch's figures are computed, logged and reset here (`log_epoch_metrics`). Hyperparameters are plain
+    data (`save_encoder_hyperparameters`: the encoder as class path + arguments, no pickled objects); the
+    optimizer and its schedule come from YAML.
     """
 
     def __init__(self, encoder: nn.Module, optimizer: OptimizerCallable = torch.optim.Adam,
@@ -244,7 +245,7 @@ class TrainingModule(L.LightningModule):
     def metric_names(self) -> set[str]:
         """Every name this model logs during a fit (what `monitor` options may name)."""
         names = {f"{stage}/loss" for stage in STAGES} | {"train/loss_epoch"}
-        return names.union(*(getattr(self, f"{stage}_metrics").keys() for stage in STAGES if hasattr(self, f"{stage}_metrics")))
+        return names.union(*(getattr(self, f"{stage}_metrics", {}).keys() for stage in STAGES))
 
     # --- Lightning's hooks, in the order a fit calls them ------------------------------------------------
     def on_load_checkpoint(self, checkpoint: dict) -> None:
