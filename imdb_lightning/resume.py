@@ -48,10 +48,9 @@ class ModelResume:
     """
 
     def __init__(self):
-        self.rng_after_step: Optional[torch.Tensor] = None
-        self.rng_to_restore: Optional[dict] = None
-        self.configured_lrs: Optional[list] = None
-        self.checkpoint_lrs: Optional[list] = None
+        self.rng_after_step: Optional[torch.Tensor] = None  # the CPU generator's, once the last step drew all it draws
+        self.rng_to_restore: Optional[dict] = None  # a checkpoint's, for the first step of the resumed run
+        self.configured_lrs = self.checkpoint_lrs = None  # this run's learning rates and the checkpoint's run's
 
     def save(self, checkpoint: dict) -> None:
         if self.rng_after_step is not None:

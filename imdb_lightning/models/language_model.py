@@ -112,12 +112,13 @@ class LanguageModel(TrainingModule):
         return nll.mean()
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
-        state = self._state[stage]
-        if state is not None and _batch_of(state) != batch["input_ids"].shape[0]:
+        ids, state = batch["input_ids"], self._state[stage]
+        first = None if state is None else state[0][0] if isinstance(state[0], tuple) else state[0]  # (1, batch, hidden)
+        if first is not None and first.shape[1] != ids.shape[0]:  # a batch of another size: the state does not fit
             state = None
-        if state is not None and _first(state).device != batch["input_ids"].device:  # restored from a checkpoint
-            state = _map_state(state, lambda s: s.to(batch["input_ids"].device))
-        features, state = self.hidden(batch["input_ids"], state)  # (time, batch, embed)
+        elif first is not None and first.device != ids.device:  # restored from a checkpoint
+            state = _map_state(state, lambda s: s.to(ids.device))
+        features, state = self.hidden(ids, state)  # (time, batch, embed)
         # Truncated BPTT: the next window starts from this state, without a gradient path into this one.
         self._state[stage] = _map_state(state, torch.Tensor.detach)
         loss = self.loss(features.reshape(-1, features.shape[-1]), batch["targets"].t().reshape(-1))
@@ -167,14 +168,6 @@ class LanguageModel(TrainingModule):
 def _map_state(state: list, fn) -> list:
     """fn applied to every tensor of per-layer states (an LSTM's (h, c) tuples or a GRU's / RNN's h)."""
     return [tuple(map(fn, st)) if isinstance(st, tuple) else fn(st) for st in state]
-
-
-def _first(state: list) -> torch.Tensor:
-    return state[0][0] if isinstance(state[0], tuple) else state[0]
-
-
-def _batch_of(state: list) -> int:
-    return _first(state).shape[1]  # (layers, batch, hidden)
 
 
 def pretrained_weights(ckpt: dict) -> dict[str, torch.Tensor]:
