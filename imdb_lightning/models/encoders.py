@@ -121,6 +121,18 @@ def keras_init_(rnn: nn.RNNBase, cell: str) -> None:
                 param.data[hidden : 2 * hidden] = 1.0  # gate order: input, forget, cell, output
 
 
+class TextEncoder(nn.Module):
+    """A text encoder is `encode(embed(ids), lengths, ids)`; subclasses define the two halves."""
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """input_ids (batch, time), lengths (batch,) -> (batch, output_dim)."""
+        return self.encode(self.embed(input_ids), lengths, input_ids)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(batch, time) token ids -> (time, batch, embed) word embeddings."""
+        return self.embedding(input_ids.t())
+
+
 class Recurrence(nn.Module):
     """Stacked SimpleRNN (tanh) / LSTM / GRU layers + pooling over time, for real-valued inputs
     (batch, time, input_size): the encoder of time series, and the core of `RecurrentEncoder`.
@@ -195,12 +207,12 @@ class Recurrence(nn.Module):
         for index, directions in enumerate(self.layers):
             if index:
                 x = self.layer_dropout(x)
-            forward, last = self._run(directions[0], x, lengths, state[index])  # (time, batch, hidden)
+            states, last = self._run(directions[0], x, lengths, state[index])  # (time, batch, hidden)
             final.append(last)
             if self.bidirectional:
                 backward, _ = self._run(directions[1], reverse_within_length(x, lengths), lengths)
-                forward = torch.cat([forward, reverse_within_length(backward, lengths)], dim=-1)
-            x = forward  # (time, batch, directions * hidden)
+                states = torch.cat([states, reverse_within_length(backward, lengths)], dim=-1)
+            x = states  # (time, batch, directions * hidden)
         return x, final
 
     def _run(self, rnn: nn.RNNBase, x: torch.Tensor, lengths: Optional[torch.Tensor], state=None) -> tuple:
@@ -301,9 +313,7 @@ class RecurrentEncoder(Recurrence):
             features.append(pool(embedded, lengths, "mean"))  # (batch, embed)
         return torch.cat(features, dim=-1)  # (batch, output_dim)
 
-    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """input_ids (batch, time), lengths (batch,) -> (batch, output_dim)."""
-        return self.encode(self.embed(input_ids), lengths, input_ids)
+    forward = TextEncoder.forward  # input_ids (batch, time), lengths (batch,) -> (batch, output_dim)
 
 
 def layer_groups(encoder: nn.Module) -> list[list[nn.Parameter]]:
@@ -348,18 +358,6 @@ def count_parameters(spec: dict) -> int:
     number is drawn from the generators a run's seed has set."""
     with torch.device("meta"), torch.random.fork_rng(devices=[]):
         return sum(p.numel() for p in build_encoder(spec).parameters())
-
-
-class TextEncoder(nn.Module):
-    """A text encoder is `encode(embed(ids), lengths, ids)`; subclasses define the two halves."""
-
-    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """input_ids (batch, time), lengths (batch,) -> (batch, output_dim)."""
-        return self.encode(self.embed(input_ids), lengths, input_ids)
-
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(batch, time) token ids -> (time, batch, embed) word embeddings."""
-        return self.embedding(input_ids.t())
 
 
 class ScratchRNNEncoder(TextEncoder):
