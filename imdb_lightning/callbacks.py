@@ -354,19 +354,3 @@ def batch_size(batch, unit: str) -> int:
     labels = batch.get("labels", batch.get("target"))  # a classifier's reviews, a forecaster's windows
     return len(labels) if labels is not None else 0
 
-
-def training_progress(trainer: L.Trainer) -> tuple[int, int]:
-    """(epoch, batches of it trained) for the epoch the fit loop is in, or is about to start."""
-    epochs = trainer.fit_loop.epoch_progress.current
-    if epochs.started == epochs.processed:  # between epochs: the next one has not begun
-        return epochs.processed, 0
-    return epochs.processed, trainer.fit_loop.epoch_loop.batch_progress.current.processed
-
-
-def train_position(datamodule: L.LightningDataModule) -> dict:
-    """{"train_position": {epoch, batches_done}} while its trainer fits, for the data module's state_dict; else {}."""
-    trainer = getattr(datamodule, "trainer", None)
-    if trainer is None or trainer.state.fn != "fit":
-        return {}
-    epoch, done = training_progress(trainer)
-    return {"train_position": {"epoch": epoch, "batches_done": done}}

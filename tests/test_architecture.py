@@ -1,7 +1,8 @@
 """The package's imports run one way, with no cycle, function-level imports included.
 
-errors, runs, arguments, machine, standard_error, checkpoints, pretrained <- callbacks <- data <- models
-<- checks, experiment, training, serve, summary <- tools <- the lab (imdb_lightning_lab: bench, memory, forecast) <- cli.
+errors, runs, arguments, machine, standard_error, checkpoints, pretrained, resume <- data <- models
+<- callbacks, checks, experiment, training, serve, summary <- tools
+<- the lab (imdb_lightning_lab: bench, memory, forecast) <- cli.
 The lab imports the package, never the reverse (the CLI's table names its commands as strings, imported when used).
 """
 
@@ -13,11 +14,10 @@ import pytest
 ROOT = Path(__file__).parents[1]
 PACKAGE, LAB = ROOT / "imdb_lightning", ROOT / "imdb_lightning_lab"
 LAYERS = [
-    {"errors", "runs", "arguments", "machine", "standard_error", "checkpoints", "pretrained"},
-    {"callbacks"},
+    {"errors", "runs", "arguments", "machine", "standard_error", "checkpoints", "pretrained", "resume"},
     {"data"},
     {"models"},
-    {"training", "experiment", "checks", "serve", "summary"},
+    {"training", "callbacks", "experiment", "checks", "serve", "summary"},
     {"tools"},
     {"imdb_lightning_lab"},  # the lab: on the package, below the CLI that names its commands
     {"cli", "__main__", "__init__"},

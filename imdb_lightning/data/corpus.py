@@ -22,9 +22,9 @@ import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..callbacks import train_position
 from ..errors import ConfigError, DataError
 from ..pretrained import text_digests
+from ..resume import train_position
 from ..runs import atomic_write, digest
 from .datamodule import IMDBDataModule, writable_cache_dir
 from .sources import PRETRAIN_HUB_HELP, FileSource, open_source

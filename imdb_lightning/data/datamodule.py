@@ -13,9 +13,9 @@ import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..callbacks import train_position, training_progress
 from ..errors import ConfigError
 from ..pretrained import resolve
+from ..resume import train_position, training_progress
 from ..runs import atomic_write, digest
 from .batching import BucketBatchSampler, ResumableLoader, TokenizedReviews, collate
 from .identity import check_resume, check_settings, identity, reviews_digest

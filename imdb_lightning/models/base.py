@@ -1,11 +1,14 @@
-"""EncoderModule: an injected encoder, a linear head, the optimizer wiring and the exact-resume
-bookkeeping that the sentiment classifier and the forecaster share."""
+"""TrainingModule: how every model here trains (the sentiment classifier, the language model, the forecaster).
+
+Read top to bottom: the optimizer and its schedule, the training step's figures kept on the device and the
+non-finite-loss stop, each stage's epoch figures, and Lightning's hooks, which call the exact-resume pieces
+(resume.py). A model adds its layers, its `_step(batch, stage)` and its metrics.
+"""
 
 from __future__ import annotations
 
 import functools
 import inspect
-import sys
 from typing import Optional
 
 import lightning as L
@@ -15,6 +18,7 @@ from torch import nn
 from torchmetrics import MeanMetric, Metric, MetricCollection
 
 from ..errors import ConfigError, UserError
+from ..resume import ModelResume
 from .encoders import encoder_spec
 
 STAGES = ("train", "val", "test")
@@ -45,6 +49,17 @@ def scale_one_cycle(scheduler) -> None:
             scheduler.base_lrs[index] *= scale
 
 
+def sized_by_steps(factory) -> bool:
+    """Whether a scheduler factory takes `total_steps` (torch's OneCycleLR)."""
+    # LightningCLI hands over partial(instantiate, SchedulerClass, **init_args); Python code may pass the class.
+    if isinstance(factory, functools.partial):
+        factory = next((a for a in factory.args if isinstance(a, type)), factory.func)
+    try:
+        return "total_steps" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a callable without a readable signature
+        return False
+
+
 class WeightedMean(MeanMetric):
     """A mean of values with weights (a batch's loss weighs as many reviews as it had), without MeanMetric's
     NaN check, which reads the device every step: MeanMetric with nan_strategy "disable" drops the weights
@@ -68,140 +83,109 @@ def compute_and_reset(metric):
     return value
 
 
-def sized_by_steps(factory) -> bool:
-    """Whether a scheduler factory takes `total_steps` (torch's OneCycleLR)."""
-    # LightningCLI hands over partial(instantiate, SchedulerClass, **init_args); Python code may pass the class.
-    if isinstance(factory, functools.partial):
-        factory = next((a for a in factory.args if isinstance(a, type)), factory.func)
-    try:
-        return "total_steps" in inspect.signature(factory).parameters
-    except (TypeError, ValueError):  # a callable without a readable signature
-        return False
-
-
-class RandomStateResume:
-    """Exact resume of dropout's random draws, for any LightningModule (put it first among the bases).
-
-    Lightning's checkpoints hold no random state. The CPU generator's state once a step has drawn all
-    it draws (forward and backward done, before the optimizer's update) goes into the checkpoint and
-    comes back before the first step of a resumed run; a Ctrl-C in the middle of a step thus resumes
-    from the step before. (On a GPU the CUDA generator's state is taken when the checkpoint is written.)
-    """
-
-    _rng_after_step: Optional[torch.Tensor] = None
-    _rng_to_restore: Optional[dict] = None
-
-    def on_before_optimizer_step(self, optimizer) -> None:
-        self._rng_after_step = torch.get_rng_state()
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self._rng_after_step is not None:
-            checkpoint["rng_state"] = {"torch": self._rng_after_step}
-            if torch.cuda.is_available():
-                checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._rng_to_restore = checkpoint.get("rng_state")
-
-    def on_train_batch_start(self, batch, batch_idx) -> None:
-        if self._rng_to_restore is not None:
-            torch.set_rng_state(self._rng_to_restore["torch"])
-            if "cuda" in self._rng_to_restore and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(self._rng_to_restore["cuda"])
-            self._rng_to_restore = None
-
-
-class ResumedLearningRate:
-    """A fit resumed with another learning rate trains at that rate.
-
-    Lightning restores the optimizer's state from the checkpoint, learning rates included, so a rate
-    changed on the command line of a resumed fit would be recorded in config.yaml and ignored. The
-    configured rates go into each checkpoint; when a resumed fit's differ, they replace the restored
-    ones (a plateau schedule goes on from them). A schedule sized in steps (OneCycleLR) sets the rate
-    itself at every step: there a changed rate is refused."""
-
-    _configured_lrs: Optional[list] = None
-    _checkpoint_lrs: Optional[list] = None
-
-    def remember_learning_rates(self, optimizer: torch.optim.Optimizer) -> None:
-        self._configured_lrs = [group["lr"] for group in optimizer.param_groups]
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        super().on_save_checkpoint(checkpoint)
-        if self._configured_lrs is not None:
-            checkpoint["configured_lrs"] = self._configured_lrs
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        super().on_load_checkpoint(checkpoint)
-        self._checkpoint_lrs = checkpoint.get("configured_lrs")
-
-    def on_train_start(self) -> None:
-        super().on_train_start()
-        old, new = self._checkpoint_lrs, self._configured_lrs
-        self._checkpoint_lrs = None
-        if old is None or new is None or old == new or self.trainer.ckpt_path is None:
-            return
-        if any(config.interval == "step" for config in self.trainer.lr_scheduler_configs):
-            raise ConfigError(f"model.optimizer lr: the checkpoint's run was configured with {old[0]:g}, this one with "
-                              f"{new[0]:g}, but its schedule (sized in steps) sets the rate itself; resume with the "
-                              "checkpoint's learning rate, or start a new run")
-        for optimizer in self.trainer.optimizers:
-            for group, lr in zip(optimizer.param_groups, new):
-                group["lr"] = lr
-        print(f"Resuming at learning rate {new[0]:g} (the checkpoint's run was configured with {old[0]:g})", file=sys.stderr)
-
-
 def logs_this_step(trainer) -> bool:
     """Whether Lightning writes logged step values after the training step now running (every
     `log_every_n_steps` steps, as its logger connector decides it)."""
     return (trainer.global_step + 1) % max(1, trainer.log_every_n_steps) == 0 or trainer.should_stop
 
 
+def linear_head(encoder: nn.Module, dropout: float) -> nn.Sequential:
+    """dropout -> linear, from the encoder's output vector to one number (a logit, a forecast)."""
+    if not 0 <= dropout < 1:
+        raise ConfigError(f"model.dropout must be in [0, 1), got {dropout}")
+    if not hasattr(encoder, "output_dim"):
+        raise ConfigError(f"model.encoder {type(encoder).__name__} has no output_dim (the size of its output vector)")
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(encoder.output_dim, 1))
+
+
 def _read_deferred_before_saving(module, prefix, keep_vars) -> None:
     module.read_deferred()  # a state_dict pre-hook: checkpoints hold every finished step's figures
 
 
-class DeferredFigures:
-    """A training step's figures kept on the device until the host next reads values anyway.
+class TrainingModule(L.LightningModule):
+    """An injected encoder trained by a subclass's `_step(batch, stage) -> loss`.
 
-    Reading a value (a loss to log, `torch.isfinite(loss)` tested in Python) makes the host wait for
-    the device, so a step that reads one can never run ahead of the GPU; on a small model that wait
-    is most of a step. So each step only `defer`s its loss, metric inputs and step figures, and the
-    host reads them in one go on the steps Lightning logs (every `log_every_n_steps`), before any
-    checkpoint is written (a state_dict pre-hook), before validation and at the end of an epoch and
-    of a fit. A non-finite loss among them stops the fit there, naming its step: the weights it
-    reached are never written, so the checkpoints on disk hold the last good state.
-
-    Subclasses call `defer(loss, size, *metric_inputs, **step_figures)` in their training step and
-    may override `consume(losses, sizes, step_figures)` to feed their own epoch metrics.
+    In training, `_step` hands its figures to `defer` (its losses go into `train_loss`, a WeightedMean the
+    subclass makes); in evaluation it updates `{stage}_metrics` (from `track_metrics`) and `{stage}_loss`.
+    Each epoch's figures are computed, logged and reset here (`log_epoch_metrics`). Hyperparameters are plain
+    data (`save_encoder_hyperparameters`: the encoder as class path + arguments, no pickled objects); the
+    optimizer and its schedule come from YAML.
     """
+
+    def __init__(self, encoder: nn.Module, optimizer: OptimizerCallable = torch.optim.Adam,
+                 scheduler: Optional[LRSchedulerCallable] = None):
+        super().__init__()
+        self.encoder, self.optimizer, self.scheduler = encoder, optimizer, scheduler
+        self.exact_resume = ModelResume()
+        self._deferred: list[tuple] = []  # (step, loss, size, metric inputs, step figures) not read yet
+        self.register_state_dict_pre_hook(_read_deferred_before_saving)
 
     def __setattr__(self, name: str, value) -> None:
         # Lightning names the running hook in `_current_fx_name` around each of the ~25 hook calls of a
         # training step; nn.Module.__setattr__'s checks for parameters and submodules cost more than the
-        # hooks themselves on a small model. It is a plain string: set it directly.
+        # hooks themselves on a small model (~40 µs a step, docs/speed.md). It is a plain string: set it directly.
         if name == "_current_fx_name":
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
 
-    def nonfinite_message(self, step: int, value: float) -> str:
-        return (f"the training loss became {value} at step {step} (epoch {self.current_epoch}); training stopped "
-                "and the checkpoints already written are kept. Lower the learning rate or set "
-                "--trainer.gradient_clip_val, then resume with --ckpt_path last")
+    def save_encoder_hyperparameters(self, **extra) -> None:
+        """Save every constructor argument as plain data; call at the end of a subclass's __init__."""
+        self.save_hyperparameters(ignore=["encoder", "optimizer", "scheduler"], frame=inspect.currentframe().f_back)
+        self.hparams.update(encoder=encoder_spec(self.encoder), **extra)
+
+    def track_metrics(self, metrics: MetricCollection) -> None:
+        """`{train,val,test}_metrics`: the collection for each stage, its names prefixed `train/`, `val/`, `test/`."""
+        for stage in STAGES:
+            setattr(self, f"{stage}_metrics", metrics.clone(prefix=f"{stage}/"))
+        # Training metrics run across a whole epoch; persistent states put them in checkpoints, so a
+        # run resumed mid-epoch reports the same epoch figures as one never stopped.
+        self.train_metrics.persistent(True)
+
+    # --- the optimizer and its schedule ----------------------------------------------------------------
+    def parameter_groups(self):
+        """What the optimizer gets: the parameters, or groups of them, each with an optional `lr_scale`."""
+        return self.parameters()
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer(self.parameter_groups())
+        scale_learning_rates(optimizer)
+        self.exact_resume.configured(optimizer)
+        if self.scheduler is None:
+            return optimizer
+        # A schedule that takes `total_steps` (torch's OneCycleLR) is sized to this run and stepped every
+        # batch, so `scheduler: {class_path: torch.optim.lr_scheduler.OneCycleLR, init_args: {max_lr: ..}}`
+        # needs no step count in the YAML; any other schedule is stepped once per epoch, on `monitor`.
+        if sized_by_steps(self.scheduler):
+            scheduler = self.scheduler(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+            scale_one_cycle(scheduler)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        monitor = self.hparams.get("monitor", "val/loss")
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer), "monitor": monitor}}
+
+    # --- the training step: its figures wait on the device -----------------------------------------------
+    # Reading a value (a loss to log, `torch.isfinite(loss)` tested in Python) makes the host wait for the
+    # device, so a step that reads one can never run ahead of the GPU; on a small model that wait is most of
+    # a step. So each step only `defer`s its loss, metric inputs and step figures, and the host reads them in
+    # one go on the steps Lightning logs (every `log_every_n_steps`), before any checkpoint is written (a
+    # state_dict pre-hook), before validation and at the end of an epoch and of a fit. A non-finite loss
+    # among them stops the fit there, naming its step: the weights it reached are never written, so the
+    # checkpoints on disk hold the last good state.
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self._step(batch, "train")  # which defers the step's figures
+        if logs_this_step(self.trainer):
+            self.read_deferred(log=True)
+        return loss
 
     def defer(self, loss: torch.Tensor, size: int, *metric_inputs: torch.Tensor, **step_figures: torch.Tensor) -> None:
-        if "_deferred" not in self.__dict__:
-            self.__dict__["_deferred"] = []
-            self.register_state_dict_pre_hook(_read_deferred_before_saving)
+        """Keep a training step's loss (over `size` samples), train_metrics' inputs and other figures for the next read."""
         self._deferred.append((self.global_step, loss.detach(), size, metric_inputs, step_figures))
 
     def read_deferred(self, log: bool = False) -> None:
-        deferred = self.__dict__.get("_deferred")
-        if not deferred:
+        if not self._deferred:
             return
-        self.__dict__["_deferred"] = []
-        steps, losses, sizes, inputs, figures = zip(*deferred)
+        steps, losses, sizes, inputs, figures = zip(*self._deferred)
+        self._deferred = []
         losses = torch.stack(losses)  # (steps,)
         finite = torch.isfinite(losses)
         shown = {"loss": losses[-1], **{name: value.detach() for name, value in figures[-1].items()}}
@@ -212,98 +196,20 @@ class DeferredFigures:
             raise NonFiniteLossError(self.nonfinite_message(steps[first], float(losses[first])))
         if inputs[0]:
             self.train_metrics.update(*(torch.cat(parts) for parts in zip(*inputs)))
-        self.consume(losses, sizes, {name: torch.stack([f[name] for f in figures]) for name in figures[0]})
+        weights = losses.new_tensor(sizes)  # (steps,): each step's loss weighs as many samples as it saw
+        self.train_loss.update(losses, weights)
+        self.consume(weights, {name: torch.stack([f[name] for f in figures]) for name in figures[0]})
         if log:  # host copies: Lightning re-reads progress-bar values every step, and these cost no device sync
             for (name, _), value in zip(shown.items(), host[1:]):
                 self.log(f"train/{name}", value, on_step=True, on_epoch=False, prog_bar=name == "loss")
 
-    def consume(self, losses: torch.Tensor, sizes: tuple[int, ...], figures: dict[str, torch.Tensor]) -> None:
-        pass
+    def consume(self, weights: torch.Tensor, figures: dict[str, torch.Tensor]) -> None:
+        """Feed a subclass's own epoch means from the read steps' figures (each (steps,)), weighted by their sizes."""
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self._step(batch, "train")  # which defers the step's figures
-        if logs_this_step(self.trainer):
-            self.read_deferred(log=True)
-        return loss
-
-    def on_validation_start(self) -> None:
-        self.read_deferred()  # a diverged fit stops before its validation
-
-    def on_train_end(self) -> None:
-        self.read_deferred()
-
-
-class EncoderModule(DeferredFigures, ResumedLearningRate, RandomStateResume, L.LightningModule):
-    """encoder -> dropout -> linear head, with `{train,val,test}_metrics` from `metrics()`.
-
-    Subclasses define `metrics()` and `_step(batch, stage)`; the rest is shared: the head,
-    plain-data hyperparameters (the encoder as class path + arguments, no pickled objects), the
-    optimizer and schedule from YAML, the non-finite-loss stop, and what an exact resume needs
-    beyond Lightning's own checkpoint (the random state after the last finished step, through
-    `RandomStateResume`, and the training metrics accumulated so far in the epoch).
-    """
-
-    def __init__(self, encoder: nn.Module, dropout: float = 0.0, optimizer: OptimizerCallable = torch.optim.Adam,
-                 scheduler: Optional[LRSchedulerCallable] = None, monitor: str = "val/loss"):
-        super().__init__()
-        if not 0 <= dropout < 1:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {dropout}")
-        if not hasattr(encoder, "output_dim"):
-            raise ConfigError(f"model.encoder {type(encoder).__name__} has no output_dim (the size of its output vector)")
-        self.encoder = encoder
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(encoder.output_dim, 1))
-        self.optimizer, self.scheduler = optimizer, scheduler
-        for stage in STAGES:
-            setattr(self, f"{stage}_metrics", self.metrics().clone(prefix=f"{stage}/"))
-        # Training metrics run across a whole epoch; persistent states put them in checkpoints, so a
-        # run resumed mid-epoch reports the same epoch figures as one never stopped.
-        self.train_metrics.persistent(True)
-
-    def save_encoder_hyperparameters(self, ignore: tuple[str, ...] = ()) -> None:
-        """Save every constructor argument as plain data; call at the end of a subclass's __init__."""
-        self.save_hyperparameters(ignore=["encoder", "optimizer", "scheduler", *ignore], frame=inspect.currentframe().f_back)
-        self.hparams["encoder"] = encoder_spec(self.encoder)
-
-    def metrics(self) -> MetricCollection:
-        raise NotImplementedError
-
-    def metric_names(self) -> set[str]:
-        """Every name this model logs during a fit (what `monitor` options may name)."""
-        names = {f"{stage}/{name}" for stage in STAGES for name in [*self.metrics().keys(), "loss"]}
-        return names | {"train/loss_epoch"}
-
-    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(inputs, lengths)).squeeze(-1)  # (batch,)
-
-    def _step(self, batch: dict, stage: str) -> torch.Tensor:
-        raise NotImplementedError
-
-    # The stage's metrics are updated in every step and computed, logged and reset once an epoch here.
-    # (Logging the metric objects in every step, Lightning's other way, moves each one's states to the
-    # device on every call: on a 128-unit model that host work was more than the model's own step.)
-    def log_epoch_metrics(self, stage: str) -> dict[str, torch.Tensor]:
-        metrics = getattr(self, f"{stage}_metrics")
-        if not any(metric.update_count for metric in metrics.values()):
-            return {}
-        undefined = self.undefined_metrics(stage)
-        values = compute_and_reset(metrics)  # (all processes' states: torchmetrics syncs them itself)
-        values = {name: value for name, value in values.items() if name not in undefined}
-        loss = getattr(self, f"{stage}_loss", None) if stage != "train" else None
-        if isinstance(loss, Metric) and loss.update_count:  # an evaluation loss kept as a metric (the classifier's)
-            values = {f"{stage}/loss": compute_and_reset(loss), **values}
-        # (sync_dist: the same values on every process then; it keeps Lightning's epoch-level warning quiet)
-        self.log_dict(values, prog_bar=stage == "val", sync_dist=True)
-        return values
-
-    def undefined_metrics(self, stage: str) -> set[str]:
-        """Names of this epoch's metrics that have no value on what the epoch saw (left out of the logs)."""
-        return set()
-
-    def on_validation_epoch_end(self) -> None:
-        self.log_epoch_metrics("val")
-
-    def on_test_epoch_end(self) -> None:
-        self.log_epoch_metrics("test")
+    def nonfinite_message(self, step: int, value: float) -> str:
+        return (f"the training loss became {value} at step {step} (epoch {self.current_epoch}); training stopped "
+                "and the checkpoints already written are kept. Lower the learning rate or set "
+                "--trainer.gradient_clip_val, then resume with --ckpt_path last")
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._step(batch, "val")
@@ -311,36 +217,65 @@ class EncoderModule(DeferredFigures, ResumedLearningRate, RandomStateResume, L.L
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._step(batch, "test")
 
-    def parameter_groups(self):
-        """What the optimizer gets: the parameters, or groups of them, each with an optional `lr_scale`."""
-        return self.parameters()
+    # --- each stage's epoch figures ------------------------------------------------------------------------
+    # The stage's metrics are updated in every step and computed, logged and reset once an epoch here.
+    # (Logging the metric objects in every step, Lightning's other way, moves each one's states to the
+    # device on every call: on a 128-unit model that host work was more than the model's own step.)
+    def epoch_losses(self, stage: str) -> dict[str, Metric]:
+        """The stage's loss means by the name they are logged under (`train/loss_epoch` beside the steps' `train/loss`)."""
+        loss = getattr(self, f"{stage}_loss", None)
+        return {"train/loss_epoch" if stage == "train" else f"{stage}/loss": loss} if isinstance(loss, Metric) else {}
 
-    def configure_optimizers(self):
-        optimizer = self.optimizer(self.parameter_groups())
-        scale_learning_rates(optimizer)
-        self.remember_learning_rates(optimizer)
-        if self.scheduler is None:
-            return optimizer
-        # A schedule that takes `total_steps` (torch's OneCycleLR) is sized to this run and stepped every
-        # batch, so `scheduler: {class_path: torch.optim.lr_scheduler.OneCycleLR, init_args: {max_lr: ..}}`
-        # needs no step count in the YAML; any other schedule is stepped once per epoch.
-        if sized_by_steps(self.scheduler):
-            scheduler = self.scheduler(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
-            scale_one_cycle(scheduler)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-        scheduler = self.scheduler(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.monitor}}
+    def log_epoch_metrics(self, stage: str) -> dict[str, torch.Tensor]:
+        values = {name: compute_and_reset(loss) for name, loss in self.epoch_losses(stage).items() if loss.update_count}
+        metrics = getattr(self, f"{stage}_metrics", None)
+        if metrics is not None and any(metric.update_count for metric in metrics.values()):
+            undefined = self.undefined_metrics(stage)
+            # (all processes' states: torchmetrics syncs them itself)
+            values.update((name, value) for name, value in compute_and_reset(metrics).items() if name not in undefined)
+        # (sync_dist: the same values on every process then; it keeps Lightning's epoch-level warning quiet)
+        if values:
+            self.log_dict(values, prog_bar=stage == "val", sync_dist=True)
+        return values
 
-    # --- exact resume: a plateau schedule's step at the end of a resumed epoch ---------------------
-    # Lightning skips epoch-end plateau steps in the epoch it resumed in (it might lack the metrics);
-    # here that epoch's validation has just run, so the step is taken as an uninterrupted run takes it.
+    def undefined_metrics(self, stage: str) -> set[str]:
+        """Names of this epoch's metrics that have no value on what the epoch saw (left out of the logs)."""
+        return set()
+
+    def metric_names(self) -> set[str]:
+        """Every name this model logs during a fit (what `monitor` options may name)."""
+        names = {f"{stage}/loss" for stage in STAGES} | {"train/loss_epoch"}
+        return names.union(*(getattr(self, f"{stage}_metrics", {}).keys() for stage in STAGES))
+
+    # --- Lightning's hooks, in the order a fit calls them ------------------------------------------------
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.exact_resume.load(checkpoint)
+
+    def on_train_start(self) -> None:
+        self.exact_resume.apply_learning_rates(self.trainer)
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self.exact_resume.restore_random_state()
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self.exact_resume.step_drawn()
+
+    def on_validation_start(self) -> None:
+        self.read_deferred()  # a diverged fit stops before its validation
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_epoch_metrics("val")
+
     def on_train_epoch_end(self) -> None:
         self.read_deferred()
         self.log_epoch_metrics("train")
-        if not self.trainer.fit_loop.restarting:
-            return
-        for config in self.trainer.lr_scheduler_configs:
-            metric = self.trainer.callback_metrics.get(config.monitor) if config.monitor else None
-            on_time = (self.current_epoch + 1) % config.frequency == 0
-            if config.reduce_on_plateau and config.interval == "epoch" and metric is not None and on_time:
-                self.lr_scheduler_step(config.scheduler, metric)
+        self.exact_resume.replay_plateau_step(self)
+
+    def on_train_end(self) -> None:
+        self.read_deferred()
+
+    def on_test_epoch_end(self) -> None:
+        self.log_epoch_metrics("test")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.exact_resume.save(checkpoint)

@@ -21,13 +21,13 @@ from ..runs import digest, write_val_reviews
 from ..standard_error import clustered_standard_error
 from . import hparams as tab
 from .adversarial import adversarial_loss
-from .base import EncoderModule, NonFiniteLossError, WeightedMean, compute_and_reset, plateau  # noqa: F401  (NonFiniteLossError: part of this API)
+from .base import NonFiniteLossError, TrainingModule, WeightedMean, linear_head, plateau  # noqa: F401  (NonFiniteLossError: part of this API)
 from .encoders import layer_groups
 from .finetuning import FineTuningCollapsed, check_collapse, check_lr_decay, discriminative_groups, unfreeze  # noqa: F401
 
 
-class SentimentClassifier(EncoderModule):
-    """Binary sentiment classifier over an injected encoder.
+class SentimentClassifier(TrainingModule):
+    """Binary sentiment classifier: encoder -> dropout -> linear head.
 
     Args:
         encoder: an `nn.Module` with `output_dim`, called as encoder(input_ids, lengths).
@@ -65,7 +65,11 @@ class SentimentClassifier(EncoderModule):
         lr_decay: float = 1.0,
         gradual_unfreezing: bool = False,
     ):
-        super().__init__(encoder, dropout, optimizer, scheduler, monitor)
+        super().__init__(encoder, optimizer, scheduler)
+        self.head = linear_head(encoder, dropout)
+        # Inputs come from _step (probabilities, 0/1 labels): checking them would cost a host sync per step on a GPU.
+        self.track_metrics(MetricCollection({"acc": BinaryAccuracy(validate_args=False), "f1": BinaryF1Score(validate_args=False),
+                                             "auroc": BinaryAUROC(validate_args=False)}))
         if pretrained_layers not in ("all", "forward", "embedding"):
             raise ConfigError(f"model.pretrained_layers must be all, forward or embedding, got {pretrained_layers!r}")
         if pretrained:  # the weights of `imdb-lightning pretrain`; a resumed fit's checkpoint replaces them after
@@ -76,7 +80,7 @@ class SentimentClassifier(EncoderModule):
             raise ConfigError(f"model.adversarial perturbs word embeddings; {type(encoder).__name__} has no embed/encode")
         check_lr_decay(lr_decay)
         self.save_encoder_hyperparameters()
-        # Epoch means of the training losses, persistent like the training metrics (see EncoderModule).
+        # Epoch means of the training losses, persistent like the training metrics (see track_metrics).
         # (no host sync per step to look for NaNs: training_step stops on a non-finite loss)
         self.train_loss, self.train_adversarial_loss = WeightedMean(), WeightedMean()
         self.train_loss.persistent(True)
@@ -110,10 +114,8 @@ class SentimentClassifier(EncoderModule):
             unfreeze(self.layer_groups(), self.current_epoch)
             self._unfrozen_in = self.current_epoch
 
-    def metrics(self) -> MetricCollection:
-        # Inputs come from _step (probabilities, 0/1 labels): checking them would cost a host sync per step on a GPU.
-        return MetricCollection({"acc": BinaryAccuracy(validate_args=False), "f1": BinaryF1Score(validate_args=False),
-                                 "auroc": BinaryAUROC(validate_args=False)})
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(inputs, lengths)).squeeze(-1)  # (batch,)
 
     def metric_names(self) -> set[str]:
         return super().metric_names() | {"val/acc_se", "hp/val_acc"}
@@ -157,7 +159,7 @@ class SentimentClassifier(EncoderModule):
         if stage != "train":
             self._evaluate(stage, batch, loss, probs)
             return loss
-        # The step's figures stay on the device until the next logged step reads them (DeferredFigures).
+        # The step's figures stay on the device until the next logged step reads them (TrainingModule.defer).
         if not adversarial:
             self.defer(loss, len(labels), probs, labels)
             return loss
@@ -181,11 +183,13 @@ class SentimentClassifier(EncoderModule):
         if stage == "test":
             self.test_curves.update(probs, labels)
 
-    def consume(self, losses: torch.Tensor, sizes: tuple[int, ...], figures: dict[str, torch.Tensor]) -> None:
-        weights = losses.new_tensor(sizes)  # (steps,): each step's loss weighs as many reviews as it saw
-        self.train_loss.update(losses, weights)
+    def consume(self, weights: torch.Tensor, figures: dict[str, torch.Tensor]) -> None:
         if "adversarial_loss" in figures:
             self.train_adversarial_loss.update(figures["adversarial_loss"], weights)
+
+    def epoch_losses(self, stage: str) -> dict:
+        extra = {"train/adversarial_loss_epoch": self.train_adversarial_loss} if stage == "train" else {}
+        return {**super().epoch_losses(stage), **extra}
 
     def _log_clustered_error(self, stage: str) -> tuple[Optional[float], Optional[np.ndarray]]:
         """`{stage}/acc_se`: the standard error of the accuracy when reviews of one film are correlated.
@@ -221,14 +225,6 @@ class SentimentClassifier(EncoderModule):
         super().on_fit_end()
         if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
             tab.end_session(Path(self.logger.log_dir), self.global_step)
-
-    def on_train_epoch_end(self) -> None:
-        self.read_deferred()
-        epoch_losses = {"train/loss_epoch": self.train_loss, "train/adversarial_loss_epoch": self.train_adversarial_loss}
-        for name, metric in epoch_losses.items():
-            if metric.update_count:
-                self.log(name, compute_and_reset(metric), sync_dist=True)
-        super().on_train_epoch_end()
 
     def on_validation_epoch_end(self) -> None:
         values = self.log_epoch_metrics("val")

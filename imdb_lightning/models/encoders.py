@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Literal, get_args
+from typing import Literal, Optional, get_args
 
 import torch
 import torch.nn.functional as F
@@ -81,9 +81,16 @@ class LockedDropout(nn.Module):
         return x * mask
 
 
-def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def sequence_dropout(p: float, variational: bool) -> nn.Module:
+    """Dropout on time-major sequences: one mask per sequence (`variational`) or one per step."""
+    return LockedDropout(p) if variational else nn.Dropout(p)
+
+
+def reverse_within_length(x: torch.Tensor, lengths: Optional[torch.Tensor]) -> torch.Tensor:
     """Reverse each sequence's real tokens in time-major x (time, batch, ...) and leave its padding
-    in place; its own inverse."""
+    in place (lengths None: no padding); its own inverse."""
+    if lengths is None:
+        return x.flip(0)
     time = x.shape[0]
     steps = torch.arange(time, device=x.device)[:, None]  # (time, 1)
     index = torch.where(steps < lengths[None, :], lengths[None, :] - 1 - steps, steps)  # (time, batch)
@@ -114,6 +121,18 @@ def keras_init_(rnn: nn.RNNBase, cell: str) -> None:
                 param.data[hidden : 2 * hidden] = 1.0  # gate order: input, forget, cell, output
 
 
+class TextEncoder(nn.Module):
+    """A text encoder is `encode(embed(ids), lengths, ids)`; subclasses define the two halves."""
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """input_ids (batch, time), lengths (batch,) -> (batch, output_dim)."""
+        return self.encode(self.embed(input_ids), lengths, input_ids)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(batch, time) token ids -> (time, batch, embed) word embeddings."""
+        return self.embedding(input_ids.t())
+
+
 class Recurrence(nn.Module):
     """Stacked SimpleRNN (tanh) / LSTM / GRU layers + pooling over time, for real-valued inputs
     (batch, time, input_size): the encoder of time series, and the core of `RecurrentEncoder`.
@@ -139,11 +158,6 @@ class Recurrence(nn.Module):
         variational: bool = False,
     ):
         super().__init__()
-        self._build_layers(input_size, cell, hidden_size, num_layers, bidirectional, pooling, dropout, init, packed,
-                           weight_drop, variational)
-
-    def _build_layers(self, input_size, cell, hidden_size, num_layers, bidirectional, pooling, dropout, init, packed,
-                      weight_drop, variational) -> None:
         owner = "model.encoder"
         if cell not in CELLS:
             raise ConfigError(f"{owner}.cell {cell!r} is not one of {', '.join(CELLS)}")
@@ -156,10 +170,11 @@ class Recurrence(nn.Module):
         self.input_size, self.cell, self.hidden_size, self.num_layers = input_size, cell, hidden_size, num_layers
         self.bidirectional, self.pooling, self.dropout, self.init = bidirectional, pooling, dropout, init
         self.packed, self.weight_drop, self.variational = packed, weight_drop, variational
+        self.add_inputs()  # a subclass's input layers: their weights are drawn before the recurrent ones
         directions = 2 if bidirectional else 1
         states_dim = directions * hidden_size  # features per time step, what a next layer reads
         self.output_dim = pooled_dim(states_dim, pooling)
-        self.layer_dropout = LockedDropout(dropout) if variational else nn.Dropout(dropout)
+        self.layer_dropout = sequence_dropout(dropout, variational)
         self.layers = nn.ModuleList(
             nn.ModuleList(CELLS[cell](input_size if layer == 0 else states_dim, hidden_size) for _ in range(directions))
             for layer in range(num_layers)
@@ -169,42 +184,53 @@ class Recurrence(nn.Module):
                 if isinstance(rnn, nn.RNNBase):
                     keras_init_(rnn, cell)
 
+    def add_inputs(self) -> None:
+        """Layers before the recurrence (RecurrentEncoder's word embeddings); none for real-valued inputs."""
+
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """inputs (batch, time, input_size), lengths (batch,) -> (batch, output_dim)."""
         return self.pooled(inputs.transpose(0, 1), lengths)
 
     def pooled(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Time-major x (time, batch, input_size) -> pooled states (batch, output_dim)."""
+        states, _ = self.run(x, lengths)  # (time, batch, directions * hidden)
+        return pool(states, lengths, self.pooling, self.hidden_size if self.bidirectional else 0)  # (batch, pooled)
+
+    def run(self, x: torch.Tensor, lengths: Optional[torch.Tensor], state: Optional[list] = None) -> tuple[torch.Tensor, list]:
+        """Time-major x (time, batch, input_size) through the layers -> the top layer's states (time, batch,
+        directions * hidden) and each layer's final state (an LSTM's (h, c), else h: (1, batch, hidden)), which
+        `state` takes back to go on from (None: zeros). lengths (batch,), or None when every sequence fills x.
+        A bidirectional layer's state is its forward direction's: the backward one starts afresh at each end."""
         # Time-major inside: PyTorch's CPU RNN kernels ran faster than with batch_first here.
+        state = state or [None] * self.num_layers
+        final = []
         for index, directions in enumerate(self.layers):
             if index:
                 x = self.layer_dropout(x)
-            states = [self._run(directions[0], x, lengths)]  # (time, batch, hidden)
+            states, last = self._run(directions[0], x, lengths, state[index])  # (time, batch, hidden)
+            final.append(last)
             if self.bidirectional:
-                backward = self._run(directions[1], reverse_within_length(x, lengths), lengths)
-                states.append(reverse_within_length(backward, lengths))
-            x = torch.cat(states, dim=-1)  # (time, batch, directions * hidden)
-        return pool(x, lengths, self.pooling, self.hidden_size if self.bidirectional else 0)  # (batch, pooled)
+                backward, _ = self._run(directions[1], reverse_within_length(x, lengths), lengths)
+                states = torch.cat([states, reverse_within_length(backward, lengths)], dim=-1)
+            x = states  # (time, batch, directions * hidden)
+        return x, final
 
-    def call(self, rnn: nn.RNNBase, *args):
-        """rnn(*args), with its recurrent weights dropped while training when weight_drop > 0."""
-        if not (self.training and self.weight_drop):
-            return rnn(*args)
-        # DropConnect on the recurrent weights (AWD-LSTM's weight drop): one mask per batch, the
-        # same at every time step, so it regularises the recurrence itself, not single states.
-        weights = {
-            name: F.dropout(param, self.weight_drop) if name.startswith("weight_hh") else param
-            for name, param in rnn.named_parameters()
-        }
-        return torch.func.functional_call(rnn, weights, args)
-
-    def _run(self, rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        if not self.packed:
-            return self.call(rnn, x)[0]
-        # Packed sequences skip the padding, which pays with cuDNN on a GPU; on CPU they ran ~10x
-        # slower than padded length buckets here. Lengths must be a CPU tensor (a device sync on GPU).
-        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
-        return nn.utils.rnn.pad_packed_sequence(self.call(rnn, packed)[0], total_length=x.shape[0])[0]
+    def _run(self, rnn: nn.RNNBase, x: torch.Tensor, lengths: Optional[torch.Tensor], state=None) -> tuple:
+        """One direction of one layer: its states (time, batch, hidden) and its final state."""
+        time, packed = x.shape[0], self.packed and lengths is not None
+        if packed:
+            # Packed sequences skip the padding, which pays with cuDNN on a GPU; on CPU they ran ~10x
+            # slower than padded length buckets here. Lengths must be a CPU tensor (a device sync on GPU).
+            x = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
+        if self.training and self.weight_drop:
+            # DropConnect on the recurrent weights (AWD-LSTM's weight drop): one mask per batch, the
+            # same at every time step, so it regularises the recurrence itself, not single states.
+            weights = {name: F.dropout(param, self.weight_drop) if name.startswith("weight_hh") else param
+                       for name, param in rnn.named_parameters()}
+            states, last = torch.func.functional_call(rnn, weights, (x, state))
+        else:
+            states, last = rnn(x, state)
+        return nn.utils.rnn.pad_packed_sequence(states, total_length=time)[0] if packed else states, last
 
 
 class RecurrentEncoder(Recurrence):
@@ -238,22 +264,17 @@ class RecurrentEncoder(Recurrence):
         variational: bool = False,
         reverse: bool = False,
     ):
-        nn.Module.__init__(self)
         owner = "model.encoder"
         _positive(owner, vocab_size=vocab_size, embed_dim=embed_dim)
         _dropout(owner, embed_dropout=embed_dropout, word_dropout=word_dropout)
         if bigram_buckets < 0:
             raise ConfigError(f"{owner}.bigram_buckets must be 0 (off) or positive, got {bigram_buckets}")
+        # (set before Recurrence.__init__, whose add_inputs reads them: plain values, which nn.Module allows)
         self.vocab_size, self.embed_dim, self.embed_dropout = vocab_size, embed_dim, embed_dropout
         self.bigram_buckets, self.word_dropout, self.word_bag = bigram_buckets, word_dropout, word_bag
         self.reverse = reverse
-        # The tables before the layers: the order random weights are drawn in, so a seed gives
-        # the same model as in earlier versions.
-        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
-        self.bigrams = nn.Embedding(bigram_buckets, embed_dim) if bigram_buckets else None
-        self.embedding_dropout = LockedDropout(embed_dropout) if variational else nn.Dropout(embed_dropout)
-        self._build_layers(embed_dim, cell, hidden_size, num_layers, bidirectional, pooling, dropout, init, packed,
-                           weight_drop, variational)
+        super().__init__(embed_dim, cell, hidden_size, num_layers, bidirectional, pooling, dropout, init, packed,
+                         weight_drop, variational)  # (input_size: embed_dim)
         # bigram_buckets > 0: a bag of hashed word pairs (NBoWEncoder's bigrams) beside the pooled states
         self.output_dim += embed_dim if bigram_buckets else 0
         # word_bag: the mean word embedding beside them, so the classifier sees what the NBoW sees
@@ -264,6 +285,13 @@ class RecurrentEncoder(Recurrence):
                 nn.init.uniform_(table.weight, -0.05, 0.05)
         with torch.no_grad():
             self.embedding.weight[PAD_ID].zero_()
+
+    def add_inputs(self) -> None:
+        # The tables before the layers: the order random weights are drawn in (and parameters listed),
+        # so a seed gives the same model as in earlier versions and older checkpoints' optimizer states fit.
+        self.embedding = nn.Embedding(self.vocab_size, self.embed_dim, padding_idx=PAD_ID)
+        self.bigrams = nn.Embedding(self.bigram_buckets, self.embed_dim) if self.bigram_buckets else None
+        self.embedding_dropout = sequence_dropout(self.embed_dropout, self.variational)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(batch, time) token ids -> (time, batch, embed) word embeddings."""
@@ -285,9 +313,7 @@ class RecurrentEncoder(Recurrence):
             features.append(pool(embedded, lengths, "mean"))  # (batch, embed)
         return torch.cat(features, dim=-1)  # (batch, output_dim)
 
-    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """input_ids (batch, time), lengths (batch,) -> (batch, output_dim)."""
-        return self.encode(self.embed(input_ids), lengths, input_ids)
+    forward = TextEncoder.forward  # input_ids (batch, time), lengths (batch,) -> (batch, output_dim)
 
 
 def layer_groups(encoder: nn.Module) -> list[list[nn.Parameter]]:
@@ -332,18 +358,6 @@ def count_parameters(spec: dict) -> int:
     number is drawn from the generators a run's seed has set."""
     with torch.device("meta"), torch.random.fork_rng(devices=[]):
         return sum(p.numel() for p in build_encoder(spec).parameters())
-
-
-class TextEncoder(nn.Module):
-    """A text encoder is `encode(embed(ids), lengths, ids)`; subclasses define the two halves."""
-
-    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """input_ids (batch, time), lengths (batch,) -> (batch, output_dim)."""
-        return self.encode(self.embed(input_ids), lengths, input_ids)
-
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(batch, time) token ids -> (time, batch, embed) word embeddings."""
-        return self.embedding(input_ids.t())
 
 
 class ScratchRNNEncoder(TextEncoder):

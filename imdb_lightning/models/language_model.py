@@ -12,19 +12,18 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from ..callbacks import training_progress
 from ..errors import ConfigError
-from .base import DeferredFigures, RandomStateResume, ResumedLearningRate, WeightedMean, compute_and_reset, sized_by_steps
-from .encoders import RecurrentEncoder, encoder_spec
+from ..resume import training_progress
+from .base import TrainingModule, WeightedMean
+from .encoders import RecurrentEncoder, sequence_dropout
 
 
-class LanguageModel(DeferredFigures, ResumedLearningRate, RandomStateResume, L.LightningModule):
+class LanguageModel(TrainingModule):
     """Next-word prediction over a unidirectional `RecurrentEncoder`'s embedding and layers.
 
     Args:
@@ -39,7 +38,7 @@ class LanguageModel(DeferredFigures, ResumedLearningRate, RandomStateResume, L.L
 
     def __init__(self, encoder: nn.Module, optimizer: OptimizerCallable = torch.optim.Adam,
                  scheduler: Optional[LRSchedulerCallable] = None, adaptive_cutoffs: list[int] = ()):
-        super().__init__()
+        super().__init__(encoder, optimizer, scheduler)
         adaptive_cutoffs = list(adaptive_cutoffs)
         if adaptive_cutoffs and (adaptive_cutoffs != sorted(set(adaptive_cutoffs)) or adaptive_cutoffs[0] < 2
                                  or adaptive_cutoffs[-1] >= encoder.vocab_size):
@@ -49,7 +48,9 @@ class LanguageModel(DeferredFigures, ResumedLearningRate, RandomStateResume, L.L
             raise ConfigError(f"model.encoder: a language model needs a RecurrentEncoder, got {type(encoder).__name__}")
         if encoder.bidirectional:
             raise ConfigError("model.encoder.bidirectional: a language model reads left to right; use bidirectional: false")
-        self.encoder, self.optimizer, self.scheduler = encoder, optimizer, scheduler
+        # dropout on the word vectors and on the top layer's outputs, drawn as the encoder draws its own
+        self.embedding_dropout = sequence_dropout(encoder.embed_dropout, encoder.variational)
+        self.output_dropout = sequence_dropout(encoder.dropout, encoder.variational)
         # (time, batch, hidden) -> (time, batch, embed), where the tied output matrix lives
         self.project = nn.Linear(encoder.hidden_size, encoder.embed_dim) if encoder.hidden_size != encoder.embed_dim \
             else nn.Identity()
@@ -58,27 +59,19 @@ class LanguageModel(DeferredFigures, ResumedLearningRate, RandomStateResume, L.L
         # one vector (and bias) per tail cluster: the head's entry for "the next word is in that cluster"
         self.cluster_vectors = nn.Parameter(torch.zeros(len(adaptive_cutoffs), encoder.embed_dim))
         self.cluster_bias = nn.Parameter(torch.zeros(len(adaptive_cutoffs)))
-        self.save_hyperparameters(ignore=["encoder", "optimizer", "scheduler"])
-        self.hparams["encoder"], self.hparams["task"] = encoder_spec(encoder), "language_model"
+        self.save_encoder_hyperparameters(task="language_model")
         self._state: dict[str, Optional[list]] = {"train": None, "val": None}  # carried between windows
         # Token-weighted mean losses over an epoch; the training one goes into checkpoints, so a run
         # resumed mid-epoch reports the same epoch figure as one never stopped.
-        # (no host sync per step to look for NaNs: DeferredFigures stops on a non-finite loss)
+        # (no host sync per step to look for NaNs: TrainingModule.read_deferred stops on a non-finite loss)
         self.train_loss, self.val_loss = WeightedMean(), WeightedMean()
         self.train_loss.persistent(True)
 
     def hidden(self, input_ids: torch.Tensor, state: Optional[list] = None) -> tuple[torch.Tensor, list]:
         """input_ids (batch, time) -> output features (time, batch, embed), and each layer's final state."""
-        enc = self.encoder
-        x = enc.embedding_dropout(enc.embed(input_ids))  # (time, batch, embed)
-        state = state or [None] * enc.num_layers
-        new_state = []
-        for index, (rnn,) in enumerate(enc.layers):
-            if index:
-                x = enc.layer_dropout(x)
-            x, layer_state = enc.call(rnn, x, state[index])  # (time, batch, hidden); weight_drop applies here too
-            new_state.append(layer_state)
-        return self.project(enc.layer_dropout(x)), new_state
+        x = self.embedding_dropout(self.encoder.embed(input_ids))  # (time, batch, embed)
+        x, state = self.encoder.run(x, None, state)  # (time, batch, hidden): every window fills its rows
+        return self.project(self.output_dropout(x)), state
 
     def forward(self, input_ids: torch.Tensor, state: Optional[list] = None) -> tuple[torch.Tensor, list]:
         """input_ids (batch, time) -> next-word log-probabilities (time, batch, vocab), and the final states."""
@@ -114,23 +107,21 @@ class LanguageModel(DeferredFigures, ResumedLearningRate, RandomStateResume, L.L
         return nll.mean()
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
-        state = self._state[stage]
-        if state is not None and _batch_of(state) != batch["input_ids"].shape[0]:
+        ids, state = batch["input_ids"], self._state[stage]
+        first = None if state is None else state[0][0] if isinstance(state[0], tuple) else state[0]  # (1, batch, hidden)
+        if first is not None and first.shape[1] != ids.shape[0]:  # a batch of another size: the state does not fit
             state = None
-        if state is not None and _first(state).device != batch["input_ids"].device:  # restored from a checkpoint
-            state = _map_state(state, lambda s: s.to(batch["input_ids"].device))
-        features, state = self.hidden(batch["input_ids"], state)  # (time, batch, embed)
+        elif first is not None and first.device != ids.device:  # restored from a checkpoint
+            state = _map_state(state, lambda s: s.to(ids.device))
+        features, state = self.hidden(ids, state)  # (time, batch, embed)
         # Truncated BPTT: the next window starts from this state, without a gradient path into this one.
         self._state[stage] = _map_state(state, torch.Tensor.detach)
         loss = self.loss(features.reshape(-1, features.shape[-1]), batch["targets"].t().reshape(-1))
-        if stage == "train":  # read with the next logged step (DeferredFigures)
+        if stage == "train":  # read with the next logged step (TrainingModule.defer)
             self.defer(loss, batch["targets"].numel())
         else:
             self.val_loss.update(loss.detach(), batch["targets"].numel())
         return loss
-
-    def consume(self, losses: torch.Tensor, sizes: tuple[int, ...], figures: dict[str, torch.Tensor]) -> None:
-        self.train_loss.update(losses, losses.new_tensor(sizes, dtype=losses.dtype))
 
     def nonfinite_message(self, step: int, value: float) -> str:
         return (f"the language model's loss became {value} at step {step}; lower the learning rate "
@@ -139,26 +130,20 @@ class LanguageModel(DeferredFigures, ResumedLearningRate, RandomStateResume, L.L
     def on_train_epoch_start(self) -> None:  # (not called for the epoch a run resumes in the middle of)
         self._state["train"] = None
 
-    def on_train_epoch_end(self) -> None:
-        self.read_deferred()
-        self._log_epoch("train")
-
     def on_validation_epoch_start(self) -> None:
         self._state["val"] = None
 
+    def log_epoch_metrics(self, stage: str) -> dict[str, torch.Tensor]:
+        values = super().log_epoch_metrics(stage)
+        loss = values.get("train/loss_epoch" if stage == "train" else f"{stage}/loss")
+        if loss is not None:
+            self.log(f"{stage}/ppl", torch.exp(loss))
+        return values
+
     def on_validation_epoch_end(self) -> None:
-        loss = self._log_epoch("val")
+        loss = self.log_epoch_metrics("val").get("val/loss")
         if loss is not None and not self.trainer.sanity_checking:
             print(f"epoch {self.current_epoch}: validation perplexity {math.exp(loss):.1f}")
-
-    def _log_epoch(self, stage: str) -> Optional[float]:
-        metric = getattr(self, f"{stage}_loss")
-        if not metric.update_count:
-            return None
-        loss = compute_and_reset(metric)
-        self.log(f"{stage}/loss_epoch" if stage == "train" else "val/loss", loss, prog_bar=stage == "val")
-        self.log(f"{stage}/ppl", torch.exp(loss))
-        return float(loss)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -171,31 +156,10 @@ class LanguageModel(DeferredFigures, ResumedLearningRate, RandomStateResume, L.L
         # Saved only in the middle of an epoch, where a resumed run goes on from the state its last window left.
         self._state["train"] = checkpoint.get("carried_state", {}).get("state")
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._step(batch, "val")
-
     def metric_names(self) -> set[str]:
         return {"train/loss", "train/loss_epoch", "train/ppl", "val/loss", "val/ppl"}
-
-    def configure_optimizers(self):
-        optimizer = self.optimizer(self.parameters())
-        self.remember_learning_rates(optimizer)
-        if self.scheduler is None:
-            return optimizer
-        if sized_by_steps(self.scheduler):
-            scheduler = self.scheduler(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer), "monitor": "val/loss"}}
 
 
 def _map_state(state: list, fn) -> list:
     """fn applied to every tensor of per-layer states (an LSTM's (h, c) tuples or a GRU's / RNN's h)."""
     return [tuple(map(fn, st)) if isinstance(st, tuple) else fn(st) for st in state]
-
-
-def _first(state: list) -> torch.Tensor:
-    return state[0][0] if isinstance(state[0], tuple) else state[0]
-
-
-def _batch_of(state: list) -> int:
-    return _first(state).shape[1]  # (layers, batch, hidden)

@@ -10,10 +10,10 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 
-from imdb_lightning.models.base import EncoderModule, WeightedMean, compute_and_reset
+from imdb_lightning.models.base import TrainingModule, WeightedMean, linear_head
 
 
-class SequenceRegressor(EncoderModule):
+class SequenceRegressor(TrainingModule):
     """Predicts the next (scaled) value; metrics in the series' own units.
 
     Args:
@@ -27,13 +27,16 @@ class SequenceRegressor(EncoderModule):
 
     def __init__(self, encoder: nn.Module, dropout: float = 0.0, optimizer: OptimizerCallable = torch.optim.Adam,
                  scheduler: Optional[LRSchedulerCallable] = None, monitor: str = "val/loss"):
-        super().__init__(encoder, dropout, optimizer, scheduler, monitor)
+        super().__init__(encoder, optimizer, scheduler)
+        self.head = linear_head(encoder, dropout)
+        self.track_metrics(MetricCollection({"mse": MeanSquaredError(), "rmse": MeanSquaredError(squared=False),
+                                             "mae": MeanAbsoluteError()}))
         self.save_encoder_hyperparameters()
         self.predictions: dict[int, float] = {}  # test month -> forecast, for the report's plot
         self.train_loss = WeightedMean()  # the epoch's mean, from the deferred step losses
 
-    def metrics(self) -> MetricCollection:
-        return MetricCollection({"mse": MeanSquaredError(), "rmse": MeanSquaredError(squared=False), "mae": MeanAbsoluteError()})
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(inputs, lengths)).squeeze(-1)  # (batch,)
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
         forecast = self(batch["inputs"], batch["lengths"]) + batch["base"]  # (batch,) scaled level
@@ -41,7 +44,7 @@ class SequenceRegressor(EncoderModule):
         span = batch["high"] - batch["low"]
         level = forecast.detach() * span + batch["low"]  # back to the series' units
         actual = batch["target"] * span + batch["low"]
-        if stage == "train":  # read with the next logged step (DeferredFigures)
+        if stage == "train":  # read with the next logged step (TrainingModule.defer)
             self.defer(loss, len(forecast), level, actual)
             return loss
         getattr(self, f"{stage}_metrics").update(level, actual)
@@ -49,11 +52,3 @@ class SequenceRegressor(EncoderModule):
         if stage == "test":
             self.predictions.update(zip(batch["month"].tolist(), level.tolist()))
         return loss
-
-    def consume(self, losses: torch.Tensor, sizes: tuple[int, ...], figures: dict[str, torch.Tensor]) -> None:
-        self.train_loss.update(losses, losses.new_tensor(sizes))
-
-    def on_train_epoch_end(self) -> None:
-        super().on_train_epoch_end()  # (reads the deferred steps first)
-        if self.train_loss.update_count:
-            self.log("train/loss_epoch", compute_and_reset(self.train_loss), sync_dist=True)
