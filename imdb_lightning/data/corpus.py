@@ -22,7 +22,7 @@ import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError, check_ranges
 from ..pretrained import text_digests
 from ..resume import train_position
 from ..runs import atomic_write, digest
@@ -112,13 +112,8 @@ class CorpusDataModule(L.LightningDataModule):
         reverse: bool = False,
     ):
         super().__init__()
-        for name, value in dict(vocab_size=vocab_size, batch_size=batch_size, bptt=bptt).items():
-            if value < 1:
-                raise ConfigError(f"data.{name} must be at least 1, got {value}")
-        if min_frequency < 0:
-            raise ConfigError(f"data.min_frequency must be 0 or more, got {min_frequency}")
-        if not 0 < heldout_fraction < 1:
-            raise ConfigError(f"data.heldout_fraction must be between 0 and 1, got {heldout_fraction}")
+        check_ranges("data", dict(vocab_size=vocab_size, batch_size=batch_size, bptt=bptt), dict(min_frequency=min_frequency),
+                     dict(heldout_fraction=heldout_fraction))
         unlabelled_files = [unlabelled_files] if isinstance(unlabelled_files, str) else unlabelled_files or []
         train_files = [train_files] if isinstance(train_files, str) else train_files or []
         # (the labelled train_files are read by the classifier's data module below, not by this source)

@@ -13,12 +13,12 @@ import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_ranges
 from ..pretrained import resolve
 from ..resume import train_position, training_progress
 from ..runs import atomic_write, digest
 from .batching import BucketBatchSampler, ResumableLoader, TokenizedReviews, collate
-from .identity import check_resume, check_settings, identity, reviews_digest
+from .identity import check_resume, identity, reviews_digest
 from .sources import Reviews, open_source
 from .split import carve_validation
 from .tokenizer import build_tokenizer, encode
@@ -108,9 +108,12 @@ class IMDBDataModule(L.LightningDataModule):
         cache_dir: Optional[str] = None,
     ):
         super().__init__()
-        check_settings(vocab_size=vocab_size, max_length=max_length, batch_size=batch_size, synthetic_size=synthetic_size,
-                       synthetic_median_words=synthetic_median_words, eval_batch_size=eval_batch_size, num_workers=num_workers,
-                       min_frequency=min_frequency, val_fraction=val_fraction)
+        check_ranges("data", dict(vocab_size=vocab_size, max_length=max_length, batch_size=batch_size,
+                                  synthetic_size=synthetic_size, synthetic_median_words=synthetic_median_words,
+                                  eval_batch_size=eval_batch_size),
+                     dict(num_workers=num_workers, min_frequency=min_frequency), dict(val_fraction=val_fraction))
+        if vocab_size < 3:
+            raise ConfigError(f"data.vocab_size must leave room for a word beside <pad> and <unk>, got {vocab_size}")
         train_files = [train_files] if isinstance(train_files, str) else train_files
         test_files = [test_files] if isinstance(test_files, str) else test_files
         source, self.source = open_source(source, train_files=train_files or [], test_files=test_files or [],

@@ -110,22 +110,3 @@ def check_resume(dm, saved: Optional[dict], ckpt_path) -> None:
             raise ConfigError(f"--ckpt_path {ckpt_path}: its run trained on other {part} reviews than {where} "
                               f"holds now ({theirs[:19]}..., now {mine[:19]}...); resume with the data it was trained "
                               "on, or start a new run without --ckpt_path")
-
-
-def check_settings(*, vocab_size: int, max_length: int, batch_size: int, synthetic_size: int, synthetic_median_words: int,
-                   eval_batch_size: Optional[int], num_workers: int, min_frequency: int, val_fraction: float) -> None:
-    """IMDBDataModule's numbers, each refused in one line naming it."""
-    for name, value in dict(vocab_size=vocab_size, max_length=max_length, batch_size=batch_size,
-                            synthetic_size=synthetic_size, synthetic_median_words=synthetic_median_words).items():
-        if value < 1:
-            raise ConfigError(f"data.{name} must be at least 1, got {value}")
-    if eval_batch_size is not None and eval_batch_size < 1:
-        raise ConfigError(f"data.eval_batch_size must be at least 1, got {eval_batch_size}")
-    if num_workers < 0:
-        raise ConfigError(f"data.num_workers must be 0 or more, got {num_workers}")
-    if min_frequency < 0:
-        raise ConfigError(f"data.min_frequency must be 0 or more, got {min_frequency}")
-    if vocab_size < 3:
-        raise ConfigError(f"data.vocab_size must leave room for a word beside <pad> and <unk>, got {vocab_size}")
-    if not 0 < val_fraction < 1:
-        raise ConfigError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
