@@ -112,8 +112,10 @@ def run(kind: str, C: float, data: dict, logdir: str, name: str, partners: Optio
     if partners:  # what the stack cost in all: its own fit and its recurrent runs' (unknown if one lacks a wall time)
         walls = [p.get("wall_s") for p in partners]
         record["total_wall_s"] = record["wall_s"] + sum(walls) if None not in walls else None
+    # what the folder records beside the figures (untimed: the test reviews' digest takes a while)
     val_predictions = (np.arange(len(val)), film_numbers(val), val.labels, 1 / (1 + np.exp(-val_logits)),
                        digest(dm.split_key()))  # (review, film, label, P(positive), split) as write_val_reviews takes them
+    tested = {"data": dm.identity("test"), **tested} if tested else None
     record["folder"] = str(write_run(Path(logdir) / name, record, model, data, partners, val_predictions, tested))
     return record
 
@@ -130,15 +132,15 @@ def stack(linear: LinearReference, partners: list[dict], dm: IMDBDataModule) -> 
 
 
 def evaluate_test(model, dm: IMDBDataModule) -> Optional[dict]:
-    """The test reviews' figures, as run.json's evaluation holds them (less its time and checkpoint); None when the
-    data have no test split."""
+    """The test reviews' figures, as run.json's evaluation holds them (less its time, checkpoint and data); None
+    when the data have no test split."""
     try:
         test = dm.reviews("test")
         tested = figures(model.logits(test.texts), test.labels, film_numbers(test), "test")
     except DataError as err:
         print(f"  not tested: {err}", file=sys.stderr)
         return None
-    return {"data": dm.identity("test"), "reviews_seen": len(test), "settings_from": "checkpoint", "figures": tested}
+    return {"reviews_seen": len(test), "settings_from": "checkpoint", "figures": tested}
 
 
 def write_run(root: Path, record: dict, model, data: dict, partners: Optional[list[dict]], val_predictions: tuple,
