@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import codecs
 import contextlib
 import csv
@@ -183,11 +184,8 @@ def latest_checkpoint(configs: list[str], which: str = "best_or_last") -> Path:
     return found[1]
 
 
-def main(argv: list[str]) -> None:
-    from tqdm import tqdm
-
-    from .predictor import load
-
+def parse(argv: list[str]) -> tuple[ArgumentParser, argparse.Namespace]:
+    """The options, each checked; the parser too, for the checks that come after the reviews' file is opened."""
     parser = ArgumentParser(
         prog="imdb-lightning predict",
         description="Classify raw reviews with a trained checkpoint: label, P(positive) and the review.",
@@ -217,9 +215,14 @@ def main(argv: list[str]) -> None:
     if opts.output and opts.file and Path(opts.output).resolve() == Path(opts.file).resolve():
         parser.error(f"--output {opts.output} is the --file being read: the predictions would replace the reviews; "
                      "name another file")
-    texts, total = iter(opts.texts), len(opts.texts)
-    if opts.file:
-        texts, total = read_texts(opts.file)
+    return parser, opts
+
+
+def main(argv: list[str]) -> None:
+    from .predictor import load
+
+    parser, opts = parse(argv)
+    texts, total = read_texts(opts.file) if opts.file else (iter(opts.texts), len(opts.texts))
     if opts.ckpt_path in ("best", "last"):
         if not opts.config:
             parser.error(f"--ckpt_path {opts.ckpt_path} names a checkpoint of an experiment's newest run: give its --config too")
@@ -228,6 +231,13 @@ def main(argv: list[str]) -> None:
         ckpt = opts.ckpt_path or latest_checkpoint(opts.config)
     predictor = load(ckpt, device=opts.device)  # before the output file exists: a bad checkpoint leaves nothing
     print(f"# checkpoint: {ckpt}", file=sys.stderr)
+    classify(predictor, texts, total, opts)
+
+
+def classify(predictor, texts: Iterator[str], total: Optional[int], opts: argparse.Namespace) -> None:
+    """The reviews' labels and probabilities, printed or written to --output (whole, or not at all)."""
+    from tqdm import tqdm
+
     writer = None
     try:
         writer = Writer(opts.output, opts.with_text) if opts.output else None

@@ -89,8 +89,6 @@ def run(kind: str, C: float, data: dict, logdir: str, name: str, partners: Optio
         ngrams: int = 2) -> dict:
     """Fit one linear reference on the data module's training split (with `partners`, recurrent
     runs' checkpoints to stack with it); validate, test when possible; record."""
-    from torch.utils.tensorboard import SummaryWriter
-
     start = time.monotonic()
     dm = IMDBDataModule(**data)
     train, val = dm.reviews("train"), dm.reviews("val")
@@ -101,12 +99,7 @@ def run(kind: str, C: float, data: dict, logdir: str, name: str, partners: Optio
               "parameters": model.parameters, "validation": dm.validation, "data": dm.identity(),
               "train_samples": len(train), "seed": None}
     if partners:
-        for partner in partners:  # the stacker is fitted on validation: it must be the reviews each run validated on
-            if partner["val_digest"] and partner["val_digest"] != dm.digest("val"):
-                raise UserError(f"--combine: {partner['checkpoint']} validated on other reviews than its run's data settings "
-                                "carve now (its training files changed since?); fit it again, or leave it out")
-        model = Stack(model, [p["predictor"] for p in partners])
-        val_logits = model.fit(val.texts, val.labels, film_numbers(val))
+        model, val_logits = stack(model, partners, dm)
         seeds = sorted({str(p["seed"]) for p in partners})  # runs of one seed stack as that seed
         record.update(model=name, seed=partners[0]["seed"] if len(seeds) == 1 else "+".join(seeds), weights=model.weights,
                       parameters=record["parameters"] + sum(p["parameters"] for p in partners))
@@ -114,21 +107,50 @@ def run(kind: str, C: float, data: dict, logdir: str, name: str, partners: Optio
         val_logits = model.logits(val.texts)
     record["val"] = figures(val_logits, val.labels, film_numbers(val), "val")
     record["best_val_acc"], record["val_acc_se"] = record["val"]["val/acc"], record["val"]["val/acc_se"]
-    try:
-        test = dm.reviews("test")
-        tested = figures(model.logits(test.texts), test.labels, film_numbers(test), "test")
-    except DataError as err:
-        tested = None
-        print(f"  not tested: {err}", file=sys.stderr)
+    tested = evaluate_test(model, dm)
     record.update(wall_s=time.monotonic() - start, train_s=fit_s)
     if partners:  # what the stack cost in all: its own fit and its recurrent runs' (unknown if one lacks a wall time)
         walls = [p.get("wall_s") for p in partners]
         record["total_wall_s"] = record["wall_s"] + sum(walls) if None not in walls else None
+    # what the folder records beside the figures (untimed: the test reviews' digest takes a while)
+    val_predictions = (np.arange(len(val)), film_numbers(val), val.labels, 1 / (1 + np.exp(-val_logits)),
+                       digest(dm.split_key()))  # (review, film, label, P(positive), split) as write_val_reviews takes them
+    tested = {"data": dm.identity("test"), **tested} if tested else None
+    record["folder"] = str(write_run(Path(logdir) / name, record, model, data, partners, val_predictions, tested))
+    return record
 
-    folder = new_run_folder(Path(logdir) / name)
+
+def stack(linear: LinearReference, partners: list[dict], dm: IMDBDataModule) -> tuple[Stack, np.ndarray]:
+    """`linear` and the partners' checkpoints, weighed by a logistic regression on the validation reviews: the
+    stack and its validation logits (cross-fitted by film)."""
+    for partner in partners:  # the stacker is fitted on validation: it must be the reviews each run validated on
+        if partner["val_digest"] and partner["val_digest"] != dm.digest("val"):
+            raise UserError(f"--combine: {partner['checkpoint']} validated on other reviews than its run's data settings "
+                            "carve now (its training files changed since?); fit it again, or leave it out")
+    model, val = Stack(linear, [p["predictor"] for p in partners]), dm.reviews("val")
+    return model, model.fit(val.texts, val.labels, film_numbers(val))
+
+
+def evaluate_test(model, dm: IMDBDataModule) -> Optional[dict]:
+    """The test reviews' figures, as run.json's evaluation holds them (less its time, checkpoint and data); None
+    when the data have no test split."""
+    try:
+        test = dm.reviews("test")
+        tested = figures(model.logits(test.texts), test.labels, film_numbers(test), "test")
+    except DataError as err:
+        print(f"  not tested: {err}", file=sys.stderr)
+        return None
+    return {"reviews_seen": len(test), "settings_from": "checkpoint", "figures": tested}
+
+
+def write_run(root: Path, record: dict, model, data: dict, partners: Optional[list[dict]], val_predictions: tuple,
+              tested: Optional[dict]) -> Path:
+    """A new run folder under `root`: the model, config.yaml, run.json, the validation reviews' predictions and
+    TensorBoard's scalars and HParams row."""
+    folder = new_run_folder(root)
     linear = model.linear if partners else model
     # the stacker's weights are fitted, not set: they stay in run.json, so `compare` groups seeds
-    config = {"data": data, "model": {"kind": kind, "C": linear.C, "ngrams": linear.ngrams,
+    config = {"data": data, "model": {"kind": linear.kind, "C": linear.C, "ngrams": linear.ngrams,
                                       **({"combined_with": "+".join(p["name"] for p in partners)} if partners else {})}}
     try:
         linear.save(folder / LINEAR_FILE)  # `predict --ckpt_path FOLDER` applies it (a stack with its runs' checkpoints)
@@ -140,24 +162,26 @@ def run(kind: str, C: float, data: dict, logdir: str, name: str, partners: Optio
                                    "checkpoint": checkpoint_entry(folder, p["checkpoint"])} for p in partners]
             record["checkpoints"] = [p["checkpoint"]["path"] for p in record["partners"]]
         if tested is not None:
-            add_evaluation(record, {"stage": "test", "time": now(), "checkpoint": record["best_checkpoint"],
-                                    "data": dm.identity("test"), "reviews_seen": len(test), "settings_from": "checkpoint",
-                                    "figures": tested})
+            add_evaluation(record, {"stage": "test", "time": now(), "checkpoint": record["best_checkpoint"], **tested})
         atomic_write(folder / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(config, sort_keys=False)))
         write_record(folder, record)
-        write_val_reviews(folder, np.arange(len(val)), film_numbers(val), val.labels, 1 / (1 + np.exp(-val_logits)),
-                          digest(dm.split_key()), epoch=0)
-        with SummaryWriter(log_dir=str(folder)) as writer:
-            for stage in ("val", "test"):
-                for key, value in record.get(stage, {}).items():
-                    writer.add_scalar(key, value, 0)
-            writer.add_scalar("hp/val_acc", record["best_val_acc"], 0)
+        write_val_reviews(folder, *val_predictions, epoch=0)
+        write_scalars(folder, record)
         linear_session(folder, record, data)  # its row in TensorBoard's HParams tab, as in compare's table
     except BaseException:  # (Ctrl-C included) a run folder is whole or not there
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    record["folder"] = str(folder)
-    return record
+    return folder
+
+
+def write_scalars(folder: Path, record: dict) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(log_dir=str(folder)) as writer:
+        for stage in ("val", "test"):
+            for key, value in record.get(stage, {}).items():
+                writer.add_scalar(key, value, 0)
+        writer.add_scalar("hp/val_acc", record["best_val_acc"], 0)
 
 
 def resolve_device(device: str) -> str:

@@ -181,7 +181,7 @@ class Tuner:
             # pruned on the first split's epochs (the others follow a trial that was kept)
             callbacks = [PyTorchLightningPruningCallback(trial, MONITOR)] if self.prune and index == 0 else []
             try:
-                run_one(args, extra, trial.number, self._resume_from(trial, name), callbacks=callbacks, test=False,
+                run_one(args, extra, trial.number, resume_from(trial, self.logdir / name), callbacks=callbacks, test=False,
                         command="tune")
             except (KeyboardInterrupt, SystemExit) as err:  # (Lightning ends a Ctrl-C'd fit with SystemExit)
                 queue_again(trial)  # the next start goes on from this trial's last.ckpt
@@ -192,23 +192,6 @@ class Tuner:
                 raise
             scores.append(set_trial_state(folder, "complete")["best_val_acc"])
         return sum(scores) / len(scores)
-
-    def _resume_from(self, trial, name: str) -> Optional[Path]:
-        """A retried trial (its worker died, or was stopped) goes on from the newest last.ckpt of its earlier
-        attempts; their runs are marked as ones that will not finish."""
-        from optuna.storages import RetryHeartbeatStaleTrialCallback
-
-        frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
-        with warnings.catch_warnings():  # (experimental in Optuna since 2.8; the record it reads is stable)
-            warnings.simplefilter("ignore")
-            history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
-        for number in history:
-            earlier = self.logdir / name / f"version_{number}"
-            record = read_record(earlier)
-            if record.get("status") in ("running", "interrupted", "crashed"):
-                write_record(earlier, {**record, "status": "retried", "retried_as": trial.number})
-        saved = [ckpt for number in reversed(history) if (ckpt := last_checkpoint(self.logdir / name / f"version_{number}"))]
-        return saved[0] if saved else None
 
     def best_run(self, study) -> Path:
         return self.logdir / self.run_name((self.split_seeds or [None])[0]) / f"version_{study.best_trial.number}"
@@ -224,14 +207,7 @@ class Tuner:
         best, run = study.best_trial, self.best_run(study)
         if not (run / "config.yaml").is_file():
             raise UserError(f"{run}: the best trial's run has no config.yaml to write best.yaml from")
-        config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-        logger = config["trainer"].get("logger")
-        init = logger.get("init_args") if isinstance(logger, dict) else None
-        if init and init.get("save_dir"):  # its runs go beside the study's, in a folder of their own
-            init.update(save_dir=str(Path(init["save_dir"]).resolve()), name=f"{self.study_name}_best", version=None)
-        data = config.get("data") or {}
-        for key in ("train_files", "test_files", "cache_dir", "aclimdb_dir", "tokenizer_from"):
-            data[key] = absolute(data.get(key))
+        config = refit_config(yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")), f"{self.study_name}_best")
         out = self.logdir / self.study_name / "best.yaml"
         split = f" on split seed {self.split_seeds[0]} (the study scores the mean over {self.split_seeds})" \
             if self.split_seeds else ""
@@ -265,6 +241,37 @@ class Tuner:
             run_test_only(args, {"trial": {"study": self.study_name, "number": best.number, "params": best.params,
                                        "state": "tested"}}, best.number, ckpt, run, command="tune")
             study.set_user_attr("tested", best.number)  # (a restart does not test again)
+
+
+def resume_from(trial, runs: Path) -> Optional[Path]:
+    """A retried trial (its worker died, or was stopped) goes on from the newest last.ckpt of its earlier
+    attempts (their run folders under `runs`); their runs are marked as ones that will not finish."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+    with warnings.catch_warnings():  # (experimental in Optuna since 2.8; the record it reads is stable)
+        warnings.simplefilter("ignore")
+        history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
+    for number in history:
+        earlier = runs / f"version_{number}"
+        record = read_record(earlier)
+        if record.get("status") in ("running", "interrupted", "crashed"):
+            write_record(earlier, {**record, "status": "retried", "retried_as": trial.number})
+    saved = [ckpt for number in reversed(history) if (ckpt := last_checkpoint(runs / f"version_{number}"))]
+    return saved[0] if saved else None
+
+
+def refit_config(config: dict, name: str) -> dict:
+    """A run's configuration made to be fitted again from anywhere: its runs beside the study's, in a folder `name`
+    of their own, and its data's paths absolute."""
+    logger = config["trainer"].get("logger")
+    init = logger.get("init_args") if isinstance(logger, dict) else None
+    if init and init.get("save_dir"):
+        init.update(save_dir=str(Path(init["save_dir"]).resolve()), name=name, version=None)
+    data = config.get("data") or {}
+    for key in ("train_files", "test_files", "cache_dir", "aclimdb_dir", "tokenizer_from"):
+        data[key] = absolute(data.get(key))
+    return config
 
 
 def corner(dist, index: int):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from imdb_lightning.arguments import ArgumentParser, comma_list
+from imdb_lightning.experiment import run_experiment
 from imdb_lightning.tools.compare import pyplot
 from imdb_lightning_lab.forecast.data import SeriesDataModule
 from imdb_lightning_lab.forecast.training import forecast_cli
@@ -22,8 +23,8 @@ def report(config: str, seeds: list[int], out: Path) -> dict:
     for seed in seeds:
         cli = forecast_cli(["--config", config, "--seed_everything", str(seed), "--trainer.enable_progress_bar", "false",
                             "--trainer.logger.init_args.name", f"airline_seed{seed}"], run=False)
-        cli.trainer.fit(cli.model, cli.datamodule)
-        tested = cli.trainer.test(cli.model, cli.datamodule, ckpt_path="best", verbose=False)[0]
+        run_experiment(cli, "fit", summary=False)
+        tested = run_experiment(cli, "test", summary=False, ckpt_path="best", verbose=False)[0]
         results.append({"seed": seed, "rmse": tested["test/rmse"], "mae": tested["test/mae"], "mse": tested["test/mse"]})
         curves.append(dict(cli.model.predictions))
     dm = cli.datamodule
