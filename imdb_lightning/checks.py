@@ -18,7 +18,7 @@ from .machine import NO_BF16, available_memory, cpu_runs_bf16
 from .models.base import sized_by_steps
 from .models.encoders import count_parameters
 from .pretrained import check_unread, resolve
-from .runs import RECORD, read_record
+from .runs import RECORD, read_record, run_configuration
 
 # --- the parsed configuration, before anything is built ---------------------------------------------------
 
@@ -91,6 +91,9 @@ def check_buildable(config) -> None:
     import torch
 
     check_accelerator(config.trainer)
+    vocab = (config.get("data") or {}).get("vocab_size")  # (named before the encoder it sizes refuses it as its own)
+    if isinstance(vocab, int) and vocab < 3:
+        raise UserError(f"data.vocab_size must leave room for a word beside <pad> and <unk>, got {vocab}")
     check_model_fits(config.model, on_cpu=config.trainer.get("accelerator") == "cpu" or not torch.cuda.is_available())
 
 
@@ -125,6 +128,26 @@ def check_resumed_length(config, ckpt: dict) -> None:
         raise UserError(f"--trainer.{key} {limit}: {config.ckpt_path} {state}; to train on, resume with --trainer.{key} "
                         f"{trained + 1} or more (a fit of {limit} {unit[:-1] if limit == 1 else unit} is a new run: leave "
                         "out --ckpt_path). Nothing was changed")
+
+
+# What sets how many steps a run takes: a schedule sized in steps (OneCycleLR) was sized to them.
+RUN_LENGTH = ("trainer.max_epochs", "trainer.max_steps", "trainer.limit_train_batches", "trainer.accumulate_grad_batches",
+              "data.batch_size")
+
+
+def check_resumed_schedule(config, ckpt: dict) -> None:
+    """A schedule sized in steps runs from its first step to its last over the run it was sized to: a resume that
+    changes that run's length would step it past its end (torch raises on the step after) or stop it midway."""
+    sized = [s["total_steps"] for s in ckpt.get("lr_schedulers") or [] if isinstance(s, dict) and s.get("total_steps")]
+    run = Path(config.ckpt_path).parent.parent
+    before = run_configuration(run) if sized and (run / RECORD).is_file() else None
+    for key in RUN_LENGTH if before else ():
+        section, name = key.split(".")
+        old, new = (before.get(section) or {}).get(name), (config.get(section) or {}).get(name)
+        if old is not None and new is not None and old != new:
+            raise UserError(f"--{key} {new}: the learning-rate schedule of {config.ckpt_path} is sized in steps (OneCycleLR) "
+                            f"to its run's {sized[0]} steps, with {key} {old}, and cannot be stretched or cut; resume with "
+                            f"--{key} {old}, or start a new run without --ckpt_path. Nothing was changed")
 
 
 def check_resumed_batches(config, ckpt: dict) -> None:

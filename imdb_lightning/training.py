@@ -139,9 +139,9 @@ def logged_runs_root(trainer_config) -> Optional[Path]:
     return experiment_root(getattr(init, "save_dir", None), getattr(init, "name", None), trainer_config.get("default_root_dir"))
 
 
-def settle_checkpoint(config, subcommand: str, task: str) -> Optional[dict]:
+def settle_checkpoint(config, subcommand: str, task: str, command: str) -> Optional[dict]:
     """The run folder and the checkpoint a fit / validate / test names, settled in `config`; the checkpoint, read
-    and checked (of `task`'s kind; a resume: against this command line), or None."""
+    and checked (of `task`'s kind, which `command` needs; a resume: against this command line), or None."""
     logger = config.trainer.logger
     root = logged_runs_root(config.trainer)
     if root is not None:  # the runs of --trainer.default_root_dir DIR land under DIR
@@ -162,10 +162,11 @@ def settle_checkpoint(config, subcommand: str, task: str) -> Optional[dict]:
     if not config.get("ckpt_path"):
         return None
     ckpt = read_checkpoint(config.ckpt_path)
-    expect_kind(config.ckpt_path, ckpt, task, f"imdb-lightning {subcommand}")
+    expect_kind(config.ckpt_path, ckpt, task, command)
     if subcommand == "fit":
         checks.check_resumed_settings(config, ckpt)
         checks.check_resumed_length(config, ckpt)
+        checks.check_resumed_schedule(config, ckpt)
         checks.check_resumed_batches(config, ckpt)
     else:  # evaluated with its own vocabulary (its tokenizer travels in it): the embedding takes its size
         vocab = ckpt.get("hyper_parameters", {}).get("encoder", {}).get("init_args", {}).get("vocab_size")
@@ -210,6 +211,7 @@ class ExperimentCLI(LightningCLI):
     """
 
     task = "sentiment"  # the kind of checkpoint this command reads (checkpoints.py)
+    command = "imdb-lightning {}"  # its name in messages, with the subcommand
     checkpoint: Optional[dict] = None  # the checkpoint of --ckpt_path, read
 
     @staticmethod
@@ -228,7 +230,7 @@ class ExperimentCLI(LightningCLI):
         subcommand, config = self.command_config()
         check_seeds(config)
         if subcommand is not None:
-            self.checkpoint = settle_checkpoint(config, subcommand, self.task)
+            self.checkpoint = settle_checkpoint(config, subcommand, self.task, self.command.format(subcommand))
 
     def before_instantiate_classes(self) -> None:
         checks.check_buildable(self.command_config()[1])
@@ -268,8 +270,8 @@ class SentimentCLI(ExperimentCLI):
         subcommand, config = self.command_config()  # a sweep's runs too, which parse no subcommand
         take_pretrained_vocabulary(config)
         if subcommand == "fit" and config.get("data_settings") == "command_line":
-            raise UserError("--data_settings command_line is for validate and test; a resumed fit always goes on with its "
-                            "checkpoint's data")
+            raise UserError("--data_settings command_line is for validate and test; a fit reads its data settings from this "
+                            "command line, and a resumed fit always goes on with its checkpoint's data")
         if self.checkpoint is not None and subcommand == "fit":
             checks.check_resumed_data(config, self.checkpoint)
         elif self.checkpoint is not None:
@@ -280,6 +282,7 @@ class PretrainCLI(ExperimentCLI):
     """`imdb-lightning pretrain`: the language model over the corpus, with fit's checkpoints and resume."""
 
     task = "language_model"
+    command = "imdb-lightning pretrain"
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:

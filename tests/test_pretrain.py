@@ -17,7 +17,7 @@ from imdb_lightning.errors import ConfigError, UserError
 from imdb_lightning.models.classifier import FineTuningCollapsed, SentimentClassifier
 from imdb_lightning.models.encoders import NBoWEncoder, RecurrentEncoder, build_encoder
 from imdb_lightning.models.language_model import LanguageModel
-from imdb_lightning.runs import last_checkpoint, run_folders
+from imdb_lightning.runs import last_checkpoint, read_record, run_folders
 
 SIZES = ["--data.vocab_size", "300", "--model.encoder.init_args.embed_dim", "16",
          "--model.encoder.init_args.hidden_size", "16", "--trainer.enable_progress_bar", "false"]
@@ -43,6 +43,20 @@ def lm_path(texts, tmp_path_factory, cache_dir):
               "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2", "--data.use_train_texts", "false",
               "--trainer.logger.init_args.save_dir", str(logs)])
     return str(last_checkpoint(run_folders(logs / "pretrain_cpu_lstm")[-1]))
+
+
+def test_a_pretraining_resumes_from_the_command_line(texts, tmp_path, cache_dir):
+    logs = tmp_path / "lightning_logs"
+    args = ["pretrain", "--config", str(EXPERIMENTS / "pretrain" / "cpu_lstm.yaml"), "--data.unlabelled_files",
+            texts["unlabelled"], "--data.cache_dir", cache_dir, *LM_SIZES, "--data.batch_size", "4",
+            "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2", "--data.use_train_texts", "false",
+            "--trainer.logger.init_args.save_dir", str(logs)]
+    cli_main([*args, "--trainer.max_epochs", "1"])
+    cli_main([*args, "--trainer.max_epochs", "2", "--ckpt_path", "last"])  # the checkpoint's settings read back
+    (run,) = run_folders(logs / "pretrain_cpu_lstm")
+    record = read_record(run)
+    assert record["status"] == "finished" and len(record["segments"]) == 2
+    assert read_checkpoint(last_checkpoint(run))["epoch"] == 2
 
 
 def test_the_corpus_holds_the_training_split_and_never_validation(texts, cache_dir):

@@ -168,6 +168,19 @@ def test_a_mid_epoch_resume_at_another_batch_size_is_refused_before_anything_is_
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
+def test_a_schedule_sized_in_steps_is_not_stretched_by_a_resume(tmp_path):
+    # OneCycleLR was sized to the run's steps: more epochs would step it past its end (a traceback inside torch)
+    fit(tmp_path, "tuned", "--trainer.max_epochs", "1")
+    run = tmp_path / "logs/resume/version_0"
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with pytest.raises(SystemExit) as exit:
+        cli_main(["fit", *configs(tmp_path, "tuned"), "--ckpt_path", "last", "--trainer.max_epochs", "2"])
+    assert re.search(rf"^imdb-lightning: error: --trainer\.max_epochs 2: the learning-rate schedule of \S+last\.ckpt is sized "
+                     rf"in steps \(OneCycleLR\) to its run's {STEPS_PER_EPOCH} steps, with trainer\.max_epochs 1, and cannot be "
+                     r"stretched or cut; resume with --trainer\.max_epochs 1", str(exit.value.code)), exit.value.code
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
 def test_a_fit_stopped_by_ctrl_c_exits_130_as_every_command_does(tmp_path):
     args = ["fit", *configs(tmp_path, "plain"), "--trainer.callbacks+=conftest.CtrlCAt", "--trainer.callbacks.step", "3"]
     try:

@@ -10,7 +10,7 @@ cost; `adaptive_cutoffs` splits it (Grave et al. 2017) so rare words cost only w
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -34,10 +34,13 @@ class LanguageModel(TrainingModule):
             full softmax. Token ids run from frequent to rare, so the first cluster (the head) holds the
             frequent words and one entry per rarer cluster, whose own softmax is computed only for
             the positions whose next word lies in it. The probabilities stay exact.
+        task: what its checkpoints hold, for the commands that read them (always `language_model`; a
+            resume reads it back with the other settings).
     """
 
     def __init__(self, encoder: nn.Module, optimizer: OptimizerCallable = torch.optim.Adam,
-                 scheduler: Optional[LRSchedulerCallable] = None, adaptive_cutoffs: list[int] = ()):
+                 scheduler: Optional[LRSchedulerCallable] = None, adaptive_cutoffs: list[int] = (),
+                 task: Literal["language_model"] = "language_model"):
         super().__init__(encoder, optimizer, scheduler)
         adaptive_cutoffs = list(adaptive_cutoffs)
         if adaptive_cutoffs and (adaptive_cutoffs != sorted(set(adaptive_cutoffs)) or adaptive_cutoffs[0] < 2
@@ -59,7 +62,7 @@ class LanguageModel(TrainingModule):
         # one vector (and bias) per tail cluster: the head's entry for "the next word is in that cluster"
         self.cluster_vectors = nn.Parameter(torch.zeros(len(adaptive_cutoffs), encoder.embed_dim))
         self.cluster_bias = nn.Parameter(torch.zeros(len(adaptive_cutoffs)))
-        self.save_encoder_hyperparameters(task="language_model")
+        self.save_encoder_hyperparameters()
         self._state: dict[str, Optional[list]] = {"train": None, "val": None}  # carried between windows
         # Token-weighted mean losses over an epoch; the training one goes into checkpoints, so a run
         # resumed mid-epoch reports the same epoch figure as one never stopped.

@@ -83,7 +83,7 @@ def load(path: str | Path, device: str = "cpu") -> Predictor | LinearPredictor:
 
 def load_checkpoint(path: str | Path, device: torch.device) -> Predictor:
     ckpt = read_checkpoint(path)
-    expect_kind(path, ckpt, "sentiment", "imdb_lightning.load")
+    expect_kind(path, ckpt, "sentiment", "predict, export and imdb_lightning.load each")
     hp = ckpt["hyper_parameters"]
     model = SentimentClassifier(build_encoder(hp["encoder"]), dropout=hp.get("dropout", 0.0))
     # The encoder and head are what predicts; training-time state (metric accumulators) may differ

@@ -14,6 +14,7 @@ FORECAST_DEFAULTS = str(Path(__file__).with_name("defaults.yaml"))  # read after
 
 class ForecastCLI(ExperimentCLI):
     task = "forecast"
+    command = "imdb-lightning forecast {}"
 
 
 def forecast_cli(args: Optional[list[str]] = None, run: bool = True) -> ExperimentCLI:
