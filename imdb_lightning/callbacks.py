@@ -328,7 +328,8 @@ class RunRecord(L.Callback):
         # (an Optuna trial stopped by its pruner is an outcome, not a crash: `imdb-lightning tune`)
         status = ("interrupted" if isinstance(exception, KeyboardInterrupt) else
                   "pruned" if type(exception).__name__ == "TrialPruned" else "crashed")
-        error = f"{type(exception).__name__}: {exception}"[:500]
+        reason = str(exception) or ("Ctrl-C" if type(exception) is KeyboardInterrupt else "")
+        error = f"{type(exception).__name__}: {reason}".removesuffix(": ")[:500]
         if self.record:
             self._end_segment(trainer, status)
             self._write(trainer, status=status, error=error, **self._speed())
