@@ -123,3 +123,32 @@ def test_months_are_read_sorted_and_checked(tmp_path):
     flat.write_text("\n".join([header, *[f"{r.split(',')[0]},100" for r in rows]]) + "\n")
     with pytest.raises(DataError, match=r"is constant \(100\) over the training months"):
         SeriesDataModule(csv_file=str(flat)).setup("fit")
+
+
+def test_a_forecast_resumes_exactly(tmp_path, monkeypatch):
+    """Stopped by Ctrl-C mid-epoch, or finished and extended, then resumed with --ckpt_path last: the weights
+    and validation figures of a straight run (the windows' order depends on the seed and epoch only)."""
+    import signal
+
+    def fit(folder: str, epochs: int, *extra: str) -> dict:
+        (tmp_path / folder).mkdir(exist_ok=True)
+        monkeypatch.chdir(tmp_path / folder)
+        try:
+            cli_main(["forecast", "fit", "--config", str(AIRLINE), "--trainer.max_epochs", str(epochs),
+                      "--trainer.enable_progress_bar", "false", *extra])
+        except SystemExit as stopped:  # (Ctrl-C)
+            assert stopped.code == 130
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores further Ctrl-C
+        return torch.load(tmp_path / folder / "lightning_logs/airline_lstm/version_0/checkpoints/last.ckpt", weights_only=True)
+
+    straight = fit("straight", 4)
+    stopped = fit("stopped", 4, "--trainer.callbacks+=conftest.CtrlCAt", "--trainer.callbacks.step", "17")
+    assert stopped["global_step"] == 18  # mid-epoch (12 steps an epoch): step 17 finished, then it stopped
+    fit("extended", 2)
+    for resumed in (fit("stopped", 4, "--ckpt_path", "last"), fit("extended", 4, "--ckpt_path", "last")):
+        assert resumed["global_step"] == straight["global_step"] == 48
+        for name, tensor in straight["state_dict"].items():
+            torch.testing.assert_close(resumed["state_dict"][name], tensor, atol=1e-6, rtol=0, msg=name)
+        best = lambda ckpt: next(c for k, c in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint"))  # noqa: E731
+        assert float(best(resumed)["best_model_score"]) == pytest.approx(float(best(straight)["best_model_score"]), abs=1e-5)

@@ -14,7 +14,9 @@ import lightning as L
 import numpy as np
 import torch
 
+from imdb_lightning.data.batching import BucketBatchSampler, ResumableLoader
 from imdb_lightning.errors import ConfigError, DataError
+from imdb_lightning.resume import train_position, training_progress
 
 AIRLINE = Path(__file__).with_name("resources") / "airline_passengers.csv"
 
@@ -89,6 +91,7 @@ class SeriesDataModule(L.LightningDataModule):
             raise ConfigError(f"data.seasonal_base needs data.window >= 12 (the same month last year), got {window}")
         self.save_hyperparameters()
         self.splits: dict[str, torch.utils.data.TensorDataset] = {}
+        self._resume_at: Optional[dict] = None  # a checkpoint's train_position, for the next training loader
 
     def setup(self, stage: str) -> None:
         hp = self.hparams
@@ -114,8 +117,28 @@ class SeriesDataModule(L.LightningDataModule):
         self.values = values
 
     def _loader(self, split: str, shuffle: bool):
-        return torch.utils.data.DataLoader(self.splits[split], batch_size=self.hparams.batch_size, shuffle=shuffle,
-                                           collate_fn=self.collate)
+        # As the sentiment data's loader (imdb_lightning/data/datamodule.py), so a fit resumes exactly: the order
+        # is a plain shuffle of the windows (pool 0) fixed by (the run's seed, epoch), not drawn from the global
+        # generator, and a mid-epoch resume skips the batches already trained.
+        data, trainer, seed = self.splits[split], getattr(self, "trainer", None), torch.initial_seed()
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        order = torch.utils.data.DistributedSampler(data, num_replicas=replicas, rank=rank, shuffle=shuffle, seed=seed)
+        batches = BucketBatchSampler(order, np.ones(len(data)), self.hparams.batch_size, pool=0)
+        progress = (lambda: training_progress(trainer)) if trainer else (lambda: (0, 0))
+        # its own generator: creating an iterator would otherwise draw from the global one (dropout's)
+        loader = ResumableLoader(data, batches, progress, collate_fn=self.collate, generator=torch.Generator().manual_seed(seed))
+        if shuffle and self._resume_at is not None:
+            loader.load_state_dict(self._resume_at)
+            self._resume_at = None
+        return loader
+
+    # The training data's position travels in the checkpoint (resume.train_position), restored before
+    # Lightning asks for the training data.
+    def state_dict(self) -> dict:
+        return train_position(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume_at = state.get("train_position")
 
     def collate(self, rows) -> dict:
         inputs, targets, months = map(torch.stack, zip(*rows))
