@@ -2,7 +2,7 @@
 schedule, loop counters, data module and callback states) to train on as the uninterrupted run would have:
 where in its epoch the fit is (saved by the data modules, whose loaders resume after the batches trained:
 data/batching.py), and the model's part, `ModelResume`, which models/base.py's hooks call. What a resumed fit
-may change is checked in training.py.
+may change is checked before it starts, in checks.py.
 """
 
 from __future__ import annotations
